@@ -1,0 +1,288 @@
+//! The command line: clap definitions, one thin handler per command, exit
+//! codes, and the only place that decides what goes to stdout (data) and what
+//! to stderr (progress, errors).
+
+use crate::config::{self, Loaded, Override};
+use crate::model::{DesiredState, ObservedState};
+use crate::plan::{self, DiffOptions, Plan};
+use crate::render::{self, Style};
+use crate::topology;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Operate a Ray cluster of Docker containers across hosts, in plan/apply style.
+#[derive(Debug, Parser)]
+#[command(name = "seedcore", version, about, long_about = None)]
+pub struct Cli {
+    /// Path of the cluster configuration.
+    #[arg(short = 'c', long = "config", global = true, default_value = "seedcore.toml")]
+    pub config: PathBuf,
+    /// Override a configuration value, e.g. `--set workers.local.count=3` (repeatable).
+    /// `HEAD_IP_OVERRIDE` in the environment acts like `--set head.host=...`.
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
+    pub set: Vec<String>,
+    /// When to colour output.
+    #[arg(long, value_enum, global = true, default_value = "auto")]
+    pub color: ColorChoice,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum OutputFormat {
+    Text,
+    Markdown,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum GraphFormat {
+    Dot,
+    Mermaid,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the configuration and print the nodes it describes.
+    Validate,
+    /// Show what apply would change, and why.
+    Plan(PlanArgs),
+    /// Print the plan's step graph.
+    Graph {
+        /// Plan against a recorded observation instead of the live hosts.
+        #[arg(long, value_name = "FILE")]
+        observed: PathBuf,
+        #[arg(long, value_enum, default_value = "dot")]
+        format: GraphFormat,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    /// Plan against a recorded observation instead of the live hosts.
+    #[arg(long, value_name = "FILE")]
+    pub observed: PathBuf,
+    /// Save the plan for `seedcore apply PLANFILE`.
+    #[arg(long, value_name = "PLANFILE")]
+    pub out: Option<PathBuf>,
+    /// Exit 2 when there are changes (0 when none, 1 on error).
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
+}
+
+/// Exit codes, stable and documented.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const ERROR: u8 = 1;
+    pub const CHANGES: u8 = 2;
+}
+
+/// An error already shaped for the user: printed as is.
+#[derive(Debug)]
+pub struct UserError(pub String);
+
+impl std::fmt::Display for UserError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.trim_end())
+    }
+}
+
+impl std::error::Error for UserError {}
+
+type Result<T> = std::result::Result<T, UserError>;
+
+fn user<E: std::fmt::Display>(e: E) -> UserError {
+    UserError(e.to_string())
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let mut err = std::io::stderr();
+            let text = e.to_string();
+            let _ = if text.starts_with("error:") {
+                writeln!(err, "{text}")
+            } else {
+                writeln!(err, "error: {text}")
+            };
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}
+
+/// Runs a parsed command line; returns the exit code.
+pub fn run(cli: Cli) -> Result<u8> {
+    let style = Style {
+        color: match cli.color {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => {
+                std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal()
+            }
+        },
+    };
+    let overrides = overrides(&cli.set)?;
+    match cli.command {
+        Command::Validate => validate(&cli.config, &overrides),
+        Command::Plan(args) => {
+            let (loaded, desired) = load(&cli.config, &overrides)?;
+            let observed = read_observation(&args.observed)?;
+            let plan = make_plan(&loaded, &desired, &observed)?;
+            print_plan(&plan, args.output, style)?;
+            if let Some(out) = &args.out {
+                save_plan(out, &loaded, &plan)?;
+            }
+            Ok(if args.detailed_exitcode && !plan.summary().is_empty() {
+                exit::CHANGES
+            } else {
+                exit::OK
+            })
+        }
+        Command::Graph { observed, format } => {
+            let (loaded, desired) = load(&cli.config, &overrides)?;
+            let observed = read_observation(&observed)?;
+            let plan = make_plan(&loaded, &desired, &observed)?;
+            write_stdout(&match format {
+                GraphFormat::Dot => render::dot(&plan),
+                GraphFormat::Mermaid => render::mermaid(&plan),
+            })?;
+            Ok(exit::OK)
+        }
+    }
+}
+
+/// `--set` flags plus `HEAD_IP_OVERRIDE`; flags given later win.
+pub fn overrides(set: &[String]) -> Result<Vec<Override>> {
+    let mut all = config::env_overrides(|k| std::env::var(k).ok());
+    for s in set {
+        all.push(Override::parse_flag(s).map_err(|e| {
+            UserError(format!(
+                "error: invalid `--set`: {e}\nhint: write `--set KEY=VALUE`, e.g. `--set workers.local.count=3`"
+            ))
+        })?);
+    }
+    Ok(all)
+}
+
+/// Loads, validates and lowers the configuration.
+pub fn load(path: &Path, overrides: &[Override]) -> Result<(Loaded, DesiredState)> {
+    let loaded = config::load(path, overrides).map_err(user)?;
+    let desired = topology::lower(&loaded.config).map_err(|e| user(loaded.source.errors(e)))?;
+    Ok((loaded, desired))
+}
+
+fn validate(path: &Path, overrides: &[Override]) -> Result<u8> {
+    let (loaded, desired) = load(path, overrides)?;
+    let mut out = format!(
+        "The configuration is valid: cluster `{}`, {} node(s) on {} host(s).\n",
+        desired.cluster,
+        desired.nodes.len(),
+        desired.hosts().len()
+    );
+    for o in loaded.source.overrides() {
+        out.push_str(&format!("Override in force: {}\n", o.describe()));
+    }
+    for n in &desired.nodes {
+        out.push_str(&format!(
+            "  {:<40} {:<16} {} CPU(s)\n",
+            n.name.as_str(),
+            n.host.as_str(),
+            n.cpus
+        ));
+    }
+    if desired.workers().next().is_none() {
+        out.push_str("Note: this cluster has no workers: only the head will run.\n");
+    }
+    write_stdout(&out)?;
+    Ok(exit::OK)
+}
+
+/// Reads a recorded observation (the format `seedcore observe -o` writes).
+pub fn read_observation(path: &Path) -> Result<ObservedState> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        UserError(format!(
+            "error: cannot read the observation `{}`: {e}\nhint: record one with `seedcore observe -o {}`",
+            path.display(),
+            path.display()
+        ))
+    })?;
+    let observed: ObservedState = serde_json::from_str(&text).map_err(|e| {
+        UserError(format!(
+            "error: `{}` is not a seedcore observation: {e}\nhint: record one with `seedcore observe -o FILE`",
+            path.display()
+        ))
+    })?;
+    if observed.format_version != crate::model::OBSERVATION_FORMAT {
+        return Err(UserError(format!(
+            "error: `{}` has observation format {}, this seedcore reads format {}\nhint: record it again with this seedcore",
+            path.display(),
+            observed.format_version,
+            crate::model::OBSERVATION_FORMAT
+        )));
+    }
+    Ok(observed)
+}
+
+/// Plans against an observation.
+pub fn make_plan(loaded: &Loaded, desired: &DesiredState, observed: &ObservedState) -> Result<Plan> {
+    plan::build(
+        desired,
+        observed,
+        DiffOptions {
+            oversubscribe_cpus: loaded.config.cluster.oversubscribe_cpus,
+        },
+        loaded.source.overrides().iter().map(|o| o.describe()).collect(),
+    )
+    .map_err(user)
+}
+
+fn print_plan(plan: &Plan, format: OutputFormat, style: Style) -> Result<()> {
+    write_stdout(&match format {
+        OutputFormat::Text => render::text(plan, style),
+        OutputFormat::Markdown => render::markdown(plan),
+        OutputFormat::Json => render::json(plan),
+    })
+}
+
+/// Writes a saved plan: the plan's JSON plus what it was made from.
+fn save_plan(path: &Path, loaded: &Loaded, plan: &Plan) -> Result<()> {
+    let mut v = render::json_value(plan);
+    v["config"] = serde_json::json!({
+        "path": loaded.source.path,
+        "sha256": crate::model::hex(&<sha2::Sha256 as sha2::Digest>::digest(loaded.source.text.as_bytes())),
+        "overrides": loaded.source.overrides().iter().map(|o| format!("{}={}", o.key, o.value)).collect::<Vec<_>>(),
+    });
+    let text = serde_json::to_string_pretty(&v).expect("plan JSON serializes");
+    std::fs::write(path, text + "\n").map_err(|e| {
+        UserError(format!(
+            "error: cannot write the plan to `{}`: {e}",
+            path.display()
+        ))
+    })?;
+    eprintln!("Saved the plan to `{}`: apply it with `seedcore apply {}`.", path.display(), path.display());
+    Ok(())
+}
+
+/// Writes data to stdout; a closed pipe (`seedcore plan | head`) is not an error.
+pub fn write_stdout(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(UserError(format!("error: cannot write to stdout: {e}"))),
+    }
+}

@@ -1,0 +1,16 @@
+//! seedcore: operate a Ray cluster of Docker containers across hosts, in
+//! plan/apply style.
+//!
+//! The flow runs one way (see `docs/architecture.md`):
+//! `config` (seedcore.toml) -> `topology` (desired nodes) -> `plan` (diff with
+//! what was observed, schedule as a DAG) -> `render` (text, markdown, JSON) or
+//! `apply`. `config`, `model`, `topology`, `plan` and `render` are pure and
+//! synchronous; `transport`, `backend`, `observe`, `apply` and `cli` are the
+//! imperative shell.
+
+pub mod cli;
+pub mod config;
+pub mod model;
+pub mod plan;
+pub mod render;
+pub mod topology;

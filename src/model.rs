@@ -1,0 +1,387 @@
+//! The domain model shared by every stage: what the configuration asks for
+//! ([`DesiredState`], made of [`NodeSpec`]s) and what the hosts hold
+//! ([`ObservedState`], the same shape as a recorded observation file).
+//!
+//! Everything here is plain data with deterministic ordering (`BTreeMap`,
+//! `Vec` in topology order) so that plans computed from it are byte-for-byte
+//! reproducible.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Label namespace carried by every container seedcore creates.
+pub const LABEL_PREFIX: &str = "io.seedcore.";
+/// `io.seedcore.cluster`: the cluster name.
+pub const LABEL_CLUSTER: &str = "io.seedcore.cluster";
+/// `io.seedcore.role`: `head` or `worker`.
+pub const LABEL_ROLE: &str = "io.seedcore.role";
+/// `io.seedcore.node`: the node (container) name.
+pub const LABEL_NODE: &str = "io.seedcore.node";
+/// `io.seedcore.group`: the worker group.
+pub const LABEL_GROUP: &str = "io.seedcore.group";
+/// `io.seedcore.schema`: version of the label schema.
+pub const LABEL_SCHEMA: &str = "io.seedcore.schema";
+/// `io.seedcore.spec-hash`: sha256 of the canonical spec.
+pub const LABEL_SPEC_HASH: &str = "io.seedcore.spec-hash";
+/// `io.seedcore.spec`: the canonical spec itself, when it fits.
+pub const LABEL_SPEC: &str = "io.seedcore.spec";
+/// Version of the label schema written by this seedcore.
+pub const SCHEMA_VERSION: &str = "1";
+/// Canonical specs longer than this are not stored in a label (the hash still is).
+pub const SPEC_LABEL_LIMIT: usize = 16 * 1024;
+
+/// The address seedcore uses to reach a host over SSH (or `local`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct HostName(pub String);
+
+impl HostName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// `local` means the machine seedcore runs on, reached without SSH.
+    pub fn is_local(&self) -> bool {
+        self.0 == "local"
+    }
+}
+
+impl fmt::Display for HostName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A Ray node's name; it is also its container's name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NodeName(pub String);
+
+impl NodeName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Head or worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Head,
+    Worker,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Head => "head",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+/// Every port one Ray node binds, pinned so nodes sharing a host never collide
+/// and so the plan can list what each host's firewall must open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodePorts {
+    pub object_manager: u16,
+    pub node_manager: u16,
+    pub min_worker: u16,
+    pub max_worker: u16,
+    pub dashboard_agent_listen: u16,
+    pub dashboard_agent_grpc: u16,
+    pub runtime_env_agent: u16,
+    pub metrics_export: u16,
+    /// Head only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<HeadPorts>,
+}
+
+/// Ports only the head binds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadPorts {
+    pub gcs: u16,
+    pub client_server: u16,
+    pub dashboard: u16,
+    /// Ray Serve's HTTP port, when Serve is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serve: Option<u16>,
+}
+
+impl NodePorts {
+    /// Every port this node binds with what it is for, in a stable order.
+    pub fn all(&self) -> Vec<(u16, String)> {
+        let mut out = Vec::new();
+        if let Some(h) = &self.head {
+            out.push((h.gcs, "GCS".to_string()));
+            out.push((h.client_server, "Ray client server".to_string()));
+            out.push((h.dashboard, "dashboard".to_string()));
+            if let Some(s) = h.serve {
+                out.push((s, "Serve HTTP".to_string()));
+            }
+        }
+        out.push((self.object_manager, "object manager".to_string()));
+        out.push((self.node_manager, "node manager".to_string()));
+        for p in self.min_worker..=self.max_worker {
+            out.push((p, "worker ports".to_string()));
+        }
+        out.push((
+            self.dashboard_agent_listen,
+            "dashboard agent (HTTP)".to_string(),
+        ));
+        out.push((self.dashboard_agent_grpc, "dashboard agent (gRPC)".to_string()));
+        out.push((self.runtime_env_agent, "runtime env agent".to_string()));
+        out.push((self.metrics_export, "metrics export".to_string()));
+        out
+    }
+}
+
+/// One Ray node as the configuration wants it: a container on a host.
+///
+/// The canonical JSON of this struct is what `io.seedcore.spec` stores and
+/// what `io.seedcore.spec-hash` hashes: any difference in it means the
+/// container must be replaced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    pub name: NodeName,
+    pub host: HostName,
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// 1-based number within the group (0 for the head).
+    pub ordinal: u32,
+    pub image: String,
+    /// The address Ray advertises for this node.
+    pub node_ip: String,
+    pub cpus: u32,
+    pub shm_size_bytes: u64,
+    /// `ray start` argv (without `--block`), as reviewed in the plan.
+    pub ray_start: Vec<String>,
+    /// The container's full command.
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub ports: NodePorts,
+    pub network_mode: String,
+    pub restart_policy: String,
+    pub init: bool,
+}
+
+impl NodeSpec {
+    /// Canonical JSON: serde field order, sorted maps, no whitespace.
+    pub fn canonical_json(&self) -> String {
+        serde_json::to_string(self).expect("a NodeSpec always serializes")
+    }
+
+    /// sha256 of the canonical JSON, lower-case hex.
+    pub fn spec_hash(&self) -> String {
+        let digest = Sha256::digest(self.canonical_json().as_bytes());
+        hex(&digest)
+    }
+
+    /// The labels the container carries.
+    pub fn labels(&self, cluster: &str) -> BTreeMap<String, String> {
+        let mut labels = BTreeMap::new();
+        labels.insert(LABEL_CLUSTER.to_string(), cluster.to_string());
+        labels.insert(LABEL_ROLE.to_string(), self.role.as_str().to_string());
+        labels.insert(LABEL_NODE.to_string(), self.name.0.clone());
+        if let Some(group) = &self.group {
+            labels.insert(LABEL_GROUP.to_string(), group.clone());
+        }
+        labels.insert(LABEL_SCHEMA.to_string(), SCHEMA_VERSION.to_string());
+        labels.insert(LABEL_SPEC_HASH.to_string(), self.spec_hash());
+        let canonical = self.canonical_json();
+        if canonical.len() <= SPEC_LABEL_LIMIT {
+            labels.insert(LABEL_SPEC.to_string(), canonical);
+        }
+        labels
+    }
+
+    /// The spec as `key = value` lines, one per reviewable field, for field diffs.
+    pub fn review_lines(&self) -> Vec<(String, String)> {
+        let mut lines = vec![
+            ("host".to_string(), self.host.0.clone()),
+            ("image".to_string(), self.image.clone()),
+            ("cpus".to_string(), self.cpus.to_string()),
+            ("node_ip".to_string(), self.node_ip.clone()),
+            ("shm_size".to_string(), human_bytes(self.shm_size_bytes)),
+            ("network".to_string(), self.network_mode.clone()),
+            ("restart".to_string(), self.restart_policy.clone()),
+        ];
+        for (k, v) in &self.env {
+            lines.push((format!("env.{k}"), v.clone()));
+        }
+        lines.push(("ray_start".to_string(), self.ray_start.join(" ")));
+        if self.command.len() > 2 && self.command[0] == "bash" {
+            // The head's wrapper script: shown so reviewers see Serve's start.
+            lines.push(("command".to_string(), self.command[2].clone()));
+        }
+        lines
+    }
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `2147483648` -> `2g`, for display.
+pub fn human_bytes(n: u64) -> String {
+    const K: u64 = 1024;
+    for (unit, size) in [("g", K * K * K), ("m", K * K), ("k", K)] {
+        if n >= size && n % size == 0 {
+            return format!("{}{unit}", n / size);
+        }
+    }
+    n.to_string()
+}
+
+/// What the configuration wants, in topology order: the head first, then
+/// workers by group name, host (declared order) and ordinal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredState {
+    pub cluster: String,
+    pub nodes: Vec<NodeSpec>,
+}
+
+impl DesiredState {
+    pub fn head(&self) -> &NodeSpec {
+        self.nodes
+            .iter()
+            .find(|n| n.role == Role::Head)
+            .expect("a desired state always has a head")
+    }
+
+    pub fn workers(&self) -> impl Iterator<Item = &NodeSpec> {
+        self.nodes.iter().filter(|n| n.role == Role::Worker)
+    }
+
+    /// Every host that runs a node, deduplicated, in topology order.
+    pub fn hosts(&self) -> Vec<HostName> {
+        let mut hosts: Vec<HostName> = Vec::new();
+        for n in &self.nodes {
+            if !hosts.contains(&n.host) {
+                hosts.push(n.host.clone());
+            }
+        }
+        hosts
+    }
+
+    /// Images needed on each host.
+    pub fn images_by_host(&self) -> BTreeMap<HostName, Vec<String>> {
+        let mut out: BTreeMap<HostName, Vec<String>> = BTreeMap::new();
+        for n in &self.nodes {
+            let images = out.entry(n.host.clone()).or_default();
+            if !images.contains(&n.image) {
+                images.push(n.image.clone());
+            }
+        }
+        out
+    }
+}
+
+/// Version of the recorded-observation format.
+pub const OBSERVATION_FORMAT: &str = "1";
+
+/// What every host holds, as observed live or read from a recorded file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObservedState {
+    pub format_version: String,
+    pub hosts: BTreeMap<HostName, HostObservation>,
+}
+
+/// One host's observation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostObservation {
+    pub reachable: bool,
+    /// Why the host could not be observed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<EngineInfo>,
+    /// Presence of each image the configuration needs on this host
+    /// (reference -> image ID, or `null` when missing). Absent when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<BTreeMap<String, Option<String>>>,
+    #[serde(default)]
+    pub containers: Vec<ObservedContainer>,
+}
+
+/// The host's Docker engine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineInfo {
+    pub version: String,
+    pub api_version: String,
+    pub cpus: u32,
+    #[serde(default)]
+    pub memory_bytes: u64,
+}
+
+/// A container as the engine reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObservedContainer {
+    pub name: String,
+    pub id: String,
+    pub image: String,
+    /// Docker's state: `running`, `exited`, `created`, `restarting`, `paused`, `dead`...
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl ObservedContainer {
+    /// The cluster this container belongs to, by its labels.
+    pub fn cluster(&self) -> Option<&str> {
+        self.labels.get(LABEL_CLUSTER).map(String::as_str)
+    }
+
+    pub fn spec_hash(&self) -> Option<&str> {
+        self.labels.get(LABEL_SPEC_HASH).map(String::as_str)
+    }
+
+    /// The spec recorded in the container's labels, if present and readable.
+    pub fn recorded_spec(&self) -> Option<NodeSpec> {
+        self.labels
+            .get(LABEL_SPEC)
+            .and_then(|s| serde_json::from_str(s).ok())
+    }
+
+    pub fn is_running(&self) -> bool {
+        matches!(self.state.as_str(), "running" | "restarting")
+    }
+}
+
+impl ObservedState {
+    pub fn new() -> Self {
+        ObservedState {
+            format_version: OBSERVATION_FORMAT.to_string(),
+            hosts: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for ObservedState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_bytes_picks_the_largest_exact_unit() {
+        assert_eq!(human_bytes(2 * 1024 * 1024 * 1024), "2g");
+        assert_eq!(human_bytes(512 * 1024 * 1024), "512m");
+        assert_eq!(human_bytes(1536), "1536");
+    }
+}

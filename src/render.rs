@@ -1,0 +1,489 @@
+//! Rendering a [`Plan`] for people and programs: Terraform-like text for the
+//! terminal, markdown for pull requests, versioned JSON, and the step graph
+//! as DOT or mermaid. Pure functions from data to strings.
+
+use crate::model::{human_bytes, HostName};
+use crate::plan::{Action, Change, Plan, Step, Summary};
+use serde_json::{json, Value};
+use similar::{ChangeTag, TextDiff};
+use std::fmt::Write as _;
+
+/// Version of the JSON plan format.
+pub const JSON_FORMAT: &str = "1";
+/// GitHub comments are limited to 65,536 characters; stay well below.
+pub const MARKDOWN_LIMIT: usize = 60_000;
+
+/// Colour or not.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Style {
+    pub color: bool,
+}
+
+impl Style {
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+    fn green(&self, t: &str) -> String {
+        self.paint("32", t)
+    }
+    fn red(&self, t: &str) -> String {
+        self.paint("31", t)
+    }
+    fn yellow(&self, t: &str) -> String {
+        self.paint("33", t)
+    }
+    fn bold(&self, t: &str) -> String {
+        self.paint("1", t)
+    }
+}
+
+fn symbol(action: Action) -> &'static str {
+    match action {
+        Action::Create => "+",
+        Action::Start => "~",
+        Action::Replace => "-/+",
+        Action::Remove => "-",
+        Action::NoOp => " ",
+    }
+}
+
+fn colored_symbol(style: Style, action: Action) -> String {
+    let s = format!("{:>3}", symbol(action));
+    match action {
+        Action::Create => style.green(&s),
+        Action::Start => style.yellow(&s),
+        Action::Replace => style.yellow(&s),
+        Action::Remove => style.red(&s),
+        Action::NoOp => s,
+    }
+}
+
+fn verb(action: Action) -> &'static str {
+    match action {
+        Action::Create => "will be created",
+        Action::Start => "will be started",
+        Action::Replace => "must be replaced",
+        Action::Remove => "will be destroyed",
+        Action::NoOp => "is unchanged",
+    }
+}
+
+/// The last line of a plan.
+pub fn summary_line(s: Summary) -> String {
+    if s.is_empty() {
+        "No changes. The cluster matches the configuration.".to_string()
+    } else {
+        format!(
+            "Plan: {} to add, {} to change, {} to destroy.",
+            s.add, s.change, s.destroy
+        )
+    }
+}
+
+fn quote(v: &str) -> String {
+    format!("{v:?}")
+}
+
+/// One node's block.
+fn change_block(out: &mut String, c: &Change, style: Style) {
+    let _ = writeln!(
+        out,
+        "  {}",
+        style.bold(&format!("# {} on {} {}", c.node, c.host, verb(c.action)))
+    );
+    let _ = writeln!(out, "  # ({})", c.cause);
+    let _ = writeln!(
+        out,
+        "{} node {} {{",
+        colored_symbol(style, c.action),
+        quote(c.node.as_str())
+    );
+    match c.action {
+        Action::Create => {
+            if let Some(a) = &c.after {
+                let lines = a.review_lines();
+                let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+                for (k, v) in lines {
+                    let _ = writeln!(out, "      {} {k:width$} = {}", style.green("+"), quote(&v));
+                }
+            }
+        }
+        Action::Replace if !c.fields.is_empty() => {
+            let old = c
+                .fields
+                .iter()
+                .filter_map(|f| f.before.as_ref().map(|b| format!("{} = {}\n", f.field, quote(b))))
+                .collect::<String>();
+            let new = c
+                .fields
+                .iter()
+                .filter_map(|f| f.after.as_ref().map(|a| format!("{} = {}\n", f.field, quote(a))))
+                .collect::<String>();
+            let diff = TextDiff::from_lines(&old, &new);
+            for change in diff.iter_all_changes() {
+                let line = change.value().trim_end_matches('\n');
+                let rendered = match change.tag() {
+                    ChangeTag::Delete => style.red(&format!("-   {line}")),
+                    ChangeTag::Insert => style.green(&format!("+   {line}")),
+                    ChangeTag::Equal => format!("    {line}"),
+                };
+                let _ = writeln!(out, "    {rendered}");
+            }
+        }
+        Action::Replace | Action::Start | Action::Remove | Action::NoOp => {
+            if let Some(b) = &c.before {
+                let short: String = b.id.chars().take(12).collect();
+                let _ = writeln!(out, "        id    = {}", quote(&short));
+                let _ = writeln!(out, "        image = {}", quote(&b.image));
+                let state = match b.exit_code {
+                    Some(code) if b.state == "exited" => format!("exited ({code})"),
+                    _ => b.state.clone(),
+                };
+                let _ = writeln!(out, "        state = {}", quote(&state));
+            }
+        }
+    }
+    let _ = writeln!(out, "    }}");
+    let _ = writeln!(out);
+}
+
+fn header(out: &mut String, plan: &Plan) {
+    let nodes = plan
+        .changes
+        .iter()
+        .filter(|c| c.action != Action::Remove)
+        .count();
+    let _ = writeln!(
+        out,
+        "Cluster `{}`: {} node(s) on {} host(s).",
+        plan.cluster,
+        nodes,
+        plan.hosts.len()
+    );
+    if !plan.overrides.is_empty() {
+        let _ = writeln!(out, "Overrides in force:");
+        for o in &plan.overrides {
+            let _ = writeln!(out, "  {o}");
+        }
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Hosts:");
+    let width = plan.hosts.iter().map(|h| h.host.0.len()).max().unwrap_or(0);
+    for h in &plan.hosts {
+        let engine = match &h.engine {
+            Some(e) => format!(
+                "Docker {} (API {}), {} CPUs, {}",
+                e.version,
+                e.api_version,
+                e.cpus,
+                human_bytes(e.memory_bytes)
+            ),
+            None => "engine not described in the observation".to_string(),
+        };
+        let _ = writeln!(out, "  {:width$}  {engine}", h.host.0);
+    }
+    let _ = writeln!(out);
+}
+
+/// Terraform-like text.
+pub fn text(plan: &Plan, style: Style) -> String {
+    let mut out = String::new();
+    header(&mut out, plan);
+    let summary = plan.summary();
+    if summary.is_empty() {
+        for n in &plan.notes {
+            let _ = writeln!(out, "Note: {n}");
+        }
+        let _ = writeln!(out, "{}", style.bold(&summary_line(summary)));
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "seedcore will perform the following actions (+ create, ~ start, -/+ replace, - destroy):"
+    );
+    let _ = writeln!(out);
+    for c in plan.effective() {
+        change_block(&mut out, c, style);
+    }
+    let unchanged: Vec<&str> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action == Action::NoOp)
+        .map(|c| c.node.as_str())
+        .collect();
+    if !unchanged.is_empty() {
+        let _ = writeln!(out, "Unchanged: {}", unchanged.join(", "));
+        let _ = writeln!(out);
+    }
+    steps_section(&mut out, plan);
+    firewall_section(&mut out, plan);
+    for n in &plan.notes {
+        let _ = writeln!(out, "Note: {n}");
+    }
+    if !plan.notes.is_empty() {
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(out, "{}", style.bold(&summary_line(summary)));
+    out
+}
+
+fn steps_section(out: &mut String, plan: &Plan) {
+    let order = plan.graph.ordered();
+    let _ = writeln!(out, "Steps, in order ({}):", order.len());
+    let number = |i| order.iter().position(|o| *o == i).map(|p| p + 1).unwrap_or(0);
+    for (n, i) in order.iter().enumerate() {
+        let step = &plan.graph.graph[*i];
+        let deps: Vec<String> = plan
+            .graph
+            .dependencies(*i)
+            .into_iter()
+            .map(|d| number(d).to_string())
+            .collect();
+        let after = if deps.is_empty() {
+            String::new()
+        } else {
+            format!("  (after {})", deps.join(", "))
+        };
+        let _ = writeln!(out, "  {:>2}. {:<50} on {}{after}", n + 1, step_label(step), step.host());
+    }
+    let _ = writeln!(out);
+}
+
+fn step_label(step: &Step) -> String {
+    match step {
+        Step::PullImage { image, .. } => format!("pull {image}"),
+        other => other.to_string(),
+    }
+}
+
+fn firewall_section(out: &mut String, plan: &Plan) {
+    if plan.firewall.len() < 2 {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "Firewall: each host must accept TCP from the other cluster hosts on:"
+    );
+    for (host, ranges) in &plan.firewall {
+        let list: Vec<String> = ranges
+            .iter()
+            .map(|(a, b, what)| {
+                if a == b {
+                    format!("{a} ({what})")
+                } else {
+                    format!("{a}-{b} ({what})")
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "  {host}: {}", list.join(", "));
+    }
+    let _ = writeln!(out);
+}
+
+/// Markdown for a pull request: the summary first, one collapsible section
+/// per host, under [`MARKDOWN_LIMIT`] characters.
+pub fn markdown(plan: &Plan) -> String {
+    let summary = plan.summary();
+    let mut out = String::new();
+    let _ = writeln!(out, "### seedcore plan: cluster `{}`", plan.cluster);
+    let _ = writeln!(out);
+    let _ = writeln!(out, "**{}**", summary_line(summary));
+    let _ = writeln!(out);
+    if !plan.overrides.is_empty() {
+        let _ = writeln!(
+            out,
+            "Overrides in force: {}",
+            plan.overrides
+                .iter()
+                .map(|o| format!("`{o}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let _ = writeln!(out);
+    }
+    for n in &plan.notes {
+        let _ = writeln!(out, "> {n}");
+        let _ = writeln!(out);
+    }
+    if !summary.is_empty() {
+        let _ = writeln!(out, "| node | host | action | cause |");
+        let _ = writeln!(out, "|---|---|---|---|");
+        for c in plan.effective() {
+            let _ = writeln!(
+                out,
+                "| `{}` | `{}` | {} {} | {} |",
+                c.node,
+                c.host,
+                symbol(c.action),
+                c.action.as_str(),
+                c.cause.replace('|', "\\|")
+            );
+        }
+        let _ = writeln!(out);
+    }
+    let mut hosts: Vec<HostName> = plan.hosts.iter().map(|h| h.host.clone()).collect();
+    for c in &plan.changes {
+        if !hosts.contains(&c.host) {
+            hosts.push(c.host.clone());
+        }
+    }
+    let mut sections = Vec::new();
+    for host in hosts {
+        let changes: Vec<&Change> = plan.effective().filter(|c| c.host == host).collect();
+        let mut body = String::new();
+        for c in &changes {
+            change_block(&mut body, c, Style::default());
+        }
+        let mut section = String::new();
+        let _ = writeln!(
+            section,
+            "<details><summary><code>{host}</code>: {} change(s)</summary>\n",
+            changes.len()
+        );
+        if changes.is_empty() {
+            let _ = writeln!(section, "No changes on this host.\n");
+        } else {
+            let _ = writeln!(section, "```diff\n{}```\n", body);
+        }
+        let _ = writeln!(section, "</details>\n");
+        sections.push(section);
+    }
+    let notice = "\n_The plan is too long for a comment and was truncated: run `seedcore plan` for the whole of it._\n";
+    for (i, s) in sections.iter().enumerate() {
+        if out.len() + s.len() + notice.len() > MARKDOWN_LIMIT {
+            let _ = write!(
+                out,
+                "{}",
+                notice.replace(
+                    "truncated:",
+                    &format!("truncated after {i} of {} hosts:", sections.len())
+                )
+            );
+            return out;
+        }
+        out.push_str(s);
+    }
+    out
+}
+
+fn change_json(c: &Change) -> Value {
+    let mut v = json!({
+        "node": c.node,
+        "host": c.host,
+        "role": c.role,
+        "action": c.action.as_str(),
+        "cause": c.cause,
+    });
+    if let Some(b) = &c.before {
+        v["before"] = json!(b);
+    }
+    if let Some(a) = &c.after {
+        v["after"] = json!({
+            "image": a.image,
+            "args": a.ray_start,
+            "command": a.command,
+            "cpus": a.cpus,
+            "node_ip": a.node_ip,
+            "shm_size": human_bytes(a.shm_size_bytes),
+            "env": a.env,
+            "ports": a.ports,
+            "network_mode": a.network_mode,
+            "restart_policy": a.restart_policy,
+            "spec_hash": a.spec_hash(),
+        });
+    }
+    if !c.fields.is_empty() {
+        v["fields"] = json!(c.fields);
+    }
+    v
+}
+
+/// The plan as versioned JSON.
+pub fn json_value(plan: &Plan) -> Value {
+    let order = plan.graph.ordered();
+    let number = |i| order.iter().position(|o| *o == i).map(|p| p + 1).unwrap_or(0);
+    let steps: Vec<Value> = order
+        .iter()
+        .enumerate()
+        .map(|(n, i)| {
+            let mut v = json!(plan.graph.graph[*i]);
+            v["id"] = json!(n + 1);
+            v["after"] = json!(plan
+                .graph
+                .dependencies(*i)
+                .into_iter()
+                .map(number)
+                .collect::<Vec<_>>());
+            v
+        })
+        .collect();
+    json!({
+        "format_version": JSON_FORMAT,
+        "cluster": plan.cluster,
+        "summary": plan.summary(),
+        "overrides": plan.overrides,
+        "hosts": plan.hosts,
+        "notes": plan.notes,
+        "changes": plan.effective().map(change_json).collect::<Vec<_>>(),
+        "unchanged": plan.changes.iter().filter(|c| c.action == Action::NoOp).map(|c| &c.node).collect::<Vec<_>>(),
+        "steps": steps,
+        "fingerprint": plan.fingerprint,
+    })
+}
+
+/// The plan as pretty JSON with a trailing newline.
+pub fn json(plan: &Plan) -> String {
+    let mut s = serde_json::to_string_pretty(&json_value(plan)).expect("plan JSON serializes");
+    s.push('\n');
+    s
+}
+
+/// The step graph in Graphviz DOT.
+pub fn dot(plan: &Plan) -> String {
+    let mut out = String::from("digraph seedcore {\n  rankdir=LR;\n  node [shape=box];\n");
+    let order = plan.graph.ordered();
+    for (n, i) in order.iter().enumerate() {
+        let step = &plan.graph.graph[*i];
+        let _ = writeln!(
+            out,
+            "  s{} [label={:?}];",
+            n + 1,
+            format!("{}\n{}", step_label(step), step.host())
+        );
+    }
+    for (n, i) in order.iter().enumerate() {
+        for d in plan.graph.dependencies(*i) {
+            let from = order.iter().position(|o| *o == d).unwrap_or(0) + 1;
+            let _ = writeln!(out, "  s{from} -> s{};", n + 1);
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// The step graph as a mermaid flowchart.
+pub fn mermaid(plan: &Plan) -> String {
+    let mut out = String::from("flowchart LR\n");
+    let order = plan.graph.ordered();
+    for (n, i) in order.iter().enumerate() {
+        let step = &plan.graph.graph[*i];
+        let _ = writeln!(
+            out,
+            "  s{}[\"{}<br/>{}\"]",
+            n + 1,
+            step_label(step).replace('"', "'"),
+            step.host()
+        );
+    }
+    for (n, i) in order.iter().enumerate() {
+        for d in plan.graph.dependencies(*i) {
+            let from = order.iter().position(|o| *o == d).unwrap_or(0) + 1;
+            let _ = writeln!(out, "  s{from} --> s{}", n + 1);
+        }
+    }
+    out
+}
