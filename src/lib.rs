@@ -8,9 +8,13 @@
 //! synchronous; `transport`, `backend`, `observe`, `apply` and `cli` are the
 //! imperative shell.
 
+pub mod apply;
+pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod model;
+pub mod observe;
 pub mod plan;
 pub mod render;
 pub mod topology;
+pub mod transport;

@@ -60,17 +60,47 @@ pub enum Command {
     Graph {
         /// Plan against a recorded observation instead of the live hosts.
         #[arg(long, value_name = "FILE")]
-        observed: PathBuf,
+        observed: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "dot")]
         format: GraphFormat,
+        /// Hosts worked on at once (default: `ssh.max_parallel`).
+        #[arg(long)]
+        parallel: Option<usize>,
     },
+    /// Record what every host runs, in the format `plan --observed` reads.
+    Observe {
+        /// Write to FILE instead of stdout.
+        #[arg(short = 'o', long = "out", value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Hosts worked on at once (default: `ssh.max_parallel`).
+        #[arg(long)]
+        parallel: Option<usize>,
+    },
+    /// Make the hosts match the configuration: plan, confirm, execute.
+    Apply(ApplyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// A plan saved with `seedcore plan --out`; refused if the hosts changed since.
+    #[arg(value_name = "PLANFILE")]
+    pub planfile: Option<PathBuf>,
+    /// Apply without asking (required when stdin is not a terminal).
+    #[arg(long)]
+    pub auto_approve: bool,
+    /// Hosts and steps worked on at once (default: `ssh.max_parallel`).
+    #[arg(long)]
+    pub parallel: Option<usize>,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
     /// Plan against a recorded observation instead of the live hosts.
     #[arg(long, value_name = "FILE")]
-    pub observed: PathBuf,
+    pub observed: Option<PathBuf>,
+    /// Hosts worked on at once (default: `ssh.max_parallel`).
+    #[arg(long)]
+    pub parallel: Option<usize>,
     /// Save the plan for `seedcore apply PLANFILE`.
     #[arg(long, value_name = "PLANFILE")]
     pub out: Option<PathBuf>,
@@ -140,7 +170,10 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Validate => validate(&cli.config, &overrides),
         Command::Plan(args) => {
             let (loaded, desired) = load(&cli.config, &overrides)?;
-            let observed = read_observation(&args.observed)?;
+            let observed = match &args.observed {
+                Some(path) => read_observation(path)?,
+                None => live::block_on(live::observe_only(&loaded, &desired, args.parallel))??,
+            };
             let plan = make_plan(&loaded, &desired, &observed)?;
             print_plan(&plan, args.output, style)?;
             if let Some(out) = &args.out {
@@ -152,15 +185,38 @@ pub fn run(cli: Cli) -> Result<u8> {
                 exit::OK
             })
         }
-        Command::Graph { observed, format } => {
+        Command::Graph {
+            observed,
+            format,
+            parallel,
+        } => {
             let (loaded, desired) = load(&cli.config, &overrides)?;
-            let observed = read_observation(&observed)?;
+            let observed = match &observed {
+                Some(path) => read_observation(path)?,
+                None => live::block_on(live::observe_only(&loaded, &desired, parallel))??,
+            };
             let plan = make_plan(&loaded, &desired, &observed)?;
             write_stdout(&match format {
                 GraphFormat::Dot => render::dot(&plan),
                 GraphFormat::Mermaid => render::mermaid(&plan),
             })?;
             Ok(exit::OK)
+        }
+        Command::Observe { out, parallel } => {
+            let (loaded, desired) = load(&cli.config, &overrides)?;
+            let observed = live::block_on(live::observe_only(&loaded, &desired, parallel))??;
+            let text = serde_json::to_string_pretty(&observed).expect("observation serializes") + "\n";
+            match out {
+                Some(path) => std::fs::write(&path, text).map_err(|e| {
+                    UserError(format!("error: cannot write `{}`: {e}", path.display()))
+                })?,
+                None => write_stdout(&text)?,
+            }
+            Ok(exit::OK)
+        }
+        Command::Apply(args) => {
+            let (loaded, desired) = load(&cli.config, &overrides)?;
+            live::block_on(live::apply(&loaded, &desired, &args, style))?
         }
     }
 }
@@ -250,7 +306,7 @@ pub fn make_plan(loaded: &Loaded, desired: &DesiredState, observed: &ObservedSta
     .map_err(user)
 }
 
-fn print_plan(plan: &Plan, format: OutputFormat, style: Style) -> Result<()> {
+pub(crate) fn print_plan(plan: &Plan, format: OutputFormat, style: Style) -> Result<()> {
     write_stdout(&match format {
         OutputFormat::Text => render::text(plan, style),
         OutputFormat::Markdown => render::markdown(plan),
@@ -261,11 +317,7 @@ fn print_plan(plan: &Plan, format: OutputFormat, style: Style) -> Result<()> {
 /// Writes a saved plan: the plan's JSON plus what it was made from.
 fn save_plan(path: &Path, loaded: &Loaded, plan: &Plan) -> Result<()> {
     let mut v = render::json_value(plan);
-    v["config"] = serde_json::json!({
-        "path": loaded.source.path,
-        "sha256": crate::model::hex(&<sha2::Sha256 as sha2::Digest>::digest(loaded.source.text.as_bytes())),
-        "overrides": loaded.source.overrides().iter().map(|o| format!("{}={}", o.key, o.value)).collect::<Vec<_>>(),
-    });
+    v["config"] = config_identity(loaded);
     let text = serde_json::to_string_pretty(&v).expect("plan JSON serializes");
     std::fs::write(path, text + "\n").map_err(|e| {
         UserError(format!(
@@ -286,3 +338,15 @@ pub fn write_stdout(text: &str) -> Result<()> {
         Err(e) => Err(UserError(format!("error: cannot write to stdout: {e}"))),
     }
 }
+
+/// What a saved plan was made from: the configuration's text and overrides.
+pub(crate) fn config_identity(loaded: &Loaded) -> serde_json::Value {
+    serde_json::json!({
+        "path": loaded.source.path,
+        "sha256": crate::model::hex(&<sha2::Sha256 as sha2::Digest>::digest(loaded.source.text.as_bytes())),
+        "overrides": loaded.source.overrides().iter().map(|o| format!("{}={}", o.key, o.value)).collect::<Vec<_>>(),
+    })
+}
+
+mod live;
+mod progress;

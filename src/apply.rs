@@ -1,0 +1,601 @@
+//! Executing a plan: walks the step graph with bounded parallelism,
+//! dependencies first. A failed step marks its dependents skipped; independent
+//! steps go on. Waits are Ray-aware: the head is ready when its GCS (and
+//! Serve's HTTP port) answer; a worker when Ray itself lists it ALIVE with its
+//! declared CPUs. Progress goes to a [`Reporter`] as [`Event`]s.
+
+use crate::backend::{DockerBackend, LogOptions};
+use crate::model::{DesiredState, HostName, NodeName, NodeSpec, Role};
+use crate::plan::{Plan, Step};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use petgraph::graph::NodeIndex;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Knobs of an apply.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    pub max_parallel: usize,
+    pub stop_timeout: Duration,
+    pub head_ready_timeout: Duration,
+    pub nodes_alive_timeout: Duration,
+    pub drain_timeout: Duration,
+    /// Pause between readiness polls.
+    pub poll_interval: Duration,
+}
+
+impl ApplyOptions {
+    pub fn from_config(config: &crate::config::Config, parallel: Option<usize>) -> Self {
+        ApplyOptions {
+            max_parallel: parallel.unwrap_or(config.ssh.max_parallel).max(1),
+            stop_timeout: Duration::from_secs(config.timeouts.stop_secs),
+            head_ready_timeout: Duration::from_secs(config.timeouts.head_ready_secs),
+            nodes_alive_timeout: Duration::from_secs(config.timeouts.nodes_alive_secs),
+            drain_timeout: Duration::from_secs(config.timeouts.drain_secs),
+            poll_interval: Duration::from_millis(1000),
+        }
+    }
+}
+
+/// What happened to a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Done { elapsed: Duration },
+    Failed { error: String },
+    Skipped { because: String },
+}
+
+/// Progress, for whoever draws it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Started { step: Step },
+    Progress { step: Step, message: String },
+    Finished { step: Step, outcome: Outcome },
+}
+
+/// Receives progress events (the CLI draws them; tests record them).
+pub trait Reporter: Sync {
+    fn event(&self, event: Event);
+}
+
+/// A reporter that keeps every event, for tests.
+#[derive(Debug, Default)]
+pub struct RecordingReporter {
+    pub events: std::sync::Mutex<Vec<Event>>,
+}
+
+impl Reporter for RecordingReporter {
+    fn event(&self, event: Event) {
+        self.events.lock().unwrap().push(event);
+    }
+}
+
+/// The result of an apply.
+#[derive(Debug, Clone)]
+pub struct ApplyReport {
+    /// Every step with its outcome, in the order they ended.
+    pub outcomes: Vec<(Step, Outcome)>,
+    pub elapsed: Duration,
+}
+
+impl ApplyReport {
+    pub fn succeeded(&self) -> bool {
+        self.outcomes
+            .iter()
+            .all(|(_, o)| matches!(o, Outcome::Done { .. }))
+    }
+
+    pub fn failures(&self) -> Vec<(&Step, &str)> {
+        self.outcomes
+            .iter()
+            .filter_map(|(s, o)| match o {
+                Outcome::Failed { error } => Some((s, error.as_str())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// A Ray node as `ray list nodes --format json` reports it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct RayNode {
+    #[serde(default)]
+    pub node_id: String,
+    #[serde(default)]
+    pub node_ip: String,
+    #[serde(default)]
+    pub node_name: String,
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub is_head_node: bool,
+    #[serde(default)]
+    pub resources_total: BTreeMap<String, f64>,
+}
+
+impl RayNode {
+    pub fn cpus(&self) -> f64 {
+        self.resources_total.get("CPU").copied().unwrap_or(0.0)
+    }
+    pub fn is_alive(&self) -> bool {
+        self.state == "ALIVE"
+    }
+}
+
+/// The command that lists Ray's nodes, run inside the head container.
+pub fn list_nodes_command() -> Vec<String> {
+    ["ray", "list", "nodes", "--format", "json", "--limit", "10000"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// Parses `ray list nodes --format json` output (tolerating banners).
+pub fn parse_ray_nodes(stdout: &str) -> Result<Vec<RayNode>, String> {
+    let start = stdout
+        .find('[')
+        .ok_or_else(|| format!("no JSON list in `ray list nodes` output: {}", tail(stdout, 3)))?;
+    serde_json::from_str(&stdout[start..]).map_err(|e| format!("cannot read `ray list nodes` output: {e}"))
+}
+
+/// Asks the head's Ray for its nodes.
+pub async fn ray_nodes<B: DockerBackend>(head: &B, head_container: &str) -> Result<Vec<RayNode>, String> {
+    let out = head
+        .exec(head_container, &list_nodes_command())
+        .await
+        .map_err(|e| e.to_string())?;
+    if out.exit_code != 0 {
+        return Err(format!(
+            "`ray list nodes` exited {}: {}",
+            out.exit_code,
+            tail(&format!("{}{}", out.stdout, out.stderr), 3)
+        ));
+    }
+    parse_ray_nodes(&out.stdout)
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+/// Shares one `ray list nodes` between every waiting step: each call starts a
+/// Python process in the head, too heavy to run once per worker per second.
+struct Membership<'a, B: DockerBackend> {
+    head: Option<(&'a B, String)>,
+    cache: tokio::sync::Mutex<Option<(Instant, Result<Vec<RayNode>, String>)>>,
+}
+
+impl<'a, B: DockerBackend> Membership<'a, B> {
+    async fn nodes(&self, max_age: Duration) -> Result<Vec<RayNode>, String> {
+        let Some((head, container)) = &self.head else {
+            return Err("the cluster has no head".to_string());
+        };
+        let mut cache = self.cache.lock().await;
+        if let Some((at, value)) = cache.as_ref() {
+            if at.elapsed() < max_age {
+                return value.clone();
+            }
+        }
+        let value = ray_nodes(*head, container).await;
+        *cache = Some((Instant::now(), value.clone()));
+        value
+    }
+}
+
+struct Executor<'a, B: DockerBackend> {
+    desired: &'a DesiredState,
+    backends: &'a BTreeMap<HostName, B>,
+    options: &'a ApplyOptions,
+    reporter: &'a dyn Reporter,
+    membership: Membership<'a, B>,
+}
+
+/// Runs a plan's steps against the hosts' backends.
+pub async fn execute<B: DockerBackend>(
+    plan: &Plan,
+    desired: &DesiredState,
+    backends: &BTreeMap<HostName, B>,
+    options: &ApplyOptions,
+    reporter: &dyn Reporter,
+) -> ApplyReport {
+    let started = Instant::now();
+    let head = desired.head();
+    let exec = Executor {
+        desired,
+        backends,
+        options,
+        reporter,
+        membership: Membership {
+            head: backends.get(&head.host).map(|b| (b, head.name.0.clone())),
+            cache: tokio::sync::Mutex::new(None),
+        },
+    };
+    let graph = &plan.graph;
+    let order = graph.ordered();
+    let mut outcome: BTreeMap<NodeIndex, Outcome> = BTreeMap::new();
+    let mut running: FuturesUnordered<_> = FuturesUnordered::new();
+    let mut in_flight: Vec<NodeIndex> = Vec::new();
+    let mut outcomes = Vec::new();
+
+    loop {
+        // Mark the dependents of failures as skipped, and launch what is ready.
+        let mut launched_any = true;
+        while launched_any {
+            launched_any = false;
+            for i in &order {
+                if outcome.contains_key(i) || in_flight.contains(i) {
+                    continue;
+                }
+                let deps = graph.dependencies(*i);
+                if let Some(bad) = deps.iter().find(|d| {
+                    matches!(
+                        outcome.get(d),
+                        Some(Outcome::Failed { .. } | Outcome::Skipped { .. })
+                    )
+                }) {
+                    let o = Outcome::Skipped {
+                        because: format!("`{}` did not complete", graph.graph[*bad]),
+                    };
+                    reporter.event(Event::Finished {
+                        step: graph.graph[*i].clone(),
+                        outcome: o.clone(),
+                    });
+                    outcomes.push((graph.graph[*i].clone(), o.clone()));
+                    outcome.insert(*i, o);
+                    launched_any = true;
+                    continue;
+                }
+                let ready = deps
+                    .iter()
+                    .all(|d| matches!(outcome.get(d), Some(Outcome::Done { .. })));
+                if ready && in_flight.len() < options.max_parallel {
+                    in_flight.push(*i);
+                    let step = graph.graph[*i].clone();
+                    let exec = &exec;
+                    running.push(async move {
+                        exec.reporter.event(Event::Started { step: step.clone() });
+                        let t = Instant::now();
+                        let result = exec.run(&step).await;
+                        let o = match result {
+                            Ok(()) => Outcome::Done { elapsed: t.elapsed() },
+                            Err(error) => Outcome::Failed { error },
+                        };
+                        exec.reporter.event(Event::Finished {
+                            step: step.clone(),
+                            outcome: o.clone(),
+                        });
+                        (*i, o)
+                    });
+                    launched_any = true;
+                }
+            }
+        }
+        match running.next().await {
+            Some((i, o)) => {
+                in_flight.retain(|x| *x != i);
+                outcomes.push((graph.graph[i].clone(), o.clone()));
+                outcome.insert(i, o);
+            }
+            None => break,
+        }
+    }
+    // Steps never reached (cannot happen in a DAG, but never lose a step).
+    for i in &order {
+        if !outcome.contains_key(i) {
+            outcomes.push((
+                graph.graph[*i].clone(),
+                Outcome::Skipped {
+                    because: "never became ready".to_string(),
+                },
+            ));
+        }
+    }
+    ApplyReport {
+        outcomes,
+        elapsed: started.elapsed(),
+    }
+}
+
+impl<'a, B: DockerBackend> Executor<'a, B> {
+    fn backend(&self, host: &HostName) -> Result<&'a B, String> {
+        self.backends
+            .get(host)
+            .ok_or_else(|| format!("no connection to `{host}`"))
+    }
+
+    fn spec(&self, node: &NodeName) -> Result<&'a NodeSpec, String> {
+        self.desired
+            .nodes
+            .iter()
+            .find(|n| n.name == *node)
+            .ok_or_else(|| format!("`{node}` is not in the configuration"))
+    }
+
+    fn progress(&self, step: &Step, message: String) {
+        self.reporter.event(Event::Progress {
+            step: step.clone(),
+            message,
+        });
+    }
+
+    async fn run(&self, step: &Step) -> Result<(), String> {
+        match step {
+            Step::PullImage { host, image } => self
+                .backend(host)?
+                .pull_image(image)
+                .await
+                .map_err(|e| format!("cannot pull `{image}` on `{host}`: {e} (load it there with `docker save {image} | ssh {host} docker load`)")),
+            Step::Remove { host, node, .. } => {
+                let b = self.backend(host)?;
+                b.stop_container(node.as_str(), self.options.stop_timeout.as_secs())
+                    .await
+                    .or_else(|e| if e.kind == crate::backend::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+                    .map_err(|e| format!("cannot stop `{node}`: {e}"))?;
+                b.remove_container(node.as_str())
+                    .await
+                    .or_else(|e| if e.kind == crate::backend::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+                    .map_err(|e| format!("cannot remove `{node}`: {e}"))
+            }
+            Step::Create { host, node } => {
+                let spec = self.spec(node)?;
+                self.backend(host)?
+                    .create_container(spec, &spec.labels(&self.desired.cluster))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("cannot create `{node}`: {e}"))
+            }
+            Step::Start { host, node } => self
+                .backend(host)?
+                .start_container(node.as_str())
+                .await
+                .map_err(|e| format!("cannot start `{node}`: {e}")),
+            Step::WaitReady { host, node } => {
+                let spec = self.spec(node)?;
+                match spec.role {
+                    Role::Head => self.wait_head(step, host, spec).await,
+                    Role::Worker => self.wait_alive(step, host, spec).await,
+                }
+            }
+            Step::Drain { host, node } => self.drain(step, host, node).await,
+        }
+    }
+
+    /// Fails early when the container died, with its last log lines.
+    async fn check_alive(&self, b: &B, node: &NodeName) -> Result<(), String> {
+        match b.inspect_container(node.as_str()).await {
+            Ok(Some(d)) if d.state == "running" => Ok(()),
+            Ok(Some(d)) if d.state == "restarting" || d.restart_count > 0 => Err(format!(
+                "`{node}` keeps exiting (restarted {} times)\n{}",
+                d.restart_count,
+                self.log_tail(b, node).await
+            )),
+            Ok(Some(d)) => Err(format!(
+                "`{node}` is {}{}\n{}",
+                d.state,
+                d.exit_code.map(|c| format!(" (exit code {c})")).unwrap_or_default(),
+                self.log_tail(b, node).await
+            )),
+            Ok(None) => Err(format!("`{node}` disappeared")),
+            Err(e) => Err(format!("cannot inspect `{node}`: {e}")),
+        }
+    }
+
+    /// The last 20 lines of a container's log, indented, for error messages.
+    async fn log_tail(&self, b: &B, node: &NodeName) -> String {
+        let mut lines = String::new();
+        let mut stream = b.logs(
+            node.as_str(),
+            LogOptions {
+                follow: false,
+                tail: Some(20),
+                since: None,
+            },
+        );
+        while let Ok(Some(Ok(chunk))) =
+            tokio::time::timeout(Duration::from_secs(5), stream.next()).await
+        {
+            lines.push_str(&chunk);
+        }
+        let body: Vec<String> = lines
+            .lines()
+            .map(|l| format!("    | {l}"))
+            .collect();
+        if body.is_empty() {
+            format!("  (no log lines from `{node}`)")
+        } else {
+            format!("  last log lines of `{node}`:\n{}", body.join("\n"))
+        }
+    }
+
+    async fn wait_head(&self, step: &Step, host: &HostName, spec: &NodeSpec) -> Result<(), String> {
+        let b = self.backend(host)?;
+        let deadline = Instant::now() + self.options.head_ready_timeout;
+        let head_ports = spec.ports.head.clone().ok_or("the head has no head ports")?;
+        let mut wanted = vec![(head_ports.gcs, "GCS")];
+        if let Some(p) = head_ports.serve {
+            wanted.push((p, "Serve HTTP"));
+        }
+        for (port, what) in wanted {
+            self.progress(step, format!("waiting for {what} on port {port}"));
+            let probe = vec![
+                "bash".to_string(),
+                "-c".to_string(),
+                format!("exec 3<>/dev/tcp/{}/{port}", spec.node_ip),
+            ];
+            loop {
+                self.check_alive(b, &spec.name).await?;
+                match b.exec(spec.name.as_str(), &probe).await {
+                    Ok(out) if out.exit_code == 0 => break,
+                    _ => {}
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "`{}`: {what} did not answer on port {port} within {}s (timeouts.head_ready)\n{}",
+                        spec.name,
+                        self.options.head_ready_timeout.as_secs(),
+                        self.log_tail(b, &spec.name).await
+                    ));
+                }
+                tokio::time::sleep(self.options.poll_interval).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_alive(&self, step: &Step, host: &HostName, spec: &NodeSpec) -> Result<(), String> {
+        let b = self.backend(host)?;
+        let deadline = Instant::now() + self.options.nodes_alive_timeout;
+        self.progress(step, "waiting for Ray to list it ALIVE".to_string());
+        let mut last;
+        loop {
+            self.check_alive(b, &spec.name).await?;
+            match self.membership.nodes(self.options.poll_interval).await {
+                Ok(nodes) => {
+                    let found = nodes
+                        .iter()
+                        .find(|n| n.node_name == spec.name.0 && n.is_alive());
+                    match found {
+                        Some(n) if (n.cpus() - f64::from(spec.cpus)).abs() < 0.01 => return Ok(()),
+                        Some(n) => {
+                            last = format!("ALIVE with {} CPUs, {} declared", n.cpus(), spec.cpus)
+                        }
+                        None => last = "not listed by Ray yet".to_string(),
+                    }
+                }
+                Err(e) => last = e,
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "`{}` did not join Ray within {}s (timeouts.nodes_alive): {last}\n  hint: workers join the head's GCS at its `head.host`; check that `{host}` reaches it (firewall) and the worker's log\n{}",
+                    spec.name,
+                    self.options.nodes_alive_timeout.as_secs(),
+                    self.log_tail(b, &spec.name).await
+                ));
+            }
+            tokio::time::sleep(self.options.poll_interval).await;
+        }
+    }
+
+    /// Lets Ray move work off a worker, then stops Ray in it so the node
+    /// leaves the cluster before its container goes.
+    async fn drain(&self, step: &Step, host: &HostName, node: &NodeName) -> Result<(), String> {
+        let b = self.backend(host)?;
+        let head = self.desired.head();
+        let hb = self.backend(&head.host)?;
+        let nodes = match self.membership.nodes(Duration::ZERO).await {
+            Ok(n) => n,
+            Err(e) => {
+                self.progress(step, format!("cannot ask Ray ({e}); removing without drain"));
+                return Ok(());
+            }
+        };
+        let Some(ray_node) = nodes.iter().find(|n| n.node_name == node.0 && n.is_alive()) else {
+            return Ok(());
+        };
+        self.progress(step, "draining".to_string());
+        let drain = vec![
+            "ray".to_string(),
+            "drain-node".to_string(),
+            format!("--address={}:{}", head.node_ip, head.ports.head.as_ref().map(|h| h.gcs).unwrap_or(6380)),
+            format!("--node-id={}", ray_node.node_id),
+            "--reason=DRAIN_NODE_REASON_PREEMPTION".to_string(),
+            "--reason-message=seedcore: node removed from the configuration".to_string(),
+            format!("--deadline-remaining-seconds={}", self.options.drain_timeout.as_secs()),
+        ];
+        match hb.exec(head.name.as_str(), &drain).await {
+            Ok(o) if o.exit_code == 0 => {}
+            Ok(o) => self.progress(step, format!("drain refused: {}", tail(&o.stderr, 1))),
+            Err(e) => self.progress(step, format!("drain failed: {e}")),
+        }
+        // `ray stop` lets the raylet leave the cluster cleanly.
+        let _ = b
+            .exec(node.as_str(), &["ray".to_string(), "stop".to_string()])
+            .await;
+        let deadline = Instant::now() + self.options.drain_timeout;
+        loop {
+            match self.membership.nodes(Duration::ZERO).await {
+                Ok(nodes) if !nodes.iter().any(|n| n.node_id == ray_node.node_id && n.is_alive()) => {
+                    return Ok(())
+                }
+                _ => {}
+            }
+            if Instant::now() > deadline {
+                self.progress(step, "still listed ALIVE after the drain timeout; removing".to_string());
+                return Ok(());
+            }
+            tokio::time::sleep(self.options.poll_interval).await;
+        }
+    }
+}
+
+/// Waits until Ray lists every declared node ALIVE with its CPUs; returns the
+/// nodes still missing at the deadline (empty when whole).
+pub async fn wait_whole<B: DockerBackend>(
+    desired: &DesiredState,
+    backends: &BTreeMap<HostName, B>,
+    timeout: Duration,
+    poll: Duration,
+) -> Result<Vec<(NodeName, String)>, String> {
+    let head = desired.head();
+    let hb = backends
+        .get(&head.host)
+        .ok_or_else(|| format!("no connection to `{}`", head.host))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let missing = match ray_nodes(hb, head.name.as_str()).await {
+            Ok(nodes) => missing_nodes(desired, &nodes),
+            Err(e) => desired
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), e.clone()))
+                .collect(),
+        };
+        if missing.is_empty() || Instant::now() > deadline {
+            return Ok(missing);
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+/// Declared nodes Ray does not list ALIVE with their CPUs, with why.
+pub fn missing_nodes(desired: &DesiredState, nodes: &[RayNode]) -> Vec<(NodeName, String)> {
+    desired
+        .nodes
+        .iter()
+        .filter_map(|spec| {
+            let alive = nodes
+                .iter()
+                .find(|n| n.node_name == spec.name.0 && n.is_alive());
+            match alive {
+                Some(n) if (n.cpus() - f64::from(spec.cpus)).abs() < 0.01 => None,
+                Some(n) => Some((
+                    spec.name.clone(),
+                    format!("ALIVE with {} CPUs, {} declared", n.cpus(), spec.cpus),
+                )),
+                None => Some((
+                    spec.name.clone(),
+                    match nodes.iter().find(|n| n.node_name == spec.name.0) {
+                        Some(n) => format!("listed {}", n.state),
+                        None => "not in Ray's node list".to_string(),
+                    },
+                )),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ray_nodes_parse_past_banners() {
+        let out = "2026-01-01 WARNING something\n[{\"node_id\":\"a\",\"node_ip\":\"10.0.0.1\",\"node_name\":\"x\",\"state\":\"ALIVE\",\"resources_total\":{\"CPU\":2.0}}]";
+        let nodes = parse_ray_nodes(out).unwrap();
+        assert_eq!(nodes[0].cpus(), 2.0);
+        assert!(nodes[0].is_alive());
+        assert!(parse_ray_nodes("nothing").is_err());
+    }
+}

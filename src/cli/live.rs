@@ -1,0 +1,377 @@
+//! Commands that talk to the hosts: connect (SSH + Docker), observe, apply.
+//! Sessions are closed on every path out, Ctrl-C included.
+
+use super::progress::CliReporter;
+use super::{config_identity, exit, make_plan, print_plan, user, ApplyArgs, OutputFormat, Result, UserError};
+use crate::apply::{self, ApplyOptions, Outcome};
+use crate::backend::EngineBackend;
+use crate::config::Loaded;
+use crate::model::{DesiredState, HostName, ObservedState};
+use crate::observe;
+use crate::plan::Step;
+use crate::render::{self, Style};
+use crate::transport::{Connection, Transport, TransportError};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::Duration;
+
+/// Runs a future on a runtime, ending it cleanly on Ctrl-C: the future (and
+/// with it every SSH session) is dropped, then we exit 130.
+pub fn block_on<T>(fut: impl Future<Output = T>) -> Result<T> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| UserError(format!("error: cannot start the async runtime: {e}")))?;
+    rt.block_on(async {
+        tokio::select! {
+            v = fut => Ok(v),
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("\nInterrupted: closed every connection. Nothing was left half-done that `seedcore plan` won't show.");
+                std::process::exit(130);
+            }
+        }
+    })
+}
+
+/// Open connections, and the hosts that could not be reached.
+pub struct Hosts {
+    pub transport: Transport,
+    pub connections: BTreeMap<HostName, Connection>,
+    pub failures: BTreeMap<HostName, TransportError>,
+}
+
+impl Hosts {
+    pub fn backends(&self) -> BTreeMap<HostName, EngineBackend> {
+        self.connections
+            .iter()
+            .map(|(h, c)| (h.clone(), c.backend.clone()))
+            .collect()
+    }
+
+    pub async fn close(self) {
+        for (_, c) in self.connections {
+            c.close().await;
+        }
+        self.transport.cleanup();
+    }
+}
+
+/// Where the head host remembers which hosts ran this cluster's nodes, so a
+/// host dropped from the configuration is still visited to remove its nodes.
+fn memory_path(cluster: &str) -> String {
+    format!(".seedcore/{cluster}/hosts")
+}
+
+async fn remembered_hosts(conn: &Connection, cluster: &str) -> Vec<HostName> {
+    let text = if conn.host.is_local() {
+        std::env::var_os("HOME")
+            .and_then(|h| std::fs::read_to_string(std::path::Path::new(&h).join(memory_path(cluster))).ok())
+            .unwrap_or_default()
+    } else {
+        conn.run_on_host(&format!("cat {} 2>/dev/null", memory_path(cluster)))
+            .await
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default()
+    };
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && crate::config::check_host(l).is_ok())
+        .map(|l| HostName(l.to_string()))
+        .collect()
+}
+
+async fn remember_hosts(conn: &Connection, cluster: &str, hosts: &[HostName]) {
+    let body: String = hosts.iter().map(|h| format!("{h}\n")).collect();
+    let path = memory_path(cluster);
+    if conn.host.is_local() {
+        if let Some(home) = std::env::var_os("HOME") {
+            let p = std::path::Path::new(&home).join(&path);
+            if let Some(dir) = p.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let _ = std::fs::write(p, body);
+        }
+    } else {
+        let dir = path.rsplit_once('/').map(|(d, _)| d).unwrap_or(".");
+        let _ = conn
+            .run_on_host(&format!("mkdir -p {dir} && printf '%s' '{body}' > {path}"))
+            .await;
+    }
+}
+
+/// Connects to every declared host (and the hosts the head remembers).
+pub async fn connect(loaded: &Loaded, desired: &DesiredState, parallel: Option<usize>) -> Result<Hosts> {
+    let transport = Transport::new(&loaded.config.ssh)
+        .await
+        .map_err(|e| UserError(format!("error: cannot create the SSH control directory: {e}")))?;
+    let parallel = parallel.unwrap_or(loaded.config.ssh.max_parallel).max(1);
+    let mut hosts = desired.hosts();
+    let mut results = transport.connect_all(&hosts, parallel).await;
+    let head = &desired.head().host;
+    if let Some(Ok(conn)) = results.get(head) {
+        let extra: Vec<HostName> = remembered_hosts(conn, &desired.cluster)
+            .await
+            .into_iter()
+            .filter(|h| !hosts.contains(h))
+            .collect();
+        if !extra.is_empty() {
+            results.extend(transport.connect_all(&extra, parallel).await);
+            hosts.extend(extra);
+        }
+    }
+    let mut connections = BTreeMap::new();
+    let mut failures = BTreeMap::new();
+    for (h, r) in results {
+        match r {
+            Ok(c) => {
+                connections.insert(h, c);
+            }
+            Err(e) => {
+                failures.insert(h, e);
+            }
+        }
+    }
+    Ok(Hosts {
+        transport,
+        connections,
+        failures,
+    })
+}
+
+/// Connects and observes; fails (naming each host with its fix) when a
+/// declared host cannot be reached.
+pub async fn connect_and_observe(
+    loaded: &Loaded,
+    desired: &DesiredState,
+    parallel: Option<usize>,
+) -> Result<(Hosts, ObservedState)> {
+    let hosts = connect(loaded, desired, parallel).await?;
+    let declared = desired.hosts();
+    let blocking: Vec<&TransportError> = hosts
+        .failures
+        .iter()
+        .filter(|(h, _)| declared.contains(h))
+        .map(|(_, e)| e)
+        .collect();
+    if !blocking.is_empty() {
+        let text = blocking
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let n = blocking.len();
+        hosts.close().await;
+        return Err(UserError(format!(
+            "{text}\nerror: the plan is incomplete: {n} host(s) could not be observed"
+        )));
+    }
+    for (h, e) in &hosts.failures {
+        eprintln!(
+            "warning: `{h}` ran nodes of this cluster before but is unreachable ({}): nodes left there cannot be removed now",
+            e.summary()
+        );
+    }
+    let backends = hosts.backends();
+    let mut view: BTreeMap<HostName, std::result::Result<&EngineBackend, String>> = BTreeMap::new();
+    for (h, b) in &backends {
+        view.insert(h.clone(), Ok(b));
+    }
+    let parallel = parallel.unwrap_or(loaded.config.ssh.max_parallel);
+    let observed = observe::observe(&view, desired, parallel).await;
+    Ok((hosts, observed))
+}
+
+/// `seedcore observe` / `plan` without `--observed`.
+pub async fn observe_only(loaded: &Loaded, desired: &DesiredState, parallel: Option<usize>) -> Result<ObservedState> {
+    let (hosts, observed) = connect_and_observe(loaded, desired, parallel).await?;
+    hosts.close().await;
+    Ok(observed)
+}
+
+/// Reads a saved plan and checks it was made from this configuration.
+fn read_saved_plan(path: &std::path::Path, loaded: &Loaded) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        UserError(format!("error: cannot read the plan `{}`: {e}", path.display()))
+    })?;
+    let saved: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        UserError(format!(
+            "error: `{}` is not a saved seedcore plan: {e}\nhint: save one with `seedcore plan --out {}`",
+            path.display(),
+            path.display()
+        ))
+    })?;
+    if saved["format_version"] != render::JSON_FORMAT || saved.get("config").is_none() {
+        return Err(UserError(format!(
+            "error: `{}` is not a saved seedcore plan of this version\nhint: save one with `seedcore plan --out {}`",
+            path.display(),
+            path.display()
+        )));
+    }
+    let now = config_identity(loaded);
+    if saved["config"]["sha256"] != now["sha256"] || saved["config"]["overrides"] != now["overrides"] {
+        return Err(UserError(format!(
+            "error: the configuration or its overrides changed since `{}` was saved\nhint: run `seedcore plan --out {}` again and review it",
+            path.display(),
+            path.display()
+        )));
+    }
+    Ok(saved)
+}
+
+fn confirm() -> Result<bool> {
+    let mut err = std::io::stderr();
+    let _ = write!(
+        err,
+        "\nDo you want to perform these actions?\n  seedcore will perform the actions described above.\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: "
+    );
+    let _ = err.flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| UserError(format!("error: cannot read the answer: {e}")))?;
+    Ok(line.trim() == "yes")
+}
+
+/// `seedcore apply`.
+pub async fn apply(loaded: &Loaded, desired: &DesiredState, args: &ApplyArgs, style: Style) -> Result<u8> {
+    let saved = match &args.planfile {
+        Some(p) => Some(read_saved_plan(p, loaded)?),
+        None => None,
+    };
+    if saved.is_none() && !args.auto_approve && !std::io::stdin().is_terminal() {
+        return Err(UserError(
+            "error: refusing to apply without confirmation: stdin is not a terminal\nhint: review `seedcore plan`, then run `seedcore apply --auto-approve` (or save the plan with `seedcore plan --out FILE` and apply that file)".to_string(),
+        ));
+    }
+    let (hosts, observed) = connect_and_observe(loaded, desired, args.parallel).await?;
+    let result = apply_observed(loaded, desired, args, style, &hosts, &observed, saved.as_ref()).await;
+    hosts.close().await;
+    result
+}
+
+async fn apply_observed(
+    loaded: &Loaded,
+    desired: &DesiredState,
+    args: &ApplyArgs,
+    style: Style,
+    hosts: &Hosts,
+    observed: &ObservedState,
+    saved: Option<&serde_json::Value>,
+) -> Result<u8> {
+    let plan = make_plan(loaded, desired, observed)?;
+    if let Some(saved) = saved {
+        let now = serde_json::to_value(&plan.fingerprint).expect("fingerprint serializes");
+        if saved["fingerprint"] != now {
+            let changed: Vec<String> = plan
+                .fingerprint
+                .iter()
+                .filter(|(h, f)| saved["fingerprint"][h.as_str()] != serde_json::json!(f))
+                .map(|(h, _)| format!("`{h}`"))
+                .collect();
+            return Err(UserError(format!(
+                "error: the plan is stale: {} changed since it was made\nhint: run `seedcore plan --out FILE` again, review it, and apply the new file",
+                changed.join(", ")
+            )));
+        }
+    }
+    print_plan(&plan, OutputFormat::Text, style)?;
+    if plan.summary().is_empty() {
+        print_access(desired)?;
+        return Ok(exit::OK);
+    }
+    if saved.is_none() && !args.auto_approve && !confirm()? {
+        eprintln!("Apply cancelled: nothing was changed.");
+        return Ok(exit::ERROR);
+    }
+    let options = ApplyOptions::from_config(&loaded.config, args.parallel);
+    let backends = hosts.backends();
+    let reporter = CliReporter::new();
+    let report = apply::execute(&plan, desired, &backends, &options, &reporter).await;
+    reporter.finish();
+    // Remember every host that still runs (or may run) our nodes.
+    let mut remember = desired.hosts();
+    for (step, outcome) in &report.outcomes {
+        if matches!(step, Step::Remove { .. }) && !matches!(outcome, Outcome::Done { .. }) && !remember.contains(step.host()) {
+            remember.push(step.host().clone());
+        }
+    }
+    if let Some(head) = hosts.connections.get(&desired.head().host) {
+        remember_hosts(head, &desired.cluster, &remember).await;
+    }
+
+    if !report.succeeded() {
+        let mut text = String::from("error: apply failed\n");
+        for c in plan.effective() {
+            let steps: Vec<&(Step, Outcome)> = report
+                .outcomes
+                .iter()
+                .filter(|(s, _)| s.node() == Some(&c.node) && *s.host() == c.host)
+                .collect();
+            let failed = steps.iter().find_map(|(s, o)| match o {
+                Outcome::Failed { error } => Some(format!("{} failed: {error}", s.verb())),
+                _ => None,
+            });
+            let skipped = steps.iter().find_map(|(s, o)| match o {
+                Outcome::Skipped { because } => Some(format!("{} skipped: {because}", s.verb())),
+                _ => None,
+            });
+            let line = failed
+                .or(skipped)
+                .unwrap_or_else(|| format!("{} done", c.action.as_str()));
+            text.push_str(&format!("  {} on {}: {line}\n", c.node, c.host));
+        }
+        for (step, outcome) in &report.outcomes {
+            if let (Step::PullImage { host, image }, Outcome::Failed { error }) = (step, outcome) {
+                text.push_str(&format!("  pull {image} on {host}: {error}\n"));
+            }
+        }
+        text.push_str("hint: fix the cause above and run `seedcore apply` again: it continues from what is on the hosts now");
+        return Err(UserError(text));
+    }
+
+    // Ray's own view: every declared node ALIVE with its CPUs.
+    let missing = apply::wait_whole(desired, &backends, options.nodes_alive_timeout, Duration::from_secs(1))
+        .await
+        .map_err(user)?;
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().map(|(n, why)| format!("  {n}: {why}")).collect();
+        return Err(UserError(format!(
+            "error: apply finished, but Ray does not list every node ALIVE:\n{}\nhint: `seedcore status` shows each node; `seedcore logs NODE` its log",
+            list.join("\n")
+        )));
+    }
+    let s = plan.summary();
+    let mut out = format!(
+        "\nApply complete! Nodes: {} added, {} changed, {} destroyed. ({:.1}s)\n",
+        s.add,
+        s.change,
+        s.destroy,
+        report.elapsed.as_secs_f64()
+    );
+    out.push_str(&access_lines(desired));
+    super::write_stdout(&out)?;
+    Ok(exit::OK)
+}
+
+/// The dashboard URL and the client address.
+pub fn access_lines(desired: &DesiredState) -> String {
+    let head = desired.head();
+    let Some(p) = &head.ports.head else {
+        return String::new();
+    };
+    let mut out = format!(
+        "Dashboard: http://{}:{}\nRAY_ADDRESS=ray://{}:{}\n",
+        head.node_ip, p.dashboard, head.node_ip, p.client_server
+    );
+    if let Some(serve) = p.serve {
+        out.push_str(&format!("Serve: http://{}:{serve}\n", head.node_ip));
+    }
+    out
+}
+
+fn print_access(desired: &DesiredState) -> Result<()> {
+    super::write_stdout(&access_lines(desired))
+}

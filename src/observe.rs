@@ -1,0 +1,67 @@
+//! Observing the hosts: what each engine runs that concerns this cluster
+//! (containers carrying our labels, and any container holding a name we need),
+//! which images it has, and its engine's size. All hosts at once, bounded;
+//! a host that cannot be observed is recorded as such, not fatal to the rest.
+
+use crate::backend::DockerBackend;
+use crate::model::{DesiredState, HostName, HostObservation, ObservedState};
+use futures_util::stream::{self, StreamExt};
+use std::collections::BTreeMap;
+
+/// Observes one host through its backend.
+pub async fn observe_host<B: DockerBackend>(backend: &B, desired: &DesiredState, host: &HostName) -> HostObservation {
+    let names: Vec<String> = desired.nodes.iter().map(|n| n.name.0.clone()).collect();
+    let result = async {
+        let engine = backend.describe().await?;
+        let containers = backend.list_containers(&desired.cluster, &names).await?;
+        let mut images = BTreeMap::new();
+        if let Some(needed) = desired.images_by_host().get(host) {
+            for image in needed {
+                images.insert(image.clone(), backend.image_id(image).await?);
+            }
+        }
+        Ok::<_, crate::backend::BackendError>(HostObservation {
+            reachable: true,
+            error: None,
+            engine: Some(engine),
+            images: Some(images),
+            containers,
+        })
+    }
+    .await;
+    result.unwrap_or_else(|e| unreachable_host(e.to_string()))
+}
+
+/// A host that could not be observed, and why.
+pub fn unreachable_host(error: String) -> HostObservation {
+    HostObservation {
+        reachable: false,
+        error: Some(error),
+        engine: None,
+        images: None,
+        containers: Vec::new(),
+    }
+}
+
+/// Observes every host: `backends` holds a backend per reachable host, or why
+/// it could not be reached.
+pub async fn observe<B: DockerBackend>(
+    backends: &BTreeMap<HostName, Result<&B, String>>,
+    desired: &DesiredState,
+    parallel: usize,
+) -> ObservedState {
+    let hosts: Vec<(HostName, HostObservation)> = stream::iter(backends.iter())
+        .map(|(host, backend)| async move {
+            let obs = match backend {
+                Ok(b) => observe_host(*b, desired, host).await,
+                Err(why) => unreachable_host(why.clone()),
+            };
+            (host.clone(), obs)
+        })
+        .buffer_unordered(parallel.max(1))
+        .collect()
+        .await;
+    let mut observed = ObservedState::new();
+    observed.hosts = hosts.into_iter().collect();
+    observed
+}

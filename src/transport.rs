@@ -1,0 +1,546 @@
+//! Reaching each host's Docker engine: one multiplexed OpenSSH session per
+//! host (the system `ssh`, so `~/.ssh/config`, ssh-agent, ProxyJump and
+//! known_hosts behave as users expect), the engine's socket forwarded through
+//! it to a private local socket, and bollard on top. A host written `local`
+//! uses this machine's socket directly.
+//!
+//! Errors a user meets here carry the fix: unreachable host, refused key,
+//! unknown or changed host key (with the exact `ssh-keyscan` / `ssh-keygen -R`
+//! commands; checking is never disabled), missing or forbidden Docker socket,
+//! engine too old.
+
+use crate::backend::{DockerBackend, EngineBackend};
+use crate::config::{KnownHostsPolicy, SshConfig};
+use crate::model::{EngineInfo, HostName};
+use futures_util::stream::{self, StreamExt};
+use openssh::{ForwardType, KnownHosts, Session, SessionBuilder};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// The Docker socket on every host.
+pub const REMOTE_DOCKER_SOCKET: &str = "/var/run/docker.sock";
+/// Oldest engine API seedcore drives (Docker 20.10).
+pub const MIN_API_VERSION: (u32, u32) = (1, 41);
+/// New SSH handshakes at once: sshd's default `MaxStartups 10:30:100` drops more.
+pub const MAX_HANDSHAKES: usize = 8;
+/// Per-request timeout of engine calls (long ones: pulls, stops, logs).
+const ENGINE_TIMEOUT_SECS: u64 = 600;
+
+/// Why a host's engine cannot be reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportError {
+    pub host: HostName,
+    pub kind: TransportErrorKind,
+    /// What ssh or the engine said.
+    pub detail: String,
+    pub hint: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportErrorKind {
+    Unreachable,
+    AuthRefused,
+    HostKeyUnknown,
+    HostKeyChanged,
+    SocketMissing,
+    SocketForbidden,
+    EngineTooOld,
+    Other,
+}
+
+impl TransportError {
+    /// One line for plans and status tables.
+    pub fn summary(&self) -> String {
+        let what = match self.kind {
+            TransportErrorKind::Unreachable => "unreachable",
+            TransportErrorKind::AuthRefused => "SSH authentication refused",
+            TransportErrorKind::HostKeyUnknown => "SSH host key unknown",
+            TransportErrorKind::HostKeyChanged => "SSH host key CHANGED",
+            TransportErrorKind::SocketMissing => "no Docker socket",
+            TransportErrorKind::SocketForbidden => "Docker socket permission denied",
+            TransportErrorKind::EngineTooOld => "Docker engine too old",
+            TransportErrorKind::Other => "cannot reach the Docker engine",
+        };
+        format!("{what}: {}", self.detail)
+    }
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "error: `{}`: {}", self.host, self.summary())?;
+        write!(f, "hint: {}", self.hint)
+    }
+}
+
+impl std::error::Error for TransportError {}
+
+/// Classifies what `ssh` printed into an error with its fix.
+pub fn classify_ssh_error(host: &HostName, ssh: &SshConfig, text: &str) -> TransportError {
+    let detail = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("@@@") && !l.starts_with("Warning: Permanently"))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim()
+        .to_string();
+    let known_hosts = ssh
+        .known_hosts_file
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "~/.ssh/known_hosts".to_string());
+    let port = ssh.port;
+    let keyscan_target = if port == 22 {
+        host.0.clone()
+    } else {
+        format!("-p {port} {}", host.0)
+    };
+    let lower = text.to_ascii_lowercase();
+    let (kind, hint) = if lower.contains("remote host identification has changed")
+        || lower.contains("host key for") && lower.contains("has changed")
+    {
+        (
+            TransportErrorKind::HostKeyChanged,
+            format!(
+                "the host presents a different key than `{known_hosts}` records: this can mean the machine was reinstalled, or that someone is intercepting the connection. Verify the new key with the host's owner, then replace the old one: `ssh-keygen -R {} -f {known_hosts}` and `ssh-keyscan {keyscan_target} >> {known_hosts}`",
+                if port == 22 { host.0.clone() } else { format!("'[{}]:{port}'", host.0) }
+            ),
+        )
+    } else if lower.contains("host key verification failed")
+        || lower.contains("no ") && lower.contains("host key is known")
+    {
+        (
+            TransportErrorKind::HostKeyUnknown,
+            format!(
+                "`{known_hosts}` has no key for this host. Add it after checking its fingerprint: `ssh-keyscan {keyscan_target} >> {known_hosts}` (or set `ssh.known_hosts = \"accept-new\"` to trust keys on first contact)"
+            ),
+        )
+    } else if lower.contains("permission denied") || lower.contains("too many authentication failures") {
+        (
+            TransportErrorKind::AuthRefused,
+            format!(
+                "the host refused the key for user `{}`: check `ssh.user` and `ssh.identity_file`, that ssh-agent holds the key, and that its public half is in the user's `~/.ssh/authorized_keys` (try `ssh {}{} true`)",
+                ssh.user.as_deref().unwrap_or("(your ssh default)"),
+                ssh.user.as_deref().map(|u| format!("{u}@")).unwrap_or_default(),
+                host.0
+            ),
+        )
+    } else if lower.contains("timed out")
+        || lower.contains("connection refused")
+        || lower.contains("no route to host")
+        || lower.contains("network is unreachable")
+        || lower.contains("could not resolve")
+        || lower.contains("name or service not known")
+    {
+        (
+            TransportErrorKind::Unreachable,
+            format!(
+                "check that the host is up, that `{}` resolves from this machine, and that TCP port {port} is open to it (`ssh -p {port} {} true`)",
+                host.0, host.0
+            ),
+        )
+    } else {
+        (
+            TransportErrorKind::Other,
+            format!("run `ssh -v -p {port} {} true` to see why SSH fails", host.0),
+        )
+    };
+    TransportError {
+        host: host.clone(),
+        kind,
+        detail,
+        hint,
+    }
+}
+
+/// An open connection to one host's engine.
+pub struct Connection {
+    pub host: HostName,
+    pub engine: EngineInfo,
+    pub backend: EngineBackend,
+    session: Option<Session>,
+    // Removed (with the socket in it) when the connection goes.
+    _forward_dir: Option<tempfile::TempDir>,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection").field("host", &self.host).finish()
+    }
+}
+
+impl Connection {
+    /// Closes the SSH master and removes the forwarded socket.
+    pub async fn close(self) {
+        if let Some(s) = self.session {
+            let _ = s.close().await;
+        }
+    }
+
+    /// Runs a shell command on the host itself (for probes), if over SSH.
+    pub async fn run_on_host(&self, command: &str) -> Option<std::process::Output> {
+        let s = self.session.as_ref()?;
+        s.shell(command).output().await.ok()
+    }
+}
+
+/// Opens connections: one SSH master per host, under a short private
+/// control directory; masters left by a process that died are closed first.
+pub struct Transport {
+    ssh: SshConfig,
+    control_dir: PathBuf,
+    handshakes: Arc<Semaphore>,
+}
+
+/// The short base directory for control sockets (unix socket paths are limited
+/// to 108 bytes and ssh appends its own).
+fn control_base() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+        let p = PathBuf::from(dir).join("seedcore");
+        if p.as_os_str().len() < 40 {
+            return p;
+        }
+    }
+    let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0);
+    PathBuf::from(format!("/tmp/seedcore-{uid}"))
+}
+
+fn make_private_dir(p: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(p)?;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))
+}
+
+impl Transport {
+    pub async fn new(ssh: &SshConfig) -> std::io::Result<Transport> {
+        let base = control_base();
+        make_private_dir(&base)?;
+        close_stale_masters(&base).await;
+        let control_dir = base.join(format!("p{}", std::process::id()));
+        make_private_dir(&control_dir)?;
+        Ok(Transport {
+            ssh: ssh.clone(),
+            control_dir,
+            handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
+        })
+    }
+
+    /// Connects to one host's engine.
+    pub async fn connect(&self, host: &HostName) -> Result<Connection, TransportError> {
+        if host.is_local() {
+            return self.connect_local(host).await;
+        }
+        let session = self.open_session(host).await?;
+        let forward_dir = tempfile::Builder::new()
+            .prefix("f")
+            .tempdir_in(&self.control_dir)
+            .map_err(|e| self.other(host, format!("cannot create a socket directory: {e}")))?;
+        let local = forward_dir.path().join("docker.sock");
+        session
+            .request_port_forward(
+                ForwardType::Local,
+                local.clone(),
+                PathBuf::from(REMOTE_DOCKER_SOCKET),
+            )
+            .await
+            .map_err(|e| self.other(host, format!("cannot forward the Docker socket: {e}")))?;
+        let docker = bollard::Docker::connect_with_socket(
+            &local.display().to_string(),
+            ENGINE_TIMEOUT_SECS,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .map_err(|e| self.other(host, e.to_string()))?;
+        let docker = match docker.negotiate_version().await {
+            Ok(d) => d,
+            Err(e) => {
+                let err = self.diagnose_socket(host, &session, e.to_string()).await;
+                let _ = session.close().await;
+                return Err(err);
+            }
+        };
+        let backend = EngineBackend { docker };
+        let engine = match self.check_engine(host, &backend).await {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = session.close().await;
+                return Err(e);
+            }
+        };
+        Ok(Connection {
+            host: host.clone(),
+            engine,
+            backend,
+            session: Some(session),
+            _forward_dir: Some(forward_dir),
+        })
+    }
+
+    async fn connect_local(&self, host: &HostName) -> Result<Connection, TransportError> {
+        let missing = !Path::new(REMOTE_DOCKER_SOCKET).exists();
+        if missing {
+            return Err(TransportError {
+                host: host.clone(),
+                kind: TransportErrorKind::SocketMissing,
+                detail: format!("`{REMOTE_DOCKER_SOCKET}` does not exist"),
+                hint: "start Docker on this machine (`sudo systemctl start docker`, or `dockerd &`)"
+                    .to_string(),
+            });
+        }
+        let docker = bollard::Docker::connect_with_socket(
+            REMOTE_DOCKER_SOCKET,
+            ENGINE_TIMEOUT_SECS,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .map_err(|e| self.other(host, e.to_string()))?;
+        let docker = docker.negotiate_version().await.map_err(|e| {
+            let text = e.to_string();
+            if text.to_ascii_lowercase().contains("permission denied") {
+                TransportError {
+                    host: host.clone(),
+                    kind: TransportErrorKind::SocketForbidden,
+                    detail: text,
+                    hint: "add your user to the `docker` group (`sudo usermod -aG docker $USER`, then log in again)".to_string(),
+                }
+            } else {
+                self.other(host, text)
+            }
+        })?;
+        let backend = EngineBackend { docker };
+        let engine = self.check_engine(host, &backend).await?;
+        Ok(Connection {
+            host: host.clone(),
+            engine,
+            backend,
+            session: None,
+            _forward_dir: None,
+        })
+    }
+
+    async fn check_engine(&self, host: &HostName, backend: &EngineBackend) -> Result<EngineInfo, TransportError> {
+        let engine = backend
+            .describe()
+            .await
+            .map_err(|e| self.other(host, e.to_string()))?;
+        let parse = |s: &str| -> Option<(u32, u32)> {
+            let (a, b) = s.split_once('.')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        };
+        if let Some(v) = parse(&engine.api_version) {
+            if v < MIN_API_VERSION {
+                return Err(TransportError {
+                    host: host.clone(),
+                    kind: TransportErrorKind::EngineTooOld,
+                    detail: format!(
+                        "Docker {} speaks API {}; seedcore needs {}.{} (Docker 20.10) or newer",
+                        engine.version, engine.api_version, MIN_API_VERSION.0, MIN_API_VERSION.1
+                    ),
+                    hint: "upgrade Docker on this host".to_string(),
+                });
+            }
+        }
+        Ok(engine)
+    }
+
+    async fn open_session(&self, host: &HostName) -> Result<Session, TransportError> {
+        let mut builder = SessionBuilder::default();
+        if let Some(user) = &self.ssh.user {
+            builder.user(user.clone());
+        }
+        builder
+            .port(self.ssh.port)
+            .known_hosts_check(match self.ssh.known_hosts {
+                KnownHostsPolicy::Strict => KnownHosts::Strict,
+                KnownHostsPolicy::AcceptNew => KnownHosts::Add,
+            })
+            .connect_timeout(Duration::from_secs(self.ssh.connect_timeout_secs))
+            .server_alive_interval(Duration::from_secs(15))
+            .control_directory(&self.control_dir);
+        if let Some(key) = &self.ssh.identity_file {
+            builder.keyfile(key);
+        }
+        if let Some(kh) = &self.ssh.known_hosts_file {
+            builder.user_known_hosts_file(kh);
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let permit = self.handshakes.acquire().await.expect("never closed");
+            let result = tokio::time::timeout(
+                Duration::from_secs(self.ssh.connect_timeout_secs + 5),
+                builder.connect_mux(host.as_str()),
+            )
+            .await;
+            drop(permit);
+            let text = match result {
+                Ok(Ok(session)) => return Ok(session),
+                Ok(Err(e)) => error_chain(&e),
+                Err(_) => format!(
+                    "connect to host {} port {}: Connection timed out",
+                    host, self.ssh.port
+                ),
+            };
+            // sshd drops handshakes beyond MaxStartups: retry those, with jitter.
+            let transient = text.contains("kex_exchange_identification")
+                || text.contains("Connection reset")
+                || text.contains("Connection closed by remote host");
+            if transient && attempt < 4 {
+                let jitter = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.subsec_millis() % 250)
+                    .unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(250 * attempt + u64::from(jitter))).await;
+                continue;
+            }
+            return Err(classify_ssh_error(host, &self.ssh, &text));
+        }
+    }
+
+    async fn diagnose_socket(&self, host: &HostName, session: &Session, detail: String) -> TransportError {
+        let probe = format!(
+            "if [ ! -S {s} ]; then echo missing; elif [ ! -r {s} ] || [ ! -w {s} ]; then echo denied; else echo ok; fi",
+            s = REMOTE_DOCKER_SOCKET
+        );
+        let verdict = session
+            .shell(&probe)
+            .output()
+            .await
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        let user = self.ssh.user.clone().unwrap_or_else(|| "$USER".to_string());
+        match verdict.as_str() {
+            "missing" => TransportError {
+                host: host.clone(),
+                kind: TransportErrorKind::SocketMissing,
+                detail: format!("`{REMOTE_DOCKER_SOCKET}` does not exist on the host"),
+                hint: "install and start Docker on the host (`sudo systemctl enable --now docker`)".to_string(),
+            },
+            "denied" => TransportError {
+                host: host.clone(),
+                kind: TransportErrorKind::SocketForbidden,
+                detail: format!("user `{user}` may not use `{REMOTE_DOCKER_SOCKET}`"),
+                hint: format!("on the host: `sudo usermod -aG docker {user}` (then reconnect)"),
+            },
+            _ => TransportError {
+                host: host.clone(),
+                kind: TransportErrorKind::Other,
+                detail: format!("the Docker engine did not answer through SSH: {detail}"),
+                hint: "check that sshd allows socket forwarding (`AllowStreamLocalForwarding yes`) and that dockerd is running (`docker info` on the host)".to_string(),
+            },
+        }
+    }
+
+    fn other(&self, host: &HostName, detail: String) -> TransportError {
+        TransportError {
+            host: host.clone(),
+            kind: TransportErrorKind::Other,
+            detail,
+            hint: format!("run `docker info` on `{host}` to check the engine"),
+        }
+    }
+
+    /// Connects to every host at once (at most `parallel` at a time).
+    pub async fn connect_all(
+        &self,
+        hosts: &[HostName],
+        parallel: usize,
+    ) -> BTreeMap<HostName, Result<Connection, TransportError>> {
+        stream::iter(hosts.iter().cloned())
+            .map(|h| async move {
+                let c = self.connect(&h).await;
+                (h, c)
+            })
+            .buffer_unordered(parallel.max(1))
+            .collect()
+            .await
+    }
+
+    /// Removes this process's control directory (after every session closed).
+    pub fn cleanup(&self) {
+        let _ = std::fs::remove_dir_all(&self.control_dir);
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let t = s.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Closes SSH masters whose seedcore process is gone (e.g. killed), so they
+/// don't live forever.
+async fn close_stale_masters(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(pid) = name.strip_prefix('p').and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if let Ok(inner) = std::fs::read_dir(entry.path()) {
+            for conn in inner.flatten() {
+                let master = conn.path().join("master");
+                if master.exists() {
+                    let session = Session::resume_mux(master.into_boxed_path(), None);
+                    let _ = tokio::time::timeout(Duration::from_secs(3), session.close()).await;
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(entry.path());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ssh() -> SshConfig {
+        SshConfig {
+            user: Some("root".into()),
+            port: 22,
+            identity_file: None,
+            known_hosts: KnownHostsPolicy::Strict,
+            known_hosts_file: Some(PathBuf::from("/k")),
+            max_parallel: 8,
+            connect_timeout_secs: 5,
+        }
+    }
+
+    #[test]
+    fn ssh_errors_are_classified_with_their_fix() {
+        let h = HostName("10.0.0.5".into());
+        let cases = [
+            ("No ED25519 host key is known for 10.0.0.5 and you have requested strict checking.\r\nHost key verification failed.", TransportErrorKind::HostKeyUnknown, "ssh-keyscan 10.0.0.5 >> /k"),
+            ("@@@@@\r\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\r\nHost key verification failed.", TransportErrorKind::HostKeyChanged, "ssh-keygen -R 10.0.0.5 -f /k"),
+            ("root@10.0.0.5: Permission denied (publickey).", TransportErrorKind::AuthRefused, "authorized_keys"),
+            ("ssh: connect to host 10.0.0.5 port 22: Connection refused", TransportErrorKind::Unreachable, "TCP port 22"),
+        ];
+        for (text, kind, hint) in cases {
+            let e = classify_ssh_error(&h, &ssh(), text);
+            assert_eq!(e.kind, kind, "{text}");
+            assert!(e.hint.contains(hint), "{}", e.hint);
+            assert!(!e.hint.contains("StrictHostKeyChecking=no"));
+        }
+    }
+}
