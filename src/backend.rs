@@ -493,6 +493,11 @@ pub mod fake {
             self.state.lock().unwrap().journal.clone()
         }
 
+        /// Forgets the highest count so far (e.g. after observing).
+        pub fn reset_max_in_flight(&self) {
+            self.max_in_flight.store(0, Ordering::SeqCst);
+        }
+
         /// The most calls that were in flight at once.
         pub fn max_in_flight(&self) -> usize {
             self.max_in_flight.load(Ordering::SeqCst)
@@ -730,6 +735,15 @@ pub mod fake {
                 });
             }
             let joined = cmd.join(" ");
+            if joined == "ray stop" {
+                // Ray leaves; the container's main process ends with it.
+                self.with(|s| {
+                    if let Some(c) = s.hosts.get_mut(&self.host).and_then(|h| h.get_mut(container)) {
+                        c.state = "exited".to_string();
+                        c.exit_code = Some(0);
+                    }
+                });
+            }
             if joined.contains("list nodes") {
                 return Ok(ExecOutput {
                     exit_code: 0,

@@ -123,6 +123,9 @@ pub struct WorkerGroup {
     pub object_manager_port: u16,
     pub node_manager_port: u16,
     pub worker_ports: PortRange,
+    /// Fixed slice of `worker_ports` per node: nodes keep their ports when
+    /// `count` changes. Without it the range is split evenly.
+    pub worker_ports_per_node: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -202,6 +205,7 @@ struct RawGroup {
     object_manager_port: Option<i64>,
     node_manager_port: Option<i64>,
     worker_ports: Option<String>,
+    worker_ports_per_node: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -267,6 +271,7 @@ const GROUP_KEYS: &[(&str, Kind)] = &[
     ("object_manager_port", Kind::Int),
     ("node_manager_port", Kind::Int),
     ("worker_ports", Kind::Str),
+    ("worker_ports_per_node", Kind::Int),
 ];
 const TIMEOUT_KEYS: &[(&str, Kind)] = &[
     ("head_ready", Kind::Int),
@@ -1249,6 +1254,14 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<KeyError>> {
                 g.worker_ports.as_deref(),
                 defaults::WORKER_PORTS,
             ),
+            worker_ports_per_node: g.worker_ports_per_node.map(|v| {
+                c.positive(
+                    &format!("{p}.worker_ports_per_node"),
+                    Some(v),
+                    4,
+                    "the number of worker ports each node gets, e.g. 8",
+                )
+            }),
         };
         if head.host.is_local() && group.hosts.iter().any(|h| !h.is_local()) {
             c.err(

@@ -134,11 +134,29 @@ pub fn lower(config: &Config) -> Result<DesiredState, Vec<KeyError>> {
     for (gname, g) in &config.workers {
         let p = format!("workers.{gname}");
         let mut n = 0;
-        let slice = if g.count == 0 {
-            0
-        } else {
-            g.worker_ports.len() / g.count
+        let slice = match g.worker_ports_per_node {
+            Some(k) => k,
+            None if g.count == 0 => 0,
+            None => g.worker_ports.len() / g.count,
         };
+        if g.count > 0 && g.worker_ports_per_node.is_some() && slice * g.count > g.worker_ports.len() {
+            errors.push(KeyError {
+                key: format!("{p}.worker_ports_per_node"),
+                message: format!(
+                    "`{p}` needs {} worker ports per host ({} nodes x {slice}), but `worker_ports` ({}) has {}",
+                    slice * g.count,
+                    g.count,
+                    g.worker_ports,
+                    g.worker_ports.len()
+                ),
+                hint: Some(format!(
+                    "widen the range, e.g. `worker_ports = \"{}-{}\"`, or lower `count`",
+                    g.worker_ports.first,
+                    (u32::from(g.worker_ports.first) + slice * g.count - 1).min(65535)
+                )),
+            });
+            continue;
+        }
         if g.count > 0 && slice < min_worker_ports(g.cpus) {
             let need = min_worker_ports(g.cpus) * g.count;
             errors.push(KeyError {
@@ -155,8 +173,10 @@ pub fn lower(config: &Config) -> Result<DesiredState, Vec<KeyError>> {
             });
             continue;
         }
-        for host in &g.hosts {
-            for i in 0..g.count {
+        // Numbered round-robin over the hosts, so that changing `count` adds or
+        // removes the highest-numbered nodes and leaves the others alone.
+        for i in 0..g.count {
+            for host in &g.hosts {
                 n += 1;
                 let slot = next_slot(&mut slots, host);
                 let agent = agent_ports(config.cluster.agent_ports, slot);
