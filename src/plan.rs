@@ -142,9 +142,11 @@ impl fmt::Display for PlanError {
 }
 
 /// Options that change how the diff judges what it sees.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct DiffOptions {
     pub oversubscribe_cpus: bool,
+    /// Nodes to replace even when they match (`seedcore restart`).
+    pub restart: BTreeSet<NodeName>,
 }
 
 /// Compares desired with observed. Returns one change per desired node (in
@@ -223,7 +225,12 @@ pub fn diff(
         let existing = containers_on(&node.host)
             .iter()
             .find(|c| c.name == node.name.0);
-        changes.push(node_change(node, existing));
+        let mut change = node_change(node, existing);
+        if options.restart.contains(&node.name) && matches!(change.action, Action::NoOp | Action::Start) {
+            change.action = if existing.is_some() { Action::Replace } else { Action::Create };
+            change.cause = "restart requested".to_string();
+        }
+        changes.push(change);
     }
 
     // A head that is not simply left running takes every worker with it:
@@ -813,10 +820,76 @@ pub fn build(
     overrides: Vec<String>,
 ) -> Result<Plan, PlanError> {
     let changes = diff(desired, observed, options)?;
+    Ok(assemble(desired, observed, changes, overrides))
+}
+
+/// A plan that removes this cluster's containers from every observed host:
+/// the workers first, the head last (kept with `workers_only`).
+pub fn destroy(desired: &DesiredState, observed: &ObservedState, workers_only: bool) -> Plan {
+    let mut changes = Vec::new();
+    for (host, obs) in &observed.hosts {
+        for c in &obs.containers {
+            if c.cluster() != Some(desired.cluster.as_str()) {
+                continue;
+            }
+            let role = match c.labels.get(LABEL_ROLE).map(String::as_str) {
+                Some("head") => Role::Head,
+                _ => Role::Worker,
+            };
+            if workers_only && role == Role::Head {
+                continue;
+            }
+            changes.push(Change {
+                node: NodeName(c.labels.get(LABEL_NODE).cloned().unwrap_or_else(|| c.name.clone())),
+                host: host.clone(),
+                role,
+                action: Action::Remove,
+                cause: if workers_only { "destroy --workers-only".to_string() } else { "destroy".to_string() },
+                before: Some(before(c)),
+                after: None,
+                fields: Vec::new(),
+            });
+        }
+    }
+    changes.sort_by(|a, b| {
+        (a.role, std::cmp::Reverse(ordinal_key(&a.node)), &a.host).cmp(&(
+            b.role,
+            std::cmp::Reverse(ordinal_key(&b.node)),
+            &b.host,
+        ))
+    });
+    if workers_only {
+        // The head stays: mark it as such so the schedule drains workers first.
+        let head = desired.head();
+        changes.insert(
+            0,
+            Change {
+                node: head.name.clone(),
+                host: head.host.clone(),
+                role: Role::Head,
+                action: Action::NoOp,
+                cause: "kept (--workers-only)".to_string(),
+                before: None,
+                after: Some(head.clone()),
+                fields: Vec::new(),
+            },
+        );
+    }
+    assemble(desired, observed, changes, Vec::new())
+}
+
+fn assemble(
+    desired: &DesiredState,
+    observed: &ObservedState,
+    changes: Vec<Change>,
+    overrides: Vec<String>,
+) -> Plan {
     let mut missing: BTreeSet<(HostName, String)> = BTreeSet::new();
     let mut hosts = Vec::new();
     for (host, images) in desired.images_by_host() {
-        let obs = &observed.hosts[&host];
+        let Some(obs) = observed.hosts.get(&host) else {
+            continue;
+        };
         let mut lacking = Vec::new();
         if let Some(known) = &obs.images {
             for image in images {
@@ -860,7 +933,7 @@ pub fn build(
             }
         }
     }
-    Ok(Plan {
+    Plan {
         cluster: desired.cluster.clone(),
         overrides,
         hosts,
@@ -869,5 +942,5 @@ pub fn build(
         changes,
         notes,
         graph,
-    })
+    }
 }

@@ -176,11 +176,11 @@ fn header(out: &mut String, plan: &Plan) {
     for h in &plan.hosts {
         let engine = match &h.engine {
             Some(e) => format!(
-                "Docker {} (API {}), {} CPUs, {}",
+                "Docker {} (API {}), {} CPUs, {:.1} GiB",
                 e.version,
                 e.api_version,
                 e.cpus,
-                human_bytes(e.memory_bytes)
+                e.memory_bytes as f64 / f64::from(1u32 << 30)
             ),
             None => "engine not described in the observation".to_string(),
         };

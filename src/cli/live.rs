@@ -8,7 +8,7 @@ use crate::backend::EngineBackend;
 use crate::config::Loaded;
 use crate::model::{DesiredState, HostName, ObservedState};
 use crate::observe;
-use crate::plan::Step;
+use crate::plan::{Plan, Step};
 use crate::render::{self, Style};
 use crate::transport::{Connection, Transport, TransportError};
 use std::collections::BTreeMap;
@@ -33,6 +33,16 @@ pub fn block_on<T>(fut: impl Future<Output = T>) -> Result<T> {
             }
         }
     })
+}
+
+/// Runs a future that handles Ctrl-C itself (e.g. `logs -f`).
+pub fn block_on_until_done<T>(fut: impl Future<Output = T>) -> Result<T> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| UserError(format!("error: cannot start the async runtime: {e}")))?;
+    Ok(rt.block_on(fut))
 }
 
 /// Open connections, and the hosts that could not be reached.
@@ -277,16 +287,63 @@ async fn apply_observed(
             )));
         }
     }
-    print_plan(&plan, OutputFormat::Text, style)?;
-    if plan.summary().is_empty() {
-        print_access(desired)?;
-        return Ok(exit::OK);
+    let run = Run {
+        loaded,
+        desired,
+        hosts,
+        style,
+        approved: saved.is_some() || args.auto_approve,
+        parallel: args.parallel,
+        kind: RunKind::Apply,
+    };
+    run.execute(plan).await
+}
+
+/// What a run of the executor is for: it changes the last words and checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    Apply,
+    Destroy,
+}
+
+/// Shows a plan, gets it approved, executes it and reports.
+pub struct Run<'a> {
+    pub loaded: &'a Loaded,
+    pub desired: &'a DesiredState,
+    pub hosts: &'a Hosts,
+    pub style: Style,
+    pub approved: bool,
+    pub parallel: Option<usize>,
+    pub kind: RunKind,
+}
+
+impl Run<'_> {
+    pub async fn execute(&self, plan: Plan) -> Result<u8> {
+        let desired = self.desired;
+        print_plan(&plan, OutputFormat::Text, self.style)?;
+        if plan.summary().is_empty() {
+            if self.kind == RunKind::Apply {
+                print_access(desired)?;
+            }
+            return Ok(exit::OK);
+        }
+        if !self.approved {
+            if !std::io::stdin().is_terminal() {
+                return Err(UserError(
+                    "error: refusing to go on without confirmation: stdin is not a terminal\nhint: review the plan above, then run again with `--auto-approve`".to_string(),
+                ));
+            }
+            if !confirm()? {
+                eprintln!("Cancelled: nothing was changed.");
+                return Ok(exit::ERROR);
+            }
+        }
+        self.run(plan).await
     }
-    if saved.is_none() && !args.auto_approve && !confirm()? {
-        eprintln!("Apply cancelled: nothing was changed.");
-        return Ok(exit::ERROR);
-    }
-    let options = ApplyOptions::from_config(&loaded.config, args.parallel);
+
+    async fn run(&self, plan: Plan) -> Result<u8> {
+        let (loaded, desired, hosts) = (self.loaded, self.desired, self.hosts);
+    let options = ApplyOptions::from_config(&loaded.config, self.parallel);
     let backends = hosts.backends();
     let reporter = CliReporter::new();
     let report = apply::execute(&plan, desired, &backends, &options, &reporter).await;
@@ -332,6 +389,15 @@ async fn apply_observed(
         return Err(UserError(text));
     }
 
+    let s = plan.summary();
+    if self.kind == RunKind::Destroy {
+        super::write_stdout(&format!(
+            "\nDestroy complete! Nodes: {} destroyed. ({:.1}s)\n",
+            s.destroy,
+            report.elapsed.as_secs_f64()
+        ))?;
+        return Ok(exit::OK);
+    }
     // Ray's own view: every declared node ALIVE with its CPUs.
     let missing = apply::wait_whole(desired, &backends, options.nodes_alive_timeout, Duration::from_secs(1))
         .await
@@ -343,7 +409,6 @@ async fn apply_observed(
             list.join("\n")
         )));
     }
-    let s = plan.summary();
     let mut out = format!(
         "\nApply complete! Nodes: {} added, {} changed, {} destroyed. ({:.1}s)\n",
         s.add,
@@ -354,6 +419,7 @@ async fn apply_observed(
     out.push_str(&access_lines(desired));
     super::write_stdout(&out)?;
     Ok(exit::OK)
+    }
 }
 
 /// The dashboard URL and the client address.

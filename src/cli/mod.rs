@@ -78,6 +78,56 @@ pub enum Command {
     },
     /// Make the hosts match the configuration: plan, confirm, execute.
     Apply(ApplyArgs),
+    /// Each node's container and Ray's own view; exit 1 unless the cluster is whole.
+    Status {
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+        /// Hosts worked on at once (default: `ssh.max_parallel`).
+        #[arg(long)]
+        parallel: Option<usize>,
+    },
+    /// Container logs of the selected nodes, each line prefixed with its node.
+    Logs {
+        /// `head`, `workers`, group names or node names (default: every node).
+        #[arg(value_name = "NODE")]
+        nodes: Vec<String>,
+        /// Keep following until Ctrl-C.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines of each node.
+        #[arg(long, value_name = "N")]
+        tail: Option<u64>,
+        /// Only lines newer than this, e.g. `10m`, `2h`.
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+    },
+    /// Remove every container of this cluster (workers first, head last).
+    #[command(alias = "down")]
+    Destroy {
+        /// Destroy without asking (required when stdin is not a terminal).
+        #[arg(long)]
+        auto_approve: bool,
+        /// Keep the head; remove only the workers.
+        #[arg(long)]
+        workers_only: bool,
+        #[arg(long)]
+        parallel: Option<usize>,
+    },
+    /// Replace the named nodes (a restarted head takes every worker with it).
+    Restart {
+        /// `head`, `workers`, group names or node names.
+        #[arg(value_name = "NODE")]
+        nodes: Vec<String>,
+        /// Restart every node.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        auto_approve: bool,
+        #[arg(long)]
+        parallel: Option<usize>,
+    },
+    /// Print shell exports for Ray clients: `eval "$(seedcore env)"`.
+    Env,
 }
 
 #[derive(Debug, clap::Args)]
@@ -218,6 +268,50 @@ pub fn run(cli: Cli) -> Result<u8> {
             let (loaded, desired) = load(&cli.config, &overrides)?;
             live::block_on(live::apply(&loaded, &desired, &args, style))?
         }
+        Command::Status { output, parallel } => {
+            let (loaded, desired) = load(&cli.config, &overrides)?;
+            live::block_on(ops::status(&loaded, &desired, output, parallel))?
+        }
+        Command::Logs {
+            nodes,
+            follow,
+            tail,
+            since,
+        } => {
+            let (loaded, desired) = load(&cli.config, &overrides)?;
+            let color = style.color || (matches!(cli.color, ColorChoice::Auto) && std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal());
+            live::block_on_until_done(ops::logs(
+                &loaded,
+                &desired,
+                &nodes,
+                follow,
+                tail,
+                since.as_deref(),
+                color,
+            ))?
+        }
+        Command::Destroy {
+            auto_approve,
+            workers_only,
+            parallel,
+        } => {
+            let (loaded, desired) = load(&cli.config, &overrides)?;
+            live::block_on(ops::destroy(&loaded, &desired, workers_only, auto_approve, parallel, style))?
+        }
+        Command::Restart {
+            nodes,
+            all,
+            auto_approve,
+            parallel,
+        } => {
+            let (loaded, desired) = load(&cli.config, &overrides)?;
+            live::block_on(ops::restart(&loaded, &desired, &nodes, all, auto_approve, parallel, style))?
+        }
+        Command::Env => {
+            let (_, desired) = load(&cli.config, &overrides)?;
+            write_stdout(&ops::env(&desired))?;
+            Ok(exit::OK)
+        }
     }
 }
 
@@ -295,11 +389,22 @@ pub fn read_observation(path: &Path) -> Result<ObservedState> {
 
 /// Plans against an observation.
 pub fn make_plan(loaded: &Loaded, desired: &DesiredState, observed: &ObservedState) -> Result<Plan> {
+    make_plan_with(loaded, desired, observed, Default::default())
+}
+
+/// Plans against an observation, replacing the `restart` nodes even if they match.
+pub fn make_plan_with(
+    loaded: &Loaded,
+    desired: &DesiredState,
+    observed: &ObservedState,
+    restart: std::collections::BTreeSet<crate::model::NodeName>,
+) -> Result<Plan> {
     plan::build(
         desired,
         observed,
         DiffOptions {
             oversubscribe_cpus: loaded.config.cluster.oversubscribe_cpus,
+            restart,
         },
         loaded.source.overrides().iter().map(|o| o.describe()).collect(),
     )
@@ -349,4 +454,5 @@ pub(crate) fn config_identity(loaded: &Loaded) -> serde_json::Value {
 }
 
 mod live;
+mod ops;
 mod progress;

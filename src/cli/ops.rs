@@ -1,0 +1,484 @@
+//! Day-2 operations: status, logs, destroy, restart, env. Each is a thin
+//! layer over the same connect/observe/plan/execute path as apply.
+
+use super::live::{self, access_lines, Run, RunKind};
+use super::{exit, make_plan_with, write_stdout, OutputFormat, Result, UserError};
+use crate::apply::{self, RayNode};
+use crate::backend::{DockerBackend, LogOptions};
+use crate::config::Loaded;
+use crate::model::{DesiredState, NodeName, NodeSpec, Role};
+use crate::plan;
+use crate::render::Style;
+use futures_util::stream::{self, StreamExt};
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::io::{IsTerminal, Write};
+
+/// One declared node as status reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    pub node: String,
+    pub host: String,
+    pub role: Role,
+    /// `running`, `exited (137)`, `missing`, `host unreachable`...
+    pub container: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    pub restarts: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Ray's state for this node (`ALIVE`, `DEAD`, or `not listed`).
+    pub ray: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ray_cpus: Option<f64>,
+    pub ok: bool,
+}
+
+fn uptime(started_at: &str) -> String {
+    // RFC 3339 from Docker, e.g. 2026-11-27T08:50:01.123456789Z.
+    let parse = || -> Option<i64> {
+        let (date, time) = started_at.split_once('T')?;
+        let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+        let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+        let mut t = time.trim_end_matches('Z').split(':');
+        let (hh, mm) = (t.next()?.parse::<i64>().ok()?, t.next()?.parse::<i64>().ok()?);
+        let ss = t.next()?.split('.').next()?.parse::<i64>().ok()?;
+        // Days from civil (Howard Hinnant's algorithm).
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = era * 146097 + doe - 719468;
+        Some(days * 86400 + hh * 3600 + mm * 60 + ss)
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    match parse() {
+        Some(t) if now >= t => {
+            let s = now - t;
+            match s {
+                0..=59 => format!("{s}s"),
+                60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+                3600..=86399 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+                _ => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
+            }
+        }
+        _ => "-".to_string(),
+    }
+}
+
+/// `seedcore status`: containers per host and Ray's own view.
+pub async fn status(loaded: &Loaded, desired: &DesiredState, output: OutputFormat, parallel: Option<usize>) -> Result<u8> {
+    let hosts = live::connect(loaded, desired, parallel).await?;
+    let names: Vec<String> = desired.nodes.iter().map(|n| n.name.0.clone()).collect();
+    let head = desired.head();
+    let ray: std::result::Result<Vec<RayNode>, String> = match hosts.connections.get(&head.host) {
+        Some(c) => apply::ray_nodes(&c.backend, head.name.as_str()).await,
+        None => Err(format!("head host `{}` unreachable", head.host)),
+    };
+    let statuses: Vec<NodeStatus> = stream::iter(desired.nodes.iter())
+        .map(|spec| {
+            let conn = hosts.connections.get(&spec.host);
+            let failure = hosts.failures.get(&spec.host);
+            let ray = &ray;
+            let names = &names;
+            async move {
+                let (container, started_at, restarts, image) = match (conn, failure) {
+                    (Some(c), _) => {
+                        let listed = c
+                            .backend
+                            .list_containers(&desired.cluster, names)
+                            .await
+                            .ok()
+                            .and_then(|l| l.into_iter().find(|x| x.name == spec.name.0));
+                        let details = c.backend.inspect_container(spec.name.as_str()).await.ok().flatten();
+                        match (listed, details) {
+                            (Some(l), Some(d)) => {
+                                let state = match (l.state.as_str(), l.exit_code) {
+                                    ("exited", Some(code)) => format!("exited ({code})"),
+                                    (s, _) => s.to_string(),
+                                };
+                                let foreign = l.cluster() != Some(desired.cluster.as_str());
+                                (
+                                    if foreign { format!("{state}, NOT seedcore's") } else { state },
+                                    d.started_at,
+                                    d.restart_count,
+                                    Some(l.image),
+                                )
+                            }
+                            _ => ("missing".to_string(), None, 0, None),
+                        }
+                    }
+                    (None, Some(e)) => (format!("host unreachable: {}", e.summary()), None, 0, None),
+                    (None, None) => ("host unreachable".to_string(), None, 0, None),
+                };
+                let (ray_state, ray_cpus) = match ray {
+                    Ok(nodes) => match nodes
+                        .iter()
+                        .filter(|n| n.node_name == spec.name.0)
+                        .max_by_key(|n| n.is_alive())
+                    {
+                        Some(n) => (n.state.clone(), Some(n.cpus())),
+                        None => ("not listed".to_string(), None),
+                    },
+                    Err(_) => ("unknown".to_string(), None),
+                };
+                let ok = container == "running"
+                    && ray_state == "ALIVE"
+                    && ray_cpus.is_some_and(|c| (c - f64::from(spec.cpus)).abs() < 0.01);
+                NodeStatus {
+                    node: spec.name.0.clone(),
+                    host: spec.host.0.clone(),
+                    role: spec.role,
+                    container,
+                    started_at,
+                    restarts,
+                    image,
+                    ray: ray_state,
+                    ray_cpus,
+                    ok,
+                }
+            }
+        })
+        .buffered(parallel.unwrap_or(loaded.config.ssh.max_parallel).max(1))
+        .collect()
+        .await;
+    hosts.close().await;
+
+    let whole = statuses.iter().all(|s| s.ok);
+    let alive = statuses.iter().filter(|s| s.ok).count();
+    let text = match output {
+        OutputFormat::Json => {
+            let v = serde_json::json!({
+                "format_version": "1",
+                "cluster": desired.cluster,
+                "whole": whole,
+                "nodes": statuses,
+                "ray_error": ray.as_ref().err(),
+                "dashboard": format!("http://{}:{}", head.node_ip, head.ports.head.as_ref().map(|h| h.dashboard).unwrap_or(0)),
+                "ray_address": format!("ray://{}:{}", head.node_ip, head.ports.head.as_ref().map(|h| h.client_server).unwrap_or(0)),
+            });
+            serde_json::to_string_pretty(&v).expect("status serializes") + "\n"
+        }
+        _ => {
+            let mut out = format!("Cluster `{}`\n\n", desired.cluster);
+            let w = statuses.iter().map(|s| s.node.len()).max().unwrap_or(4).max(4);
+            let hw = statuses.iter().map(|s| s.host.len()).max().unwrap_or(4).max(4);
+            out.push_str(&format!(
+                "{:w$}  {:hw$}  {:<14} {:>8} {:>8}  {:<8} {}\n",
+                "NODE", "HOST", "CONTAINER", "UPTIME", "RESTARTS", "RAY", "IMAGE"
+            ));
+            let mut notes = Vec::new();
+            for s in &statuses {
+                let container = if s.container.len() > 14 {
+                    notes.push(format!("{}: {}", s.node, s.container));
+                    s.container.split(':').next().unwrap_or("").to_string()
+                } else {
+                    s.container.clone()
+                };
+                let ray = match s.ray_cpus {
+                    Some(c) if s.ray == "ALIVE" => format!("ALIVE {c} CPU"),
+                    _ => s.ray.clone(),
+                };
+                out.push_str(&format!(
+                    "{:w$}  {:hw$}  {:<14} {:>8} {:>8}  {:<8} {}\n",
+                    s.node,
+                    s.host,
+                    container,
+                    s.started_at.as_deref().filter(|_| s.container == "running").map(uptime).unwrap_or_else(|| "-".into()),
+                    s.restarts,
+                    ray,
+                    s.image.as_deref().unwrap_or("-")
+                ));
+            }
+            for n in notes {
+                out.push_str(&format!("  {n}\n"));
+            }
+            out.push('\n');
+            match &ray {
+                Ok(nodes) => {
+                    let dead = nodes.iter().filter(|n| !n.is_alive()).count();
+                    out.push_str(&format!(
+                        "Ray: {alive} of {} declared nodes ALIVE with their CPUs{}.\n",
+                        statuses.len(),
+                        if dead > 0 { format!(" ({dead} DEAD entries from earlier nodes)") } else { String::new() }
+                    ));
+                }
+                Err(e) => out.push_str(&format!("Ray: cannot ask the head: {e}\n")),
+            }
+            if whole {
+                out.push_str("The cluster is whole.\n");
+            } else {
+                let bad: Vec<&str> = statuses.iter().filter(|s| !s.ok).map(|s| s.node.as_str()).collect();
+                out.push_str(&format!(
+                    "Not whole: {}.\nhint: `seedcore plan` shows what apply would repair; `seedcore logs NODE` shows a node's log\n",
+                    bad.join(", ")
+                ));
+            }
+            out.push_str(&access_lines(desired));
+            out
+        }
+    };
+    write_stdout(&text)?;
+    Ok(if whole { exit::OK } else { exit::ERROR })
+}
+
+/// Which nodes a `logs`/`restart` selection names.
+pub fn select_nodes<'a>(desired: &'a DesiredState, selection: &[String]) -> Result<Vec<&'a NodeSpec>> {
+    if selection.is_empty() {
+        return Ok(desired.nodes.iter().collect());
+    }
+    let mut out: Vec<&NodeSpec> = Vec::new();
+    for s in selection {
+        let matched: Vec<&NodeSpec> = match s.as_str() {
+            "head" => desired.nodes.iter().filter(|n| n.role == Role::Head).collect(),
+            "workers" => desired.workers().collect(),
+            name => desired
+                .nodes
+                .iter()
+                .filter(|n| n.name.0 == name || n.group.as_deref() == Some(name))
+                .collect(),
+        };
+        if matched.is_empty() {
+            let known: Vec<&str> = desired.nodes.iter().map(|n| n.name.as_str()).collect();
+            return Err(UserError(format!(
+                "error: `{s}` names no node of this cluster\nhint: use `head`, `workers`, a group name or a node name: {}",
+                known.join(", ")
+            )));
+        }
+        for m in matched {
+            if !out.iter().any(|o| o.name == m.name) {
+                out.push(m);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Parses `30s`, `10m`, `2h`, `1d` into seconds.
+pub fn parse_duration(text: &str) -> Option<i64> {
+    let t = text.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: i64 = num.parse().ok()?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return None,
+    };
+    Some(n * mult)
+}
+
+/// `seedcore logs`: every selected node's log at once, prefixed.
+pub async fn logs(
+    loaded: &Loaded,
+    desired: &DesiredState,
+    selection: &[String],
+    follow: bool,
+    tail: Option<u64>,
+    since: Option<&str>,
+    color: bool,
+) -> Result<u8> {
+    let nodes = select_nodes(desired, selection)?;
+    let since = match since {
+        Some(s) => Some(parse_duration(s).ok_or_else(|| {
+            UserError(format!(
+                "error: `--since {s}` is not a duration\nhint: write e.g. `30s`, `10m`, `2h` or `1d`"
+            ))
+        })?),
+        None => None,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let hosts = live::connect(loaded, desired, None).await?;
+    for (h, e) in &hosts.failures {
+        eprintln!("warning: `{h}`: {}", e.summary());
+    }
+    let width = nodes.iter().map(|n| n.name.0.len()).max().unwrap_or(0);
+    const COLORS: [&str; 6] = ["36", "33", "35", "32", "34", "31"];
+    let mut streams = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let Some(conn) = hosts.connections.get(&n.host) else {
+            continue;
+        };
+        let prefix = if color {
+            format!("\x1b[{}m{:width$}\x1b[0m | ", COLORS[i % COLORS.len()], n.name.0)
+        } else {
+            format!("{:width$} | ", n.name.0)
+        };
+        let name = n.name.0.clone();
+        let s = conn
+            .backend
+            .logs(
+                &name,
+                LogOptions {
+                    follow,
+                    tail,
+                    since: since.map(|s| now - s),
+                },
+            )
+            .map(move |item| (prefix.clone(), name.clone(), item));
+        streams.push(s.boxed());
+    }
+    let mut merged = stream::select_all(streams);
+    let mut pending: std::collections::BTreeMap<String, String> = Default::default();
+    let mut code = exit::OK;
+    let stop = async {
+        if follow {
+            let _ = tokio::signal::ctrl_c().await;
+        } else {
+            std::future::pending::<()>().await
+        }
+    };
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            item = merged.next() => {
+                let Some((prefix, name, item)) = item else { break };
+                match item {
+                    Ok(chunk) => {
+                        let buf = pending.entry(name.clone()).or_default();
+                        buf.push_str(&chunk);
+                        let mut out = String::new();
+                        while let Some(pos) = buf.find('\n') {
+                            let line: String = buf.drain(..=pos).collect();
+                            out.push_str(&prefix);
+                            out.push_str(line.trim_end_matches(['\n', '\r']));
+                            out.push('\n');
+                        }
+                        if !out.is_empty() {
+                            let mut stdout = std::io::stdout().lock();
+                            if stdout.write_all(out.as_bytes()).and_then(|_| stdout.flush()).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Err(e) if e.kind == crate::backend::ErrorKind::NotFound => {
+                        eprintln!("warning: `{name}` has no container (run `seedcore apply`)");
+                    }
+                    Err(e) => {
+                        eprintln!("error: logs of `{name}`: {e}");
+                        code = exit::ERROR;
+                    }
+                }
+            }
+            _ = &mut stop => {
+                eprintln!("Stopped following logs.");
+                break;
+            }
+        }
+    }
+    drop(merged);
+    hosts.close().await;
+    Ok(code)
+}
+
+/// `seedcore destroy`: removes every container of this cluster.
+pub async fn destroy(
+    loaded: &Loaded,
+    desired: &DesiredState,
+    workers_only: bool,
+    auto_approve: bool,
+    parallel: Option<usize>,
+    style: Style,
+) -> Result<u8> {
+    if !auto_approve && !std::io::stdin().is_terminal() {
+        return Err(UserError(
+            "error: refusing to destroy without confirmation: stdin is not a terminal\nhint: review `seedcore status`, then run `seedcore destroy --auto-approve`".to_string(),
+        ));
+    }
+    let (hosts, observed) = live::connect_and_observe(loaded, desired, parallel).await?;
+    let plan = plan::destroy(desired, &observed, workers_only);
+    let run = Run {
+        loaded,
+        desired,
+        hosts: &hosts,
+        style,
+        approved: auto_approve,
+        parallel,
+        kind: RunKind::Destroy,
+    };
+    let result = run.execute(plan).await;
+    hosts.close().await;
+    result
+}
+
+/// `seedcore restart`: replaces the named nodes (a head takes its workers).
+pub async fn restart(
+    loaded: &Loaded,
+    desired: &DesiredState,
+    selection: &[String],
+    all: bool,
+    auto_approve: bool,
+    parallel: Option<usize>,
+    style: Style,
+) -> Result<u8> {
+    if selection.is_empty() && !all {
+        return Err(UserError(
+            "error: name the nodes to restart, or pass `--all`\nhint: `seedcore restart head`, `seedcore restart workers`, `seedcore restart NODE...`".to_string(),
+        ));
+    }
+    let chosen: BTreeSet<NodeName> = if all {
+        desired.nodes.iter().map(|n| n.name.clone()).collect()
+    } else {
+        select_nodes(desired, selection)?
+            .into_iter()
+            .map(|n| n.name.clone())
+            .collect()
+    };
+    if !auto_approve && !std::io::stdin().is_terminal() {
+        return Err(UserError(
+            "error: refusing to restart without confirmation: stdin is not a terminal\nhint: run `seedcore restart ... --auto-approve`".to_string(),
+        ));
+    }
+    let (hosts, observed) = live::connect_and_observe(loaded, desired, parallel).await?;
+    let result = match make_plan_with(loaded, desired, &observed, chosen) {
+        Ok(plan) => {
+            let run = Run {
+                loaded,
+                desired,
+                hosts: &hosts,
+                style,
+                approved: auto_approve,
+                parallel,
+                kind: RunKind::Apply,
+            };
+            run.execute(plan).await
+        }
+        Err(e) => Err(e),
+    };
+    hosts.close().await;
+    result
+}
+
+/// `seedcore env`: shell exports for client tools.
+pub fn env(desired: &DesiredState) -> String {
+    let head = desired.head();
+    let p = head.ports.head.as_ref().expect("the head has head ports");
+    format!(
+        "# eval \"$(seedcore env)\"\nexport RAY_ADDRESS=ray://{ip}:{client}\nexport RAY_DASHBOARD_URL=http://{ip}:{dash}\n",
+        ip = head.node_ip,
+        client = p.client_server,
+        dash = p.dashboard
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("30s"), Some(30));
+        assert_eq!(parse_duration("10m"), Some(600));
+        assert_eq!(parse_duration("2h"), Some(7200));
+        assert_eq!(parse_duration("5"), Some(5));
+        assert_eq!(parse_duration("x"), None);
+    }
+}
