@@ -2,8 +2,10 @@
 //! with strict host-key checking, and a Ray head started by hand on labhost1 and a worker
 //! on labhost2 (LAB.md section 5) form a two-node cluster. A broken lab fails here.
 //!
-//! The containers use their own names and ports, distinct from seedcore's defaults, so the
-//! test cannot collide with a seedcore cluster running in the lab at the same time.
+//! The containers use their own names and ports, outside seedcore's defaults (GCS 6380,
+//! client 10001, dashboard 8265, object/node manager 8076+, agents 52365-52464, worker ports
+//! 10002-10099 and 11000-11020), so the test cannot collide with a seedcore cluster running
+//! in the lab at the same time.
 
 mod support;
 
@@ -92,15 +94,15 @@ fn lab_hosts_answer_over_ssh_and_form_a_two_node_ray_cluster() {
             "--head",
             &head_node_ip,
             &format!("--port={GCS_PORT}"),
-            "--ray-client-server-port=10011",
+            "--ray-client-server-port=6391",
             "--dashboard-host=127.0.0.1",
             "--dashboard-port=8275",
-            "--dashboard-agent-listen-port=52375",
-            "--dashboard-agent-grpc-port=52376",
-            "--runtime-env-agent-port=52377",
-            "--metrics-export-port=52378",
-            "--node-manager-port=8186",
-            "--object-manager-port=8187",
+            "--dashboard-agent-listen-port=52600",
+            "--dashboard-agent-grpc-port=52601",
+            "--runtime-env-agent-port=52602",
+            "--metrics-export-port=52603",
+            "--node-manager-port=8287",
+            "--object-manager-port=8286",
             "--min-worker-port=12000",
             "--max-worker-port=12049",
         ],
@@ -113,12 +115,12 @@ fn lab_hosts_answer_over_ssh_and_form_a_two_node_ray_cluster() {
         &[
             &format!("--address={head_ip}:{GCS_PORT}"),
             &format!("--node-ip-address={worker_ip}"),
-            "--node-manager-port=8177",
-            "--object-manager-port=8176",
-            "--dashboard-agent-listen-port=52385",
-            "--dashboard-agent-grpc-port=52386",
-            "--runtime-env-agent-port=52387",
-            "--metrics-export-port=52388",
+            "--node-manager-port=8277",
+            "--object-manager-port=8276",
+            "--dashboard-agent-listen-port=52610",
+            "--dashboard-agent-grpc-port=52611",
+            "--runtime-env-agent-port=52612",
+            "--metrics-export-port=52613",
             "--min-worker-port=12050",
             "--max-worker-port=12099",
         ],
