@@ -1,0 +1,1391 @@
+//! Planning without a network: the `seedcore` binary against recorded
+//! observations, and the planner's library API against observations built in
+//! code from the example's desired state.
+//!
+//! Three parts:
+//! - CLI tests (`seedcore plan`, `graph`, `validate`): exit codes and a
+//!   snapshot of everything printed.
+//! - A table of diff cases: one mutation of a converged observation each,
+//!   and the exact changes (action and cause) it must produce.
+//! - Schedule tests: the order apply must keep, checked on the graph itself.
+
+use petgraph::algo::has_path_connecting;
+use seedcore::config::{self, Loaded, Override};
+use seedcore::model::{
+    hex, DesiredState, EngineInfo, HostName, HostObservation, NodeName, NodeSpec,
+    ObservedContainer, ObservedState, LABEL_CLUSTER, LABEL_SPEC, LABEL_SPEC_HASH,
+};
+use seedcore::plan::{self, Action, DiffOptions, Plan, PlanError, Step};
+use seedcore::render::{self, Style};
+use seedcore::topology;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+const EXAMPLE: &str = "examples/seedcore.toml";
+const EMPTY: &str = "fixtures/observed/empty.json";
+const CONVERGED: &str = "fixtures/observed/converged.json";
+
+const HEAD: &str = "seedcore-ray-head";
+const LOCAL_1: &str = "seedcore-ray-worker-local-1";
+const LOCAL_2: &str = "seedcore-ray-worker-local-2";
+const LOCAL_3: &str = "seedcore-ray-worker-local-3";
+const REMOTE_1: &str = "seedcore-ray-worker-remote-1";
+const REMOTE_2: &str = "seedcore-ray-worker-remote-2";
+/// The example scaled to three local workers, with the worker-port range
+/// widened so that each keeps a 10-port slice: its first two local workers
+/// are then exactly the example's.
+const THREE_LOCAL: &[&str] = &[
+    "workers.local.count=3",
+    "workers.local.worker_ports=11000-11029",
+];
+const HEAD_HOST: &str = "172.31.17.143";
+const REMOTE_HOST_1: &str = "172.31.20.11";
+const REMOTE_HOST_2: &str = "172.31.20.12";
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+/// The `seedcore` binary with no ambient override or colour setting.
+fn seedcore() -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::new(env!("CARGO_BIN_EXE_seedcore"));
+    cmd.env_remove("HEAD_IP_OVERRIDE").env_remove("NO_COLOR");
+    cmd
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(cmd: &mut assert_cmd::Command) -> Run {
+    let out = cmd.output().expect("the binary runs");
+    Run {
+        code: out.status.code().expect("an exit code, not a signal"),
+        stdout: String::from_utf8(out.stdout).expect("UTF-8 stdout"),
+        stderr: String::from_utf8(out.stderr).expect("UTF-8 stderr"),
+    }
+}
+
+/// The example configuration with `--set` overrides, loaded and lowered.
+fn example(sets: &[&str]) -> (Loaded, DesiredState) {
+    let overrides: Vec<Override> = sets
+        .iter()
+        .map(|s| Override::parse_flag(s).expect("a well-formed --set"))
+        .collect();
+    seedcore::cli::load(Path::new(EXAMPLE), &overrides)
+        .unwrap_or_else(|e| panic!("the example with {sets:?} should load:\n{e}"))
+}
+
+fn desired(sets: &[&str]) -> DesiredState {
+    example(sets).1
+}
+
+fn reachable(containers: Vec<ObservedContainer>) -> HostObservation {
+    HostObservation {
+        reachable: true,
+        error: None,
+        engine: Some(EngineInfo {
+            version: "24.0.7".to_string(),
+            api_version: "1.43".to_string(),
+            cpus: 16,
+            memory_bytes: 64 << 30,
+        }),
+        images: None,
+        containers,
+    }
+}
+
+/// Every host of `desired` reachable and empty.
+fn empty(desired: &DesiredState) -> ObservedState {
+    let mut o = ObservedState::new();
+    for h in desired.hosts() {
+        o.hosts.insert(h, reachable(Vec::new()));
+    }
+    o
+}
+
+/// The container seedcore would have created for `node`, in `state`.
+fn container(
+    node: &NodeSpec,
+    cluster: &str,
+    state: &str,
+    exit_code: Option<i64>,
+) -> ObservedContainer {
+    ObservedContainer {
+        name: node.name.0.clone(),
+        // A stable, realistic-looking container ID derived from the name.
+        id: hex(&Sha256::digest(node.name.0.as_bytes())),
+        image: node.image.clone(),
+        state: state.to_string(),
+        exit_code,
+        labels: node.labels(cluster),
+    }
+}
+
+/// What the hosts hold once `desired` has been applied: every node running.
+fn converged(desired: &DesiredState) -> ObservedState {
+    let mut o = empty(desired);
+    for n in &desired.nodes {
+        o.hosts
+            .get_mut(&n.host)
+            .expect("a declared host")
+            .containers
+            .push(container(n, &desired.cluster, "running", None));
+    }
+    o
+}
+
+fn find<'a>(o: &'a mut ObservedState, name: &str) -> &'a mut ObservedContainer {
+    o.hosts
+        .values_mut()
+        .flat_map(|h| h.containers.iter_mut())
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no container `{name}` in the observation"))
+}
+
+fn remove(o: &mut ObservedState, name: &str) {
+    for h in o.hosts.values_mut() {
+        h.containers.retain(|c| c.name != name);
+    }
+}
+
+fn host<'a>(o: &'a mut ObservedState, host: &str) -> &'a mut HostObservation {
+    o.hosts
+        .get_mut(&HostName(host.to_string()))
+        .unwrap_or_else(|| panic!("no host `{host}` in the observation"))
+}
+
+fn stranger(name: &str, labels: &[(&str, &str)]) -> ObservedContainer {
+    ObservedContainer {
+        name: name.to_string(),
+        id: format!("{:f>64}", name.len()),
+        image: "postgres:16".to_string(),
+        state: "running".to_string(),
+        exit_code: None,
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+fn build(desired: &DesiredState, observed: &ObservedState) -> Plan {
+    plan::build(desired, observed, DiffOptions::default(), Vec::new())
+        .unwrap_or_else(|e| panic!("the plan should build:\n{e}"))
+}
+
+fn write_observation(dir: &Path, name: &str, o: &ObservedState) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, serde_json::to_string_pretty(o).unwrap()).unwrap();
+    path
+}
+
+// ---------------------------------------------------------------------------
+// CLI
+
+#[test]
+fn plan_against_empty_hosts_creates_everything_and_exits_2() {
+    let r = run(seedcore().args([
+        "plan",
+        "-c",
+        EXAMPLE,
+        "--observed",
+        EMPTY,
+        "--detailed-exitcode",
+    ]));
+    assert_eq!(r.code, 2, "stderr: {}", r.stderr);
+    assert_eq!(
+        r.stderr, "",
+        "stdout is for the plan; nothing else expected"
+    );
+    assert!(r
+        .stdout
+        .ends_with("Plan: 5 to add, 0 to change, 0 to destroy.\n"));
+    insta::assert_snapshot!("cli_plan_empty", r.stdout);
+}
+
+#[test]
+fn plan_with_changes_exits_0_without_detailed_exitcode() {
+    let r = run(seedcore().args(["plan", "-c", EXAMPLE, "--observed", EMPTY]));
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    assert!(r.stdout.contains("Plan: 5 to add"));
+}
+
+#[test]
+fn plan_against_a_converged_cluster_says_no_changes_and_exits_0() {
+    let r = run(seedcore().args([
+        "plan",
+        "-c",
+        EXAMPLE,
+        "--observed",
+        CONVERGED,
+        "--detailed-exitcode",
+    ]));
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    assert!(r
+        .stdout
+        .ends_with("No changes. The cluster matches the configuration.\n"));
+    insta::assert_snapshot!("cli_plan_converged", r.stdout);
+}
+
+#[test]
+fn plan_as_json_is_versioned_and_carries_the_full_argv() {
+    let r = run(seedcore().args([
+        "plan",
+        "-c",
+        EXAMPLE,
+        "--observed",
+        EMPTY,
+        "--output",
+        "json",
+    ]));
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("valid JSON");
+    assert_eq!(v["format_version"], "1");
+    assert_eq!(
+        v["summary"],
+        serde_json::json!({"add": 5, "change": 0, "destroy": 0})
+    );
+    let changes = v["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 5);
+    assert!(changes.iter().all(|c| c["action"] == "create"));
+    let remote = changes.iter().find(|c| c["node"] == REMOTE_1).unwrap();
+    let args: Vec<&str> = remote["after"]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(&args[..3], ["ray", "start", "--address=172.31.17.143:6380"]);
+    for flag in [
+        "--object-manager-port=",
+        "--node-manager-port=",
+        "--min-worker-port=",
+        "--max-worker-port=",
+        "--dashboard-agent-listen-port=",
+        "--dashboard-agent-grpc-port=",
+        "--runtime-env-agent-port=",
+        "--metrics-export-port=",
+        "--num-cpus=4",
+        "--node-ip-address=172.31.20.11",
+    ] {
+        assert!(
+            args.iter().any(|a| a.starts_with(flag)),
+            "{flag} missing: {args:?}"
+        );
+    }
+    insta::assert_snapshot!("cli_plan_empty_json", r.stdout);
+}
+
+#[test]
+fn plan_as_markdown_puts_the_summary_first() {
+    let r = run(seedcore().args([
+        "plan",
+        "-c",
+        EXAMPLE,
+        "--observed",
+        EMPTY,
+        "--output",
+        "markdown",
+    ]));
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    let mut lines = r.stdout.lines();
+    assert_eq!(lines.next(), Some("### seedcore plan: cluster `seedcore`"));
+    assert_eq!(lines.next(), Some(""));
+    assert_eq!(
+        lines.next(),
+        Some("**Plan: 5 to add, 0 to change, 0 to destroy.**")
+    );
+    assert_eq!(
+        r.stdout.matches("<details>").count(),
+        3,
+        "one section per host"
+    );
+    insta::assert_snapshot!("cli_plan_empty_markdown", r.stdout);
+}
+
+#[test]
+fn graph_prints_dot_and_mermaid() {
+    let dot = run(seedcore().args([
+        "graph",
+        "-c",
+        EXAMPLE,
+        "--observed",
+        EMPTY,
+        "--format",
+        "dot",
+    ]));
+    assert_eq!(dot.code, 0, "stderr: {}", dot.stderr);
+    assert!(dot.stdout.starts_with("digraph seedcore {"));
+    insta::assert_snapshot!("cli_graph_dot", dot.stdout);
+
+    let mermaid = run(seedcore().args([
+        "graph",
+        "-c",
+        EXAMPLE,
+        "--observed",
+        EMPTY,
+        "--format",
+        "mermaid",
+    ]));
+    assert_eq!(mermaid.code, 0, "stderr: {}", mermaid.stderr);
+    assert!(mermaid.stdout.starts_with("flowchart LR\n"));
+    insta::assert_snapshot!("cli_graph_mermaid", mermaid.stdout);
+
+    // Same steps and edges in both renderings.
+    assert_eq!(
+        dot.stdout.matches(" -> ").count(),
+        mermaid.stdout.matches(" --> ").count()
+    );
+}
+
+#[test]
+fn validate_describes_the_example() {
+    let r = run(seedcore().args(["validate", "-c", EXAMPLE]));
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    insta::assert_snapshot!("cli_validate_example", r.stdout);
+}
+
+#[test]
+fn an_invalid_config_exits_1_with_one_error_prefix() {
+    let r = run(seedcore().args([
+        "plan",
+        "-c",
+        "fixtures/config/invalid/port_zero.toml",
+        "--observed",
+        EMPTY,
+    ]));
+    assert_eq!(r.code, 1);
+    assert_eq!(r.stdout, "");
+    assert!(
+        r.stderr.starts_with("error: `head.gcs_port` is 0"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("error: error:"), "{}", r.stderr);
+}
+
+#[test]
+fn set_overrides_are_named_in_the_plan_header() {
+    let r = run(seedcore().args([
+        "plan",
+        "-c",
+        EXAMPLE,
+        "--observed",
+        CONVERGED,
+        "--set",
+        "workers.local.count=3",
+        "--set",
+        "workers.local.worker_ports=11000-11029",
+        "--detailed-exitcode",
+    ]));
+    assert_eq!(r.code, 2, "stderr: {}", r.stderr);
+    assert!(
+        r.stdout.contains(concat!(
+            "Overrides in force:\n",
+            "  workers.local.count = 3 (--set)\n",
+            "  workers.local.worker_ports = 11000-11029 (--set)\n"
+        )),
+        "{}",
+        r.stdout
+    );
+    assert!(r
+        .stdout
+        .contains(&format!("# {LOCAL_3} on {HEAD_HOST} will be created")));
+    assert!(r
+        .stdout
+        .ends_with("Plan: 1 to add, 0 to change, 0 to destroy.\n"));
+    insta::assert_snapshot!("cli_plan_set_count", r.stdout);
+}
+
+#[test]
+fn head_ip_override_is_named_and_moves_the_workers_address() {
+    let wanted = desired(&["head.host=10.9.9.9"]);
+    let dir = tempfile::tempdir().unwrap();
+    let obs = write_observation(dir.path(), "obs.json", &empty(&wanted));
+    let r = run(seedcore()
+        .args(["plan", "-c", EXAMPLE, "--output", "json", "--observed"])
+        .arg(&obs)
+        .env("HEAD_IP_OVERRIDE", "10.9.9.9"));
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        v["overrides"],
+        serde_json::json!(["head.host = 10.9.9.9 (from $HEAD_IP_OVERRIDE)"])
+    );
+    let mut workers = 0;
+    for c in v["changes"].as_array().unwrap() {
+        if c["role"] == "worker" {
+            workers += 1;
+            let args = c["after"]["args"].as_array().unwrap();
+            assert!(
+                args.contains(&serde_json::json!("--address=10.9.9.9:6380")),
+                "{}: {args:?}",
+                c["node"]
+            );
+        }
+    }
+    assert_eq!(workers, 4);
+
+    let text = run(seedcore()
+        .args(["plan", "-c", EXAMPLE, "--observed"])
+        .arg(&obs)
+        .env("HEAD_IP_OVERRIDE", "10.9.9.9"));
+    assert!(
+        text.stdout
+            .contains("Overrides in force:\n  head.host = 10.9.9.9 (from $HEAD_IP_OVERRIDE)\n"),
+        "{}",
+        text.stdout
+    );
+}
+
+#[test]
+fn a_host_missing_from_the_observation_fails_naming_it() {
+    // The override moves the head to a host that `empty.json` never saw.
+    let r = run(seedcore()
+        .args([
+            "plan",
+            "-c",
+            EXAMPLE,
+            "--observed",
+            EMPTY,
+            "--detailed-exitcode",
+        ])
+        .env("HEAD_IP_OVERRIDE", "10.9.9.9"));
+    assert_eq!(r.code, 1);
+    assert_eq!(r.stdout, "");
+    assert!(
+        r.stderr.contains("`10.9.9.9`: not in the observation"),
+        "{}",
+        r.stderr
+    );
+    insta::assert_snapshot!("cli_plan_host_missing", r.stderr);
+}
+
+#[test]
+fn an_unreachable_host_fails_naming_it() {
+    let wanted = desired(&[]);
+    let mut o = empty(&wanted);
+    let h = host(&mut o, REMOTE_HOST_2);
+    h.reachable = false;
+    h.error = Some("ssh: connect to host 172.31.20.12 port 22: Connection timed out".to_string());
+    let dir = tempfile::tempdir().unwrap();
+    let obs = write_observation(dir.path(), "obs.json", &o);
+    let r = run(seedcore()
+        .args(["plan", "-c", EXAMPLE, "--detailed-exitcode", "--observed"])
+        .arg(&obs));
+    assert_eq!(r.code, 1);
+    assert_eq!(r.stdout, "");
+    insta::assert_snapshot!("cli_plan_host_unreachable", r.stderr);
+}
+
+#[test]
+fn plan_out_writes_a_json_plan_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tfplan.json");
+    let r = run(seedcore()
+        .args(["plan", "-c", EXAMPLE, "--observed", EMPTY, "--out"])
+        .arg(&out));
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    assert!(
+        r.stdout.contains("Plan: 5 to add"),
+        "the plan is still printed"
+    );
+    assert!(
+        r.stderr
+            .contains(&format!("Saved the plan to `{}`", out.display())),
+        "{}",
+        r.stderr
+    );
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).expect("the plan file")).unwrap();
+    assert_eq!(saved["format_version"], "1");
+    assert_eq!(saved["summary"]["add"], 5);
+    assert_eq!(saved["config"]["path"], EXAMPLE);
+    assert_eq!(saved["config"]["sha256"].as_str().unwrap().len(), 64);
+    let fingerprint = saved["fingerprint"].as_object().unwrap();
+    let hosts: Vec<&str> = fingerprint.keys().map(String::as_str).collect();
+    assert_eq!(hosts, [HEAD_HOST, REMOTE_HOST_1, REMOTE_HOST_2]);
+    // Everything but the config section is the `--output json` plan.
+    let printed = run(seedcore().args([
+        "plan",
+        "-c",
+        EXAMPLE,
+        "--observed",
+        EMPTY,
+        "--output",
+        "json",
+    ]));
+    let mut printed: serde_json::Value = serde_json::from_str(&printed.stdout).unwrap();
+    printed["config"] = saved["config"].clone();
+    assert_eq!(printed, saved);
+}
+
+#[test]
+fn unusable_observation_files_are_explained() {
+    let r = run(seedcore().args([
+        "plan",
+        "-c",
+        EXAMPLE,
+        "--observed",
+        "fixtures/observed/does-not-exist.json",
+    ]));
+    assert_eq!(r.code, 1);
+    assert!(r
+        .stderr
+        .starts_with("error: cannot read the observation `fixtures/observed/does-not-exist.json`"));
+    assert!(r
+        .stderr
+        .contains("hint: record one with `seedcore observe -o"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.json");
+    std::fs::write(&garbage, "{\"hosts\": 3}").unwrap();
+    let r = run(seedcore()
+        .args(["plan", "-c", EXAMPLE, "--observed"])
+        .arg(&garbage));
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("is not a seedcore observation"),
+        "{}",
+        r.stderr
+    );
+
+    let mut future = empty(&desired(&[]));
+    future.format_version = "2".to_string();
+    let future = write_observation(dir.path(), "future.json", &future);
+    let r = run(seedcore()
+        .args(["plan", "-c", EXAMPLE, "--observed"])
+        .arg(&future));
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("has observation format 2, this seedcore reads format 1"),
+        "{}",
+        r.stderr
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Diff, table-driven
+
+/// One diff case: a desired state (the example plus `--set`s), an
+/// observation (what applying the example plus `observed_sets` left, then
+/// `mutate`d), and every change that is not a no-op, in plan order.
+struct Case {
+    name: &'static str,
+    desired_sets: &'static [&'static str],
+    observed_sets: &'static [&'static str],
+    mutate: fn(&mut ObservedState),
+    expect: &'static [(&'static str, Action, &'static str)],
+}
+
+const HEAD_REPLACED: &str = "head replaced: workers must rejoin the new cluster";
+const HEAD_RESTARTED: &str = "head restarted: workers must rejoin the new cluster";
+const HEAD_CREATED: &str = "head created: workers must rejoin the new cluster";
+
+const CASES: &[Case] = &[
+    Case {
+        name: "converged",
+        desired_sets: &[],
+        observed_sets: &[],
+        mutate: |_| {},
+        expect: &[],
+    },
+    Case {
+        name: "missing worker is created",
+        desired_sets: &[],
+        observed_sets: &[],
+        mutate: |o| remove(o, REMOTE_1),
+        expect: &[(
+            REMOTE_1,
+            Action::Create,
+            "no container `seedcore-ray-worker-remote-1` on `172.31.20.11`",
+        )],
+    },
+    Case {
+        name: "killed worker is started",
+        desired_sets: &[],
+        observed_sets: &[],
+        mutate: |o| {
+            let c = find(o, LOCAL_2);
+            c.state = "exited".to_string();
+            c.exit_code = Some(137);
+        },
+        expect: &[(LOCAL_2, Action::Start, "container exited (code 137)")],
+    },
+    Case {
+        name: "exited without a code",
+        desired_sets: &[],
+        observed_sets: &[],
+        mutate: |o| find(o, REMOTE_2).state = "exited".to_string(),
+        expect: &[(REMOTE_2, Action::Start, "container exited")],
+    },
+    Case {
+        name: "created but never started",
+        desired_sets: &[],
+        observed_sets: &[],
+        mutate: |o| find(o, REMOTE_2).state = "created".to_string(),
+        expect: &[(
+            REMOTE_2,
+            Action::Start,
+            "container created but never started",
+        )],
+    },
+    Case {
+        name: "restarting counts as running",
+        desired_sets: &[],
+        observed_sets: &[],
+        mutate: |o| find(o, LOCAL_1).state = "restarting".to_string(),
+        expect: &[],
+    },
+    Case {
+        name: "paused is replaced",
+        desired_sets: &[],
+        observed_sets: &[],
+        mutate: |o| find(o, LOCAL_1).state = "paused".to_string(),
+        expect: &[(LOCAL_1, Action::Replace, "container is paused")],
+    },
+    Case {
+        name: "dead is replaced",
+        desired_sets: &[],
+        observed_sets: &[],
+        mutate: |o| find(o, REMOTE_1).state = "dead".to_string(),
+        expect: &[(REMOTE_1, Action::Replace, "container is dead")],
+    },
+    Case {
+        name: "changed cpus replace with a field diff",
+        desired_sets: &["workers.remote.cpus=2"],
+        observed_sets: &[],
+        mutate: |_| {},
+        expect: &[
+            (REMOTE_1, Action::Replace, "cpus 4 -> 2, ray_start changed"),
+            (REMOTE_2, Action::Replace, "cpus 4 -> 2, ray_start changed"),
+        ],
+    },
+    Case {
+        name: "undeclared container of our cluster is removed",
+        desired_sets: &[],
+        observed_sets: THREE_LOCAL,
+        mutate: |_| {},
+        expect: &[(LOCAL_3, Action::Remove, "not in configuration")],
+    },
+    Case {
+        name: "scale down removes the highest ordinals first",
+        desired_sets: &[
+            "workers.local.count=1",
+            "workers.local.worker_ports=11000-11009",
+        ],
+        observed_sets: THREE_LOCAL,
+        mutate: |_| {},
+        expect: &[
+            (LOCAL_3, Action::Remove, "not in configuration"),
+            (LOCAL_2, Action::Remove, "not in configuration"),
+        ],
+    },
+    Case {
+        name: "with fixed slices, scaling up adds workers and leaves the others alone",
+        desired_sets: &[
+            "workers.remote.worker_ports_per_node=10",
+            "workers.remote.count=2",
+        ],
+        observed_sets: &["workers.remote.worker_ports_per_node=10"],
+        mutate: |_| {},
+        expect: &[
+            (
+                "seedcore-ray-worker-remote-3",
+                Action::Create,
+                "no container `seedcore-ray-worker-remote-3` on `172.31.20.11`",
+            ),
+            (
+                "seedcore-ray-worker-remote-4",
+                Action::Create,
+                "no container `seedcore-ray-worker-remote-4` on `172.31.20.12`",
+            ),
+        ],
+    },
+    Case {
+        name: "with fixed slices, scaling down removes the highest-numbered workers",
+        desired_sets: &["workers.remote.worker_ports_per_node=10"],
+        observed_sets: &[
+            "workers.remote.worker_ports_per_node=10",
+            "workers.remote.count=2",
+        ],
+        mutate: |_| {},
+        expect: &[
+            (
+                "seedcore-ray-worker-remote-3",
+                Action::Remove,
+                "not in configuration",
+            ),
+            (
+                "seedcore-ray-worker-remote-4",
+                Action::Remove,
+                "not in configuration",
+            ),
+        ],
+    },
+    Case {
+        name: "a worker moved to another host",
+        desired_sets: &["workers.remote.hosts=172.31.20.11,172.31.20.13"],
+        observed_sets: &[],
+        mutate: |o| {
+            o.hosts
+                .insert(HostName("172.31.20.13".to_string()), reachable(Vec::new()));
+        },
+        expect: &[
+            (
+                REMOTE_2,
+                Action::Create,
+                "no container `seedcore-ray-worker-remote-2` on `172.31.20.13`",
+            ),
+            (REMOTE_2, Action::Remove, "moved to `172.31.20.13`"),
+        ],
+    },
+    Case {
+        name: "a changed head image replaces the head and every worker",
+        desired_sets: &["head.image=rayproject/ray:2.61.0"],
+        observed_sets: &[],
+        mutate: |_| {},
+        expect: &[
+            (
+                HEAD,
+                Action::Replace,
+                "image rayproject/ray:2.60.0 -> rayproject/ray:2.61.0",
+            ),
+            (LOCAL_1, Action::Replace, HEAD_REPLACED),
+            (LOCAL_2, Action::Replace, HEAD_REPLACED),
+            (REMOTE_1, Action::Replace, HEAD_REPLACED),
+            (REMOTE_2, Action::Replace, HEAD_REPLACED),
+        ],
+    },
+    Case {
+        name: "a restarted head takes the workers with it",
+        desired_sets: &[],
+        observed_sets: &[],
+        mutate: |o| {
+            let c = find(o, HEAD);
+            c.state = "exited".to_string();
+            c.exit_code = Some(1);
+        },
+        expect: &[
+            (HEAD, Action::Start, "container exited (code 1)"),
+            (LOCAL_1, Action::Replace, HEAD_RESTARTED),
+            (LOCAL_2, Action::Replace, HEAD_RESTARTED),
+            (REMOTE_1, Action::Replace, HEAD_RESTARTED),
+            (REMOTE_2, Action::Replace, HEAD_RESTARTED),
+        ],
+    },
+    Case {
+        name: "a missing head takes the workers with it",
+        desired_sets: &[],
+        observed_sets: &[],
+        mutate: |o| {
+            remove(o, HEAD);
+            find(o, REMOTE_1).state = "exited".to_string();
+        },
+        expect: &[
+            (
+                HEAD,
+                Action::Create,
+                "no container `seedcore-ray-head` on `172.31.17.143`",
+            ),
+            (LOCAL_1, Action::Replace, HEAD_CREATED),
+            (LOCAL_2, Action::Replace, HEAD_CREATED),
+            (REMOTE_1, Action::Replace, HEAD_CREATED),
+            (REMOTE_2, Action::Replace, HEAD_CREATED),
+        ],
+    },
+    Case {
+        name: "a worker's own change survives a head replacement",
+        desired_sets: &["head.image=rayproject/ray:2.61.0", "workers.remote.cpus=2"],
+        observed_sets: &[],
+        mutate: |o| remove(o, LOCAL_1),
+        expect: &[
+            (
+                HEAD,
+                Action::Replace,
+                "image rayproject/ray:2.60.0 -> rayproject/ray:2.61.0",
+            ),
+            (
+                LOCAL_1,
+                Action::Create,
+                "no container `seedcore-ray-worker-local-1` on `172.31.17.143`",
+            ),
+            (LOCAL_2, Action::Replace, HEAD_REPLACED),
+            (REMOTE_1, Action::Replace, "cpus 4 -> 2, ray_start changed"),
+            (REMOTE_2, Action::Replace, "cpus 4 -> 2, ray_start changed"),
+        ],
+    },
+    Case {
+        name: "another cluster's container with another name is left alone",
+        desired_sets: &[],
+        observed_sets: &[],
+        mutate: |o| {
+            host(o, HEAD_HOST).containers.push(stranger(
+                "other-ray-head",
+                &[(LABEL_CLUSTER, "other"), ("io.seedcore.role", "head")],
+            ));
+            host(o, REMOTE_HOST_1)
+                .containers
+                .push(stranger("postgres", &[]));
+        },
+        expect: &[],
+    },
+    Case {
+        name: "an unrecorded old spec still replaces",
+        desired_sets: &[],
+        observed_sets: &[],
+        mutate: |o| {
+            let c = find(o, REMOTE_1);
+            c.labels.remove(LABEL_SPEC);
+            c.labels.insert(LABEL_SPEC_HASH.to_string(), "0".repeat(64));
+        },
+        expect: &[(
+            REMOTE_1,
+            Action::Replace,
+            "spec hash differs and the old spec is not recorded",
+        )],
+    },
+    Case {
+        name: "a moved image tag replaces",
+        desired_sets: &[],
+        observed_sets: &[],
+        mutate: |o| find(o, REMOTE_1).image = "rayproject/ray:latest".to_string(),
+        expect: &[(
+            REMOTE_1,
+            Action::Replace,
+            "runs image `rayproject/ray:latest`, expected `rayproject/ray:2.60.0`",
+        )],
+    },
+    Case {
+        name: "an image reported by digest is not a change",
+        desired_sets: &[],
+        observed_sets: &[],
+        mutate: |o| find(o, REMOTE_1).image = format!("sha256:{}", "a".repeat(64)),
+        expect: &[],
+    },
+];
+
+#[test]
+fn diff_cases() {
+    for case in CASES {
+        let wanted = desired(case.desired_sets);
+        let mut observed = converged(&desired(case.observed_sets));
+        (case.mutate)(&mut observed);
+        let changes = plan::diff(&wanted, &observed, DiffOptions::default())
+            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let got: Vec<(&str, Action, &str)> = changes
+            .iter()
+            .filter(|c| c.action != Action::NoOp)
+            .map(|c| (c.node.as_str(), c.action, c.cause.as_str()))
+            .collect();
+        assert_eq!(got, case.expect, "case `{}`", case.name);
+
+        // One change per declared node, in topology order, then removals.
+        let declared: Vec<&str> = wanted.nodes.iter().map(|n| n.name.as_str()).collect();
+        let planned: Vec<&str> = changes
+            .iter()
+            .filter(|c| c.action != Action::Remove)
+            .map(|c| c.node.as_str())
+            .collect();
+        assert_eq!(planned, declared, "case `{}`", case.name);
+        let first_remove = changes.iter().position(|c| c.action == Action::Remove);
+        if let Some(i) = first_remove {
+            assert!(
+                changes[i..].iter().all(|c| c.action == Action::Remove),
+                "case `{}`: removals come last",
+                case.name
+            );
+        }
+        for c in &changes {
+            match c.action {
+                Action::NoOp => assert!(c.cause.starts_with("container "), "{c:?}"),
+                Action::Remove => assert!(c.after.is_none() && c.before.is_some()),
+                Action::Create => assert!(c.before.is_none() && c.after.is_some()),
+                Action::Start | Action::Replace => {
+                    assert!(c.before.is_some() && c.after.is_some())
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_replacement_carries_the_field_diff_from_the_recorded_spec() {
+    let wanted = desired(&["workers.remote.cpus=2"]);
+    let observed = converged(&desired(&[]));
+    let changes = plan::diff(&wanted, &observed, DiffOptions::default()).unwrap();
+    let c = changes
+        .iter()
+        .find(|c| c.node.as_str() == REMOTE_1)
+        .unwrap();
+    let fields: Vec<(&str, Option<&str>, Option<&str>)> = c
+        .fields
+        .iter()
+        .map(|f| (f.field.as_str(), f.before.as_deref(), f.after.as_deref()))
+        .collect();
+    assert_eq!(fields[0], ("cpus", Some("4"), Some("2")));
+    assert_eq!(fields.len(), 2, "{fields:#?}");
+    assert_eq!(fields[1].0, "ray_start");
+    assert!(fields[1].1.unwrap().contains("--num-cpus=4"));
+    assert!(fields[1].2.unwrap().contains("--num-cpus=2"));
+}
+
+fn plan_error(observed: &ObservedState) -> PlanError {
+    match plan::diff(&desired(&[]), observed, DiffOptions::default()) {
+        Ok(changes) => panic!("expected a plan error, got {changes:#?}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn an_unlabelled_container_holding_our_name_is_a_conflict() {
+    let mut o = converged(&desired(&[]));
+    remove(&mut o, REMOTE_1);
+    host(&mut o, REMOTE_HOST_1)
+        .containers
+        .push(stranger(REMOTE_1, &[]));
+    let e = plan_error(&o);
+    let PlanError::Conflicts(list) = &e else {
+        panic!("expected conflicts, got {e:?}");
+    };
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].name, REMOTE_1);
+    assert_eq!(list[0].owner, None);
+    insta::assert_snapshot!("conflict_unlabelled", e.to_string());
+}
+
+#[test]
+fn another_clusters_container_holding_our_name_is_a_conflict() {
+    let mut o = converged(&desired(&[]));
+    remove(&mut o, HEAD);
+    host(&mut o, HEAD_HOST)
+        .containers
+        .push(stranger(HEAD, &[(LABEL_CLUSTER, "staging")]));
+    let e = plan_error(&o);
+    let PlanError::Conflicts(list) = &e else {
+        panic!("expected conflicts, got {e:?}");
+    };
+    assert_eq!(list[0].owner.as_deref(), Some("staging"));
+    insta::assert_snapshot!("conflict_other_cluster", e.to_string());
+}
+
+#[test]
+fn missing_and_unreachable_hosts_make_the_plan_incomplete() {
+    let mut o = converged(&desired(&[]));
+    o.hosts.remove(&HostName(REMOTE_HOST_1.to_string()));
+    let h = host(&mut o, REMOTE_HOST_2);
+    h.reachable = false;
+    h.containers.clear();
+    let e = plan_error(&o);
+    assert_eq!(
+        e,
+        PlanError::Incomplete(vec![
+            (
+                HostName(REMOTE_HOST_1.to_string()),
+                "not in the observation".to_string()
+            ),
+            (
+                HostName(REMOTE_HOST_2.to_string()),
+                "unreachable".to_string()
+            ),
+        ])
+    );
+    insta::assert_snapshot!("incomplete_hosts", e.to_string());
+}
+
+#[test]
+fn more_cpus_than_a_host_has_is_refused_unless_allowed() {
+    let wanted = desired(&[]);
+    let mut o = converged(&wanted);
+    host(&mut o, REMOTE_HOST_1).engine.as_mut().unwrap().cpus = 2;
+    let e = plan::diff(&wanted, &o, DiffOptions::default()).unwrap_err();
+    assert_eq!(
+        e,
+        PlanError::Cpus(vec![(HostName(REMOTE_HOST_1.to_string()), 4, 2)])
+    );
+    insta::assert_snapshot!("cpus_oversubscribed", e.to_string());
+    let allowed = plan::diff(
+        &wanted,
+        &o,
+        DiffOptions {
+            oversubscribe_cpus: true,
+            ..DiffOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(allowed.iter().all(|c| c.action == Action::NoOp));
+}
+
+// ---------------------------------------------------------------------------
+// Schedule
+
+fn step_index(p: &Plan, want: impl Fn(&Step) -> bool) -> Vec<petgraph::graph::NodeIndex> {
+    p.graph
+        .graph
+        .node_indices()
+        .filter(|i| want(&p.graph.graph[*i]))
+        .collect()
+}
+
+fn before(p: &Plan, a: petgraph::graph::NodeIndex, b: petgraph::graph::NodeIndex) -> bool {
+    has_path_connecting(&p.graph.graph, a, b, None)
+}
+
+/// Every edge of the order holds: each step comes after its dependencies.
+fn assert_order_respects_edges(p: &Plan) {
+    let order = p.graph.ordered();
+    assert_eq!(order.len(), p.graph.len(), "every step is ordered once");
+    for (n, i) in order.iter().enumerate() {
+        for d in p.graph.dependencies(*i) {
+            let pos = order.iter().position(|o| *o == d).unwrap();
+            assert!(
+                pos < n,
+                "{} runs before its dependency {}",
+                p.graph.graph[*i],
+                p.graph.graph[d]
+            );
+        }
+    }
+}
+
+#[test]
+fn the_heads_wait_ready_precedes_every_worker_start() {
+    for observed in [empty(&desired(&[])), {
+        let mut o = converged(&desired(&[]));
+        find(&mut o, HEAD).state = "exited".to_string();
+        o
+    }] {
+        let p = build(&desired(&[]), &observed);
+        assert_order_respects_edges(&p);
+        let head_wait = step_index(
+            &p,
+            |s| matches!(s, Step::WaitReady { node, .. } if node.as_str() == HEAD),
+        );
+        assert_eq!(head_wait.len(), 1);
+        let worker_starts = step_index(
+            &p,
+            |s| matches!(s, Step::Start { node, .. } if node.as_str() != HEAD),
+        );
+        assert_eq!(worker_starts.len(), 4);
+        for s in worker_starts {
+            assert!(
+                before(&p, head_wait[0], s),
+                "{} does not wait for the head",
+                p.graph.graph[s]
+            );
+        }
+    }
+}
+
+#[test]
+fn removes_precede_creates_on_the_same_host() {
+    // Local workers change (replace = remove + create) and one is removed.
+    let wanted = desired(&["workers.local.cpus=2"]);
+    let observed = converged(&desired(THREE_LOCAL));
+    let p = build(&wanted, &observed);
+    assert_order_respects_edges(&p);
+    let removes = step_index(&p, |s| matches!(s, Step::Remove { .. }));
+    let creates = step_index(&p, |s| matches!(s, Step::Create { .. }));
+    assert_eq!(
+        removes.len(),
+        3,
+        "local-1, local-2 replaced, local-3 removed"
+    );
+    assert_eq!(creates.len(), 2);
+    for r in &removes {
+        for c in &creates {
+            if p.graph.graph[*r].host() == p.graph.graph[*c].host() {
+                assert!(
+                    before(&p, *r, *c),
+                    "{} is not before {}",
+                    p.graph.graph[*r],
+                    p.graph.graph[*c]
+                );
+            }
+        }
+    }
+    insta::assert_snapshot!(
+        "plan_replace_and_remove_text",
+        render::text(&p, Style::default())
+    );
+}
+
+#[test]
+fn a_worker_leaving_a_running_cluster_is_drained_first() {
+    let p = build(&desired(&[]), &converged(&desired(THREE_LOCAL)));
+    let drain = step_index(
+        &p,
+        |s| matches!(s, Step::Drain { node, .. } if node.as_str() == LOCAL_3),
+    );
+    let remove = step_index(
+        &p,
+        |s| matches!(s, Step::Remove { node, .. } if node.as_str() == LOCAL_3),
+    );
+    assert_eq!((drain.len(), remove.len()), (1, 1));
+    assert!(before(&p, drain[0], remove[0]));
+    assert_eq!(p.graph.len(), 2, "nothing else to do");
+    insta::assert_snapshot!("plan_remove_text", render::text(&p, Style::default()));
+}
+
+#[test]
+fn on_destroy_the_head_is_removed_after_every_worker() {
+    let wanted = desired(&[]);
+    let p = plan::destroy(&wanted, &converged(&wanted), false);
+    assert_order_respects_edges(&p);
+    assert!(p.changes.iter().all(|c| c.action == Action::Remove));
+    assert_eq!(p.summary().destroy, 5);
+    let head = step_index(
+        &p,
+        |s| matches!(s, Step::Remove { node, .. } if node.as_str() == HEAD),
+    );
+    let workers = step_index(
+        &p,
+        |s| matches!(s, Step::Remove { node, .. } if node.as_str() != HEAD),
+    );
+    assert_eq!((head.len(), workers.len()), (1, 4));
+    assert_eq!(p.graph.len(), 5, "no drain when the whole cluster goes");
+    for w in workers {
+        assert!(
+            before(&p, w, head[0]),
+            "{} after the head",
+            p.graph.graph[w]
+        );
+    }
+    assert_eq!(p.graph.ordered().last(), Some(&head[0]));
+    insta::assert_snapshot!("plan_destroy_text", render::text(&p, Style::default()));
+}
+
+#[test]
+fn destroy_workers_only_keeps_the_head_and_drains_the_workers() {
+    let wanted = desired(&[]);
+    let p = plan::destroy(&wanted, &converged(&wanted), true);
+    assert_order_respects_edges(&p);
+    let head = p.changes.iter().find(|c| c.node.as_str() == HEAD).unwrap();
+    assert_eq!(head.action, Action::NoOp);
+    assert!(step_index(&p, |s| s.node().is_some_and(|n| n.as_str() == HEAD)).is_empty());
+    for w in [LOCAL_1, LOCAL_2, REMOTE_1, REMOTE_2] {
+        let drain = step_index(
+            &p,
+            |s| matches!(s, Step::Drain { node, .. } if node.as_str() == w),
+        );
+        let remove = step_index(
+            &p,
+            |s| matches!(s, Step::Remove { node, .. } if node.as_str() == w),
+        );
+        assert_eq!((drain.len(), remove.len()), (1, 1), "{w}");
+        assert!(
+            before(&p, drain[0], remove[0]),
+            "{w} is removed before it is drained"
+        );
+    }
+}
+
+#[test]
+fn destroy_touches_only_this_clusters_containers() {
+    let wanted = desired(&[]);
+    let mut o = converged(&wanted);
+    host(&mut o, HEAD_HOST).containers.push(stranger(
+        "other-ray-head",
+        &[(LABEL_CLUSTER, "other"), ("io.seedcore.role", "head")],
+    ));
+    host(&mut o, REMOTE_HOST_1)
+        .containers
+        .push(stranger("postgres", &[]));
+    let p = plan::destroy(&wanted, &o, false);
+    let removed: BTreeSet<&str> = p.changes.iter().map(|c| c.node.as_str()).collect();
+    assert_eq!(
+        removed,
+        BTreeSet::from([HEAD, LOCAL_1, LOCAL_2, REMOTE_1, REMOTE_2])
+    );
+}
+
+#[test]
+fn restart_replaces_the_chosen_nodes_and_a_head_takes_its_workers() {
+    let wanted = desired(&[]);
+    let observed = converged(&wanted);
+    let restart = |names: &[&str]| -> Vec<(String, Action, String)> {
+        let options = DiffOptions {
+            restart: names.iter().map(|n| NodeName(n.to_string())).collect(),
+            ..DiffOptions::default()
+        };
+        plan::diff(&wanted, &observed, options)
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.action != Action::NoOp)
+            .map(|c| (c.node.0, c.action, c.cause))
+            .collect()
+    };
+    assert_eq!(
+        restart(&[REMOTE_2]),
+        [(
+            REMOTE_2.to_string(),
+            Action::Replace,
+            "restart requested".to_string()
+        )]
+    );
+    let head = restart(&[HEAD]);
+    assert_eq!(
+        head[0],
+        (
+            HEAD.to_string(),
+            Action::Replace,
+            "restart requested".to_string()
+        )
+    );
+    assert_eq!(head.len(), 5);
+    for (node, action, cause) in &head[1..] {
+        assert_eq!(
+            (*action, cause.as_str()),
+            (Action::Replace, HEAD_REPLACED),
+            "{node}"
+        );
+    }
+}
+
+#[test]
+fn a_moved_head_removes_the_old_one_after_its_workers() {
+    // The head moves: the new one is created on 10.9.9.9, the old one on
+    // 172.31.17.143 is an orphan, and every worker is replaced.
+    let wanted = desired(&["head.host=10.9.9.9"]);
+    let mut observed = converged(&desired(&[]));
+    observed
+        .hosts
+        .insert(HostName("10.9.9.9".to_string()), reachable(Vec::new()));
+    let p = build(&wanted, &observed);
+    assert_order_respects_edges(&p);
+    let old_head = step_index(
+        &p,
+        |s| matches!(s, Step::Remove { node, host, .. } if node.as_str() == HEAD && host.as_str() == HEAD_HOST),
+    );
+    assert_eq!(old_head.len(), 1);
+    for w in step_index(
+        &p,
+        |s| matches!(s, Step::Remove { node, .. } if node.as_str() != HEAD),
+    ) {
+        assert!(before(&p, w, old_head[0]));
+    }
+    let c = p
+        .changes
+        .iter()
+        .find(|c| c.action == Action::Remove)
+        .unwrap();
+    assert_eq!(
+        (c.node.as_str(), c.cause.as_str()),
+        (HEAD, "moved to `10.9.9.9`")
+    );
+}
+
+#[test]
+fn plans_are_deterministic() {
+    let wanted = desired(&["workers.local.cpus=2", "head.image=rayproject/ray:2.61.0"]);
+    let observed = converged(&desired(THREE_LOCAL));
+    let a = build(&wanted, &observed);
+    let b = build(&wanted, &observed);
+    let steps = |p: &Plan| -> Vec<String> {
+        p.graph
+            .ordered()
+            .into_iter()
+            .map(|i| format!("{} on {}", p.graph.graph[i], p.graph.graph[i].host()))
+            .collect()
+    };
+    assert_eq!(steps(&a), steps(&b));
+    assert_eq!(
+        render::text(&a, Style::default()),
+        render::text(&b, Style::default())
+    );
+    assert_eq!(render::json(&a), render::json(&b));
+    assert_eq!(render::dot(&a), render::dot(&b));
+}
+
+#[test]
+fn pull_steps_precede_creates_when_images_are_missing() {
+    let wanted = desired(&[]);
+    let mut o = empty(&wanted);
+    host(&mut o, REMOTE_HOST_1).images = Some(
+        [("rayproject/ray:2.60.0".to_string(), None)]
+            .into_iter()
+            .collect(),
+    );
+    let p = build(&wanted, &o);
+    let pulls = step_index(&p, |s| matches!(s, Step::PullImage { .. }));
+    assert_eq!(pulls.len(), 1);
+    let create = step_index(
+        &p,
+        |s| matches!(s, Step::Create { node, .. } if node.as_str() == REMOTE_1),
+    );
+    assert!(before(&p, pulls[0], create[0]));
+    assert!(p.notes.contains(
+        &"Image `rayproject/ray:2.60.0` is missing on `172.31.20.11`: apply will pull it there."
+            .to_string()
+    ));
+}
+
+// ---------------------------------------------------------------------------
+// Markdown size
+
+#[test]
+fn markdown_of_a_huge_plan_is_truncated_below_the_comment_limit() {
+    let mut hosts = Vec::new();
+    for i in 0..200 {
+        hosts.push(format!("\"10.0.{}.{}\"", i / 100, i % 100 + 1));
+    }
+    let text = format!(
+        "[head]\nhost = \"10.1.0.1\"\n\n[workers.big]\nhosts = [{}]\ncount = 1\n",
+        hosts.join(", ")
+    );
+    let loaded = config::parse("big.toml", &text, &[]).unwrap();
+    let wanted = topology::lower(&loaded.config).unwrap();
+    assert_eq!(wanted.nodes.len(), 201);
+    let p = build(&wanted, &empty(&wanted));
+    let md = render::markdown(&p);
+    assert!(
+        md.chars().count() < render::MARKDOWN_LIMIT,
+        "{} characters",
+        md.chars().count()
+    );
+    assert!(
+        md.contains("_The plan is too long for a comment and was truncated after "),
+        "no truncation notice"
+    );
+    assert!(md.contains("of 201 hosts: run `seedcore plan` for the whole of it._"));
+    assert!(md.starts_with(
+        "### seedcore plan: cluster `seedcore`\n\n**Plan: 201 to add, 0 to change, 0 to destroy.**\n"
+    ));
+    // The text rendering is never truncated.
+    assert!(render::text(&p, Style::default()).len() > render::MARKDOWN_LIMIT);
+}
+
+/// The same limit must hold when the summary table alone is too long: today
+/// only the per-host sections are cut, so 700 hosts give about 84,000
+/// characters. Un-ignore once `render::markdown` bounds the table too.
+#[test]
+#[ignore = "bug: render::markdown does not bound the summary table"]
+fn markdown_stays_below_the_limit_even_when_the_summary_table_is_huge() {
+    let hosts: Vec<String> = (0..700)
+        .map(|i| format!("\"10.0.{}.{}\"", i / 200, i % 200 + 1))
+        .collect();
+    let text = format!(
+        "[head]\nhost = \"10.1.0.1\"\n\n[workers.big]\nhosts = [{}]\n",
+        hosts.join(", ")
+    );
+    let loaded = config::parse("huge.toml", &text, &[]).unwrap();
+    let wanted = topology::lower(&loaded.config).unwrap();
+    let md = render::markdown(&build(&wanted, &empty(&wanted)));
+    assert!(
+        md.chars().count() < render::MARKDOWN_LIMIT,
+        "{} characters",
+        md.chars().count()
+    );
+}
+
+#[test]
+fn markdown_of_a_small_plan_is_whole() {
+    let wanted = desired(&[]);
+    let md = render::markdown(&build(&wanted, &empty(&wanted)));
+    assert!(!md.contains("truncated"));
+    assert!(md.trim_end().ends_with("</details>"));
+}
