@@ -110,13 +110,17 @@ pub struct RayNode {
     pub state: String,
     #[serde(default)]
     pub is_head_node: bool,
+    /// Numbers for CPUs, strings such as `"7.036 GiB"` for memory.
     #[serde(default)]
-    pub resources_total: BTreeMap<String, f64>,
+    pub resources_total: BTreeMap<String, serde_json::Value>,
 }
 
 impl RayNode {
     pub fn cpus(&self) -> f64 {
-        self.resources_total.get("CPU").copied().unwrap_or(0.0)
+        self.resources_total
+            .get("CPU")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(0.0)
     }
     pub fn is_alive(&self) -> bool {
         self.state == "ALIVE"
@@ -592,7 +596,7 @@ mod tests {
 
     #[test]
     fn ray_nodes_parse_past_banners() {
-        let out = "2026-01-01 WARNING something\n[{\"node_id\":\"a\",\"node_ip\":\"10.0.0.1\",\"node_name\":\"x\",\"state\":\"ALIVE\",\"resources_total\":{\"CPU\":2.0}}]";
+        let out = "2026-01-01 WARNING something\n[{\"node_id\":\"a\",\"node_ip\":\"10.0.0.1\",\"node_name\":\"x\",\"state\":\"ALIVE\",\"resources_total\":{\"CPU\":2.0,\"memory\":\"7.036 GiB\"}}]";
         let nodes = parse_ray_nodes(out).unwrap();
         assert_eq!(nodes[0].cpus(), 2.0);
         assert!(nodes[0].is_alive());

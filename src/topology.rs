@@ -440,14 +440,15 @@ fn head_command(config: &Config, ray_start: &[String]) -> Vec<String> {
     if !config.head.serve {
         return blocking;
     }
+    let gcs = format!("{}:{}", node_ip(&config.head.host), config.head.gcs_port);
     let script = format!(
         "{} & ray_pid=$!; \
-         until (exec 3<>/dev/tcp/{}/{}) 2>/dev/null; do kill -0 $ray_pid 2>/dev/null || exit 1; sleep 0.5; done; \
-         serve start --http-host 0.0.0.0 --http-port {} || {{ kill $ray_pid; exit 1; }}; \
+         until (exec 3<>/dev/tcp/{}) 2>/dev/null; do kill -0 $ray_pid 2>/dev/null || exit 1; sleep 0.5; done; \
+         n=0; until serve start --address={gcs} --http-host 0.0.0.0 --http-port {}; do \
+         n=$((n+1)); if [ $n -ge 5 ]; then kill $ray_pid; exit 1; fi; sleep 2; done; \
          wait $ray_pid",
         blocking.join(" "),
-        node_ip(&config.head.host),
-        config.head.gcs_port,
+        gcs.replace(':', "/"),
         config.head.serve_port
     );
     vec!["bash".to_string(), "-c".to_string(), script]

@@ -168,7 +168,7 @@ pub async fn status(loaded: &Loaded, desired: &DesiredState, output: OutputForma
             let w = statuses.iter().map(|s| s.node.len()).max().unwrap_or(4).max(4);
             let hw = statuses.iter().map(|s| s.host.len()).max().unwrap_or(4).max(4);
             out.push_str(&format!(
-                "{:w$}  {:hw$}  {:<14} {:>8} {:>8}  {:<8} {}\n",
+                "{:w$}  {:hw$}  {:<14} {:>8} {:>8}  {:<12} {}\n",
                 "NODE", "HOST", "CONTAINER", "UPTIME", "RESTARTS", "RAY", "IMAGE"
             ));
             let mut notes = Vec::new();
@@ -184,7 +184,7 @@ pub async fn status(loaded: &Loaded, desired: &DesiredState, output: OutputForma
                     _ => s.ray.clone(),
                 };
                 out.push_str(&format!(
-                    "{:w$}  {:hw$}  {:<14} {:>8} {:>8}  {:<8} {}\n",
+                    "{:w$}  {:hw$}  {:<14} {:>8} {:>8}  {:<12} {}\n",
                     s.node,
                     s.host,
                     container,
