@@ -129,22 +129,31 @@ impl RayNode {
 
 /// The command that lists Ray's nodes, run inside the head container.
 pub fn list_nodes_command() -> Vec<String> {
-    ["ray", "list", "nodes", "--format", "json", "--limit", "10000"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    [
+        "ray", "list", "nodes", "--format", "json", "--limit", "10000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// Parses `ray list nodes --format json` output (tolerating banners).
 pub fn parse_ray_nodes(stdout: &str) -> Result<Vec<RayNode>, String> {
-    let start = stdout
-        .find('[')
-        .ok_or_else(|| format!("no JSON list in `ray list nodes` output: {}", tail(stdout, 3)))?;
-    serde_json::from_str(&stdout[start..]).map_err(|e| format!("cannot read `ray list nodes` output: {e}"))
+    let start = stdout.find('[').ok_or_else(|| {
+        format!(
+            "no JSON list in `ray list nodes` output: {}",
+            tail(stdout, 3)
+        )
+    })?;
+    serde_json::from_str(&stdout[start..])
+        .map_err(|e| format!("cannot read `ray list nodes` output: {e}"))
 }
 
 /// Asks the head's Ray for its nodes.
-pub async fn ray_nodes<B: DockerBackend>(head: &B, head_container: &str) -> Result<Vec<RayNode>, String> {
+pub async fn ray_nodes<B: DockerBackend>(
+    head: &B,
+    head_container: &str,
+) -> Result<Vec<RayNode>, String> {
     let out = head
         .exec(head_container, &list_nodes_command())
         .await
@@ -168,8 +177,11 @@ fn tail(text: &str, n: usize) -> String {
 /// Python process in the head, too heavy to run once per worker per second.
 struct Membership<'a, B: DockerBackend> {
     head: Option<(&'a B, String)>,
-    cache: tokio::sync::Mutex<Option<(Instant, Result<Vec<RayNode>, String>)>>,
+    cache: tokio::sync::Mutex<Option<Snapshot>>,
 }
+
+/// One answer of `ray list nodes`, and when it was taken.
+type Snapshot = (Instant, Result<Vec<RayNode>, String>);
 
 impl<'a, B: DockerBackend> Membership<'a, B> {
     async fn nodes(&self, max_age: Duration) -> Result<Vec<RayNode>, String> {
@@ -263,7 +275,9 @@ pub async fn execute<B: DockerBackend>(
                         let t = Instant::now();
                         let result = exec.run(&step).await;
                         let o = match result {
-                            Ok(()) => Outcome::Done { elapsed: t.elapsed() },
+                            Ok(()) => Outcome::Done {
+                                elapsed: t.elapsed(),
+                            },
                             Err(error) => Outcome::Failed { error },
                         };
                         exec.reporter.event(Event::Finished {
@@ -378,7 +392,9 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
             Ok(Some(d)) => Err(format!(
                 "`{node}` is {}{}\n{}",
                 d.state,
-                d.exit_code.map(|c| format!(" (exit code {c})")).unwrap_or_default(),
+                d.exit_code
+                    .map(|c| format!(" (exit code {c})"))
+                    .unwrap_or_default(),
                 self.log_tail(b, node).await
             )),
             Ok(None) => Err(format!("`{node}` disappeared")),
@@ -402,10 +418,7 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
         {
             lines.push_str(&chunk);
         }
-        let body: Vec<String> = lines
-            .lines()
-            .map(|l| format!("    | {l}"))
-            .collect();
+        let body: Vec<String> = lines.lines().map(|l| format!("    | {l}")).collect();
         if body.is_empty() {
             format!("  (no log lines from `{node}`)")
         } else {
@@ -416,7 +429,11 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
     async fn wait_head(&self, step: &Step, host: &HostName, spec: &NodeSpec) -> Result<(), String> {
         let b = self.backend(host)?;
         let deadline = Instant::now() + self.options.head_ready_timeout;
-        let head_ports = spec.ports.head.clone().ok_or("the head has no head ports")?;
+        let head_ports = spec
+            .ports
+            .head
+            .clone()
+            .ok_or("the head has no head ports")?;
         let mut wanted = vec![(head_ports.gcs, "GCS")];
         if let Some(p) = head_ports.serve {
             wanted.push((p, "Serve HTTP"));
@@ -448,7 +465,12 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
         Ok(())
     }
 
-    async fn wait_alive(&self, step: &Step, host: &HostName, spec: &NodeSpec) -> Result<(), String> {
+    async fn wait_alive(
+        &self,
+        step: &Step,
+        host: &HostName,
+        spec: &NodeSpec,
+    ) -> Result<(), String> {
         let b = self.backend(host)?;
         let deadline = Instant::now() + self.options.nodes_alive_timeout;
         self.progress(step, "waiting for Ray to list it ALIVE".to_string());
@@ -491,7 +513,10 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
         let nodes = match self.membership.nodes(Duration::ZERO).await {
             Ok(n) => n,
             Err(e) => {
-                self.progress(step, format!("cannot ask Ray ({e}); removing without drain"));
+                self.progress(
+                    step,
+                    format!("cannot ask Ray ({e}); removing without drain"),
+                );
                 return Ok(());
             }
         };
@@ -502,11 +527,18 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
         let drain = vec![
             "ray".to_string(),
             "drain-node".to_string(),
-            format!("--address={}:{}", head.node_ip, head.ports.head.as_ref().map(|h| h.gcs).unwrap_or(6380)),
+            format!(
+                "--address={}:{}",
+                head.node_ip,
+                head.ports.head.as_ref().map(|h| h.gcs).unwrap_or(6380)
+            ),
             format!("--node-id={}", ray_node.node_id),
             "--reason=DRAIN_NODE_REASON_PREEMPTION".to_string(),
             "--reason-message=seedcore: node removed from the configuration".to_string(),
-            format!("--deadline-remaining-seconds={}", self.options.drain_timeout.as_secs()),
+            format!(
+                "--deadline-remaining-seconds={}",
+                self.options.drain_timeout.as_secs()
+            ),
         ];
         match hb.exec(head.name.as_str(), &drain).await {
             Ok(o) if o.exit_code == 0 => {}
@@ -520,13 +552,20 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
         let deadline = Instant::now() + self.options.drain_timeout;
         loop {
             match self.membership.nodes(Duration::ZERO).await {
-                Ok(nodes) if !nodes.iter().any(|n| n.node_id == ray_node.node_id && n.is_alive()) => {
+                Ok(nodes)
+                    if !nodes
+                        .iter()
+                        .any(|n| n.node_id == ray_node.node_id && n.is_alive()) =>
+                {
                     return Ok(())
                 }
                 _ => {}
             }
             if Instant::now() > deadline {
-                self.progress(step, "still listed ALIVE after the drain timeout; removing".to_string());
+                self.progress(
+                    step,
+                    "still listed ALIVE after the drain timeout; removing".to_string(),
+                );
                 return Ok(());
             }
             tokio::time::sleep(self.options.poll_interval).await;

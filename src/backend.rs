@@ -118,15 +118,22 @@ pub trait DockerBackend: Send + Sync {
         labels: &BTreeMap<String, String>,
     ) -> impl Future<Output = Result<String>> + Send;
     fn start_container(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
-    fn stop_container(&self, name: &str, timeout_secs: u64)
-        -> impl Future<Output = Result<()>> + Send;
+    fn stop_container(
+        &self,
+        name: &str,
+        timeout_secs: u64,
+    ) -> impl Future<Output = Result<()>> + Send;
     fn remove_container(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
     fn inspect_container(
         &self,
         name: &str,
     ) -> impl Future<Output = Result<Option<ContainerDetails>>> + Send;
     /// Runs a command in a running container and collects its output.
-    fn exec(&self, container: &str, cmd: &[String]) -> impl Future<Output = Result<ExecOutput>> + Send;
+    fn exec(
+        &self,
+        container: &str,
+        cmd: &[String],
+    ) -> impl Future<Output = Result<ExecOutput>> + Send;
     /// A container's log lines (stdout and stderr interleaved).
     fn logs(&self, container: &str, options: LogOptions) -> BoxStream<'static, Result<String>>;
 }
@@ -155,7 +162,11 @@ impl DockerBackend for EngineBackend {
         })
     }
 
-    async fn list_containers(&self, cluster: &str, names: &[String]) -> Result<Vec<ObservedContainer>> {
+    async fn list_containers(
+        &self,
+        cluster: &str,
+        names: &[String],
+    ) -> Result<Vec<ObservedContainer>> {
         use bollard::query_parameters::ListContainersOptions;
         let list = self
             .docker
@@ -223,8 +234,14 @@ impl DockerBackend for EngineBackend {
         Ok(())
     }
 
-    async fn create_container(&self, spec: &NodeSpec, labels: &BTreeMap<String, String>) -> Result<String> {
-        use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum};
+    async fn create_container(
+        &self,
+        spec: &NodeSpec,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<String> {
+        use bollard::models::{
+            ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum,
+        };
         use bollard::query_parameters::CreateContainerOptions;
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
@@ -260,7 +277,10 @@ impl DockerBackend for EngineBackend {
 
     async fn start_container(&self, name: &str) -> Result<()> {
         self.docker
-            .start_container(name, None::<bollard::query_parameters::StartContainerOptions>)
+            .start_container(
+                name,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
             .await?;
         Ok(())
     }
@@ -280,7 +300,9 @@ impl DockerBackend for EngineBackend {
         {
             Ok(()) => Ok(()),
             // 304: already stopped.
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
@@ -303,7 +325,10 @@ impl DockerBackend for EngineBackend {
     async fn inspect_container(&self, name: &str) -> Result<Option<ContainerDetails>> {
         match self
             .docker
-            .inspect_container(name, None::<bollard::query_parameters::InspectContainerOptions>)
+            .inspect_container(
+                name,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
             .await
         {
             Ok(c) => {
@@ -342,7 +367,9 @@ impl DockerBackend for EngineBackend {
             )
             .await?;
         let (mut stdout, mut stderr) = (String::new(), String::new());
-        if let StartExecResults::Attached { output: mut out, .. } = self
+        if let StartExecResults::Attached {
+            output: mut out, ..
+        } = self
             .docker
             .start_exec(
                 &exec.id,
@@ -468,8 +495,10 @@ pub mod fake {
         pub fn add_host(&self, host: &str, images: &[&str]) {
             let mut s = self.state.lock().unwrap();
             s.hosts.entry(host.to_string()).or_default();
-            s.images
-                .insert(host.to_string(), images.iter().map(|i| i.to_string()).collect());
+            s.images.insert(
+                host.to_string(),
+                images.iter().map(|i| i.to_string()).collect(),
+            );
         }
 
         pub fn backend(&self, host: &str) -> FakeBackend {
@@ -537,11 +566,10 @@ pub mod fake {
             {
                 let mut s = self.cluster.state.lock().unwrap();
                 s.journal.push(format!("{} {verb} {target}", self.host));
-                if let Some(msg) = s.failures.get(&(
-                    self.host.clone(),
-                    verb.to_string(),
-                    target.to_string(),
-                )) {
+                if let Some(msg) =
+                    s.failures
+                        .get(&(self.host.clone(), verb.to_string(), target.to_string()))
+                {
                     return Err(BackendError::other(msg.clone()));
                 }
             }
@@ -587,7 +615,11 @@ pub mod fake {
             })
         }
 
-        async fn list_containers(&self, cluster: &str, names: &[String]) -> Result<Vec<ObservedContainer>> {
+        async fn list_containers(
+            &self,
+            cluster: &str,
+            names: &[String],
+        ) -> Result<Vec<ObservedContainer>> {
             self.call("list", "-").await?;
             Ok(self.with(|s| {
                 s.hosts
@@ -633,7 +665,11 @@ pub mod fake {
             Ok(())
         }
 
-        async fn create_container(&self, spec: &NodeSpec, labels: &BTreeMap<String, String>) -> Result<String> {
+        async fn create_container(
+            &self,
+            spec: &NodeSpec,
+            labels: &BTreeMap<String, String>,
+        ) -> Result<String> {
             self.call("create", spec.name.as_str()).await?;
             self.with(|s| {
                 let has_image = s
@@ -650,7 +686,10 @@ pub mod fake {
                 if host.contains_key(spec.name.as_str()) {
                     return Err(BackendError {
                         kind: ErrorKind::Conflict,
-                        message: format!("Conflict. The container name \"/{}\" is already in use", spec.name),
+                        message: format!(
+                            "Conflict. The container name \"/{}\" is already in use",
+                            spec.name
+                        ),
                     });
                 }
                 s.next_id += 1;
@@ -673,17 +712,19 @@ pub mod fake {
 
         async fn start_container(&self, name: &str) -> Result<()> {
             self.call("start", name).await?;
-            self.with(|s| match s.hosts.get_mut(&self.host).and_then(|h| h.get_mut(name)) {
-                Some(c) => {
-                    c.state = "running".to_string();
-                    c.exit_code = None;
-                    Ok(())
-                }
-                None => Err(BackendError {
-                    kind: ErrorKind::NotFound,
-                    message: format!("No such container: {name}"),
-                }),
-            })
+            self.with(
+                |s| match s.hosts.get_mut(&self.host).and_then(|h| h.get_mut(name)) {
+                    Some(c) => {
+                        c.state = "running".to_string();
+                        c.exit_code = None;
+                        Ok(())
+                    }
+                    None => Err(BackendError {
+                        kind: ErrorKind::NotFound,
+                        message: format!("No such container: {name}"),
+                    }),
+                },
+            )
         }
 
         async fn stop_container(&self, name: &str, _timeout_secs: u64) -> Result<()> {
@@ -738,7 +779,11 @@ pub mod fake {
             if joined == "ray stop" {
                 // Ray leaves; the container's main process ends with it.
                 self.with(|s| {
-                    if let Some(c) = s.hosts.get_mut(&self.host).and_then(|h| h.get_mut(container)) {
+                    if let Some(c) = s
+                        .hosts
+                        .get_mut(&self.host)
+                        .and_then(|h| h.get_mut(container))
+                    {
                         c.state = "exited".to_string();
                         c.exit_code = Some(0);
                     }
@@ -758,7 +803,11 @@ pub mod fake {
             })
         }
 
-        fn logs(&self, container: &str, _options: LogOptions) -> BoxStream<'static, Result<String>> {
+        fn logs(
+            &self,
+            container: &str,
+            _options: LogOptions,
+        ) -> BoxStream<'static, Result<String>> {
             let line = format!("fake log line of {container}\n");
             futures_util::stream::iter(vec![Ok(line)]).boxed()
         }
@@ -771,7 +820,10 @@ mod tests {
 
     #[test]
     fn exit_codes_come_from_the_status_text() {
-        assert_eq!(exit_code_from_status("Exited (137) 5 minutes ago"), Some(137));
+        assert_eq!(
+            exit_code_from_status("Exited (137) 5 minutes ago"),
+            Some(137)
+        );
         assert_eq!(exit_code_from_status("Up 3 hours"), None);
     }
 }

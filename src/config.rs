@@ -310,9 +310,9 @@ pub struct Override {
 impl Override {
     /// Parses `key=value` as given to `--set`.
     pub fn parse_flag(text: &str) -> Result<Override, String> {
-        let (key, value) = text
-            .split_once('=')
-            .ok_or_else(|| format!("`{text}` is not of the form KEY=VALUE (e.g. `head.host=10.0.0.5`)"))?;
+        let (key, value) = text.split_once('=').ok_or_else(|| {
+            format!("`{text}` is not of the form KEY=VALUE (e.g. `head.host=10.0.0.5`)")
+        })?;
         let key = key.trim();
         if key.is_empty() {
             return Err(format!("`{text}` has an empty key"));
@@ -415,8 +415,8 @@ impl fmt::Display for ConfigError {
                     "^".repeat((*width).max(1))
                 )?;
             }
-            Some(Location::Override(text)) => writeln!(f, "  --> {text}")?,
-            Some(Location::Default(text)) => writeln!(f, "  --> {text}")?,
+            Some(Location::Override(text)) => writeln!(f, " --> {text}")?,
+            Some(Location::Default(text)) => writeln!(f, " --> {text}")?,
             None => {}
         }
         if let Some(hint) = &self.hint {
@@ -498,12 +498,26 @@ impl Source {
         while parts.len() > 1 {
             parts.pop();
             let parent = parts.join(".");
+            // A table that only an override brought in: point at the override.
+            if !self.spans.contains_key(&parent) {
+                if let Some(o) = self
+                    .overrides
+                    .iter()
+                    .rev()
+                    .find(|o| o.key.starts_with(&format!("{parent}.")))
+                {
+                    return Some(Location::Override(match o.source {
+                        OverrideSource::Flag => format!("--set {}={}", o.key, o.value),
+                        OverrideSource::Env(var) => format!("${var}={}", o.value),
+                    }));
+                }
+            }
             if let Some((k, _)) = self.spans.get(&parent) {
                 return Some(self.at_span(k.clone()));
             }
         }
         Some(Location::Default(format!(
-            "{}: `{key}` (default value)",
+            "{}: `{key}` is not set in the file",
             self.path
         )))
     }
@@ -520,6 +534,15 @@ impl Source {
                 })
                 .collect(),
         )
+    }
+
+    /// The deepest key whose value holds this byte offset.
+    fn key_at(&self, offset: usize) -> Option<String> {
+        self.spans
+            .iter()
+            .filter(|(_, (k, v))| v.contains(&offset) || k.contains(&offset))
+            .max_by_key(|(path, _)| path.matches('.').count())
+            .map(|(path, _)| path.clone())
     }
 
     /// The overrides in force, in the order given.
@@ -555,7 +578,9 @@ fn distance(a: &str, b: &str) -> usize {
         row[0] = i + 1;
         for (j, cb) in b.iter().enumerate() {
             let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(row[j + 1] + 1);
+            row[j + 1] = (prev + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
             prev = cur;
         }
     }
@@ -682,10 +707,22 @@ pub fn parse(path: &str, text: &str, overrides: &[Override]) -> Result<Loaded, C
 
     // Types come from serde on the file alone, so that errors have spans.
     let _: RawConfig = toml::from_str(text).map_err(|e| {
+        let key = e.span().and_then(|span| source.key_at(span.start));
+        let serde_text = e.message().trim_end().replace('\n', " ");
+        let (message, hint) = match &key {
+            Some(k) => (
+                format!("`{k}` has the wrong type: {serde_text}"),
+                type_hint(k),
+            ),
+            None => (
+                serde_text,
+                "see `examples/seedcore.toml` for each key's type".to_string(),
+            ),
+        };
         ConfigErrors(vec![ConfigError {
-            message: e.message().trim_end().replace('\n', " "),
+            message,
             location: e.span().map(|s| source.at_span(s)),
-            hint: Some("see `examples/seedcore.toml` for each key's type".to_string()),
+            hint: Some(hint),
         }])
     })?;
 
@@ -702,13 +739,15 @@ pub fn parse(path: &str, text: &str, overrides: &[Override]) -> Result<Loaded, C
             }])
         })?;
     }
-    let raw: RawConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-        ConfigErrors(vec![ConfigError {
-            message: format!("the overrides do not fit the schema: {}", e.message()),
-            location: None,
-            hint: Some("check the `--set` values".to_string()),
-        }])
-    })?;
+    let raw: RawConfig = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| {
+            ConfigErrors(vec![ConfigError {
+                message: format!("the overrides do not fit the schema: {}", e.message()),
+                location: None,
+                hint: Some("check the `--set` values".to_string()),
+            }])
+        })?;
     let config = validate(raw).map_err(|errs| source.errors(errs))?;
     Ok(Loaded { config, source })
 }
@@ -720,7 +759,7 @@ fn apply_override(table: &mut toml::Table, o: &Override) -> Result<(), (String, 
     for (i, part) in parts.iter().enumerate() {
         let Some((_, k)) = schema.iter().find(|(n, _)| n == part) else {
             let hint = match did_you_mean(part, schema.iter().map(|(n, _)| *n)) {
-                Some(s) => format!("did you mean `{}`?", replace_last(&parts[..=i], s)),
+                Some(s) => format!("did you mean `{}`?", replace_at(&parts, i, s)),
                 None => format!(
                     "keys here: {}",
                     schema
@@ -750,7 +789,10 @@ fn apply_override(table: &mut toml::Table, o: &Override) -> Result<(), (String, 
                         Some(s) => format!("did you mean `{}.{}.{s}`?", parts[i], parts[i + 1]),
                         None => "see `examples/seedcore.toml` for a group's keys".to_string(),
                     };
-                    return Err((format!("`--set {}`: unknown key `{}`", o.key, rest[0]), hint));
+                    return Err((
+                        format!("`--set {}`: unknown key `{}`", o.key, rest[0]),
+                        hint,
+                    ));
                 };
                 if rest.len() != 1 {
                     return Err((
@@ -825,11 +867,50 @@ fn apply_override(table: &mut toml::Table, o: &Override) -> Result<(), (String, 
     Ok(())
 }
 
-fn replace_last(parts: &[&str], last: &str) -> String {
+fn replace_at(parts: &[&str], i: usize, with: &str) -> String {
     let mut v: Vec<&str> = parts.to_vec();
-    v.pop();
-    v.push(last);
+    v[i] = with;
     v.join(".")
+}
+
+/// The kind of value a dotted key takes, from the schema.
+fn kind_of(key: &str) -> Option<Kind> {
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut schema = ROOT_KEYS;
+    let mut i = 0;
+    while i < parts.len() {
+        let (_, k) = schema.iter().find(|(n, _)| *n == parts[i])?;
+        match k {
+            Kind::Table(inner) => schema = inner,
+            Kind::Named(inner) => {
+                if i + 1 == parts.len() {
+                    return Some(*k);
+                }
+                schema = inner;
+                i += 1;
+            }
+            other => return Some(*other),
+        }
+        i += 1;
+    }
+    Some(Kind::Table(schema))
+}
+
+fn type_hint(key: &str) -> String {
+    let name = key.rsplit('.').next().unwrap_or(key);
+    match kind_of(key) {
+        Some(Kind::Int) => format!("`{name}` takes a whole number, e.g. `{name} = 2`"),
+        Some(Kind::Bool) => format!("`{name}` takes `true` or `false`"),
+        Some(Kind::Str) => format!("`{name}` takes a quoted string, e.g. `{name} = \"...\"`"),
+        Some(Kind::StrList) => {
+            format!("`{name}` takes a list of strings, e.g. `{name} = [\"10.0.0.7\"]`")
+        }
+        Some(Kind::StrMap) => format!("`[{key}]` holds `NAME = \"value\"` lines"),
+        Some(Kind::Table(_)) | Some(Kind::Named(_)) => {
+            format!("`{key}` is a table: write it as `[{key}]` with its keys below")
+        }
+        None => "see `examples/seedcore.toml` for each key's type".to_string(),
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -866,6 +947,14 @@ impl Checker {
     fn positive(&mut self, key: &str, value: Option<i64>, default: u32, what: &str) -> u32 {
         match value {
             None => default,
+            Some(v) if key.ends_with(".cpus") && v > 1024 => {
+                self.err(
+                    key,
+                    format!("`{key}` is {v}; seedcore allows at most 1024 CPUs per node"),
+                    format!("set `{key}` to {what}"),
+                );
+                default
+            }
             Some(v) if v >= 1 && v <= i64::from(u32::MAX) => v as u32,
             Some(v) => {
                 self.err(
@@ -924,7 +1013,11 @@ impl Checker {
             Some(v) if v.trim().is_empty() || v.chars().any(char::is_whitespace) => {
                 self.err(
                     key,
-                    format!("`{key}` is `{v}`, which is not an image reference"),
+                    if v.trim().is_empty() {
+                        format!("`{key}` is empty")
+                    } else {
+                        format!("`{key}` is `{v}`, which is not an image reference")
+                    },
                     "write an image such as `\"rayproject/ray:2.60.0\"`",
                 );
                 None
@@ -941,7 +1034,10 @@ impl Checker {
                 self.err(
                     key,
                     format!("`{key}` is {v}; a timeout is a number of seconds of at least 1"),
-                    format!("the default is {default}"),
+                    format!(
+                        "set it to a number of seconds, e.g. `{} = {default}` (the default)",
+                        key.rsplit('.').next().unwrap_or(key)
+                    ),
                 );
                 default
             }
@@ -990,8 +1086,16 @@ pub fn check_host(text: &str) -> Result<(), String> {
     if text.is_empty() {
         return Err("it is empty".to_string());
     }
-    if text == "local" || text.parse::<std::net::IpAddr>().is_ok() {
-        return Ok(());
+    match text.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(_)) => {
+            return Err(
+                "IPv6 addresses are not supported yet (Ray's addresses here are `host:port`)"
+                    .to_string(),
+            )
+        }
+        Ok(_) => return Ok(()),
+        Err(_) if text == "local" => return Ok(()),
+        Err(_) => {}
     }
     if let Some((h, p)) = text.rsplit_once(':') {
         if !h.contains(':') && p.chars().all(|c| c.is_ascii_digit()) {
@@ -1029,7 +1133,10 @@ fn check_name(c: &mut Checker, key: &str, name: &str, what: &str) {
         && name
             .chars()
             .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '_')
-        && name.chars().next().is_some_and(|ch| ch.is_ascii_alphanumeric());
+        && name
+            .chars()
+            .next()
+            .is_some_and(|ch| ch.is_ascii_alphanumeric());
     if !ok {
         c.err(
             key,
@@ -1110,24 +1217,28 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<KeyError>> {
     };
 
     let raw_head = match raw.head {
-        Some(h) => h,
+        Some(h) => Some(h),
         None => {
             c.err(
                 "head",
                 "there is no `[head]` table".to_string(),
                 "add `[head]` with `host = \"ADDRESS\"`: the host that runs the Ray head",
             );
-            RawHead::default()
+            None
         }
     };
+    let head_known = raw_head.as_ref().is_some_and(|h| h.host.is_some());
+    let raw_head = raw_head.unwrap_or_default();
     let head_host = match raw_head.host.as_deref() {
         Some(h) => c.host("head.host", h),
         None => {
-            c.err(
-                "head.host",
-                "`head.host` is missing".to_string(),
-                "set `host = \"ADDRESS\"` in `[head]`: workers join the head at this address",
-            );
+            if c.errors.iter().all(|e| e.key != "head") {
+                c.err(
+                    "head.host",
+                    "`head.host` is missing".to_string(),
+                    "set `host = \"ADDRESS\"` in `[head]`: workers join the head at this address",
+                );
+            }
             HostName("local".to_string())
         }
     };
@@ -1153,7 +1264,11 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<KeyError>> {
         ),
         serve: raw_head.serve.unwrap_or(true),
         serve_port: c.port("head.serve_port", raw_head.serve_port, defaults::SERVE_PORT),
-        shm_size_bytes: c.shm("head.shm_size", raw_head.shm_size.as_deref(), defaults::SHM_SIZE),
+        shm_size_bytes: c.shm(
+            "head.shm_size",
+            raw_head.shm_size.as_deref(),
+            defaults::SHM_SIZE,
+        ),
         object_manager_port: c.port(
             "head.object_manager_port",
             raw_head.object_manager_port,
@@ -1263,7 +1378,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<KeyError>> {
                 )
             }),
         };
-        if head.host.is_local() && group.hosts.iter().any(|h| !h.is_local()) {
+        if head_known && head.host.is_local() && group.hosts.iter().any(|h| !h.is_local()) {
             c.err(
                 &hosts_key,
                 format!(
@@ -1331,10 +1446,18 @@ mod tests {
 
     #[test]
     fn hosts_are_checked() {
-        for ok in ["10.0.0.1", "::1", "node-1.example", "local", "labhost1"] {
+        for ok in ["10.0.0.1", "node-1.example", "local", "labhost1"] {
             assert!(check_host(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "10.0.0.1:22", "ssh://x", "300.1.1.1", "a b", "-x"] {
+        for bad in [
+            "",
+            "10.0.0.1:22",
+            "ssh://x",
+            "300.1.1.1",
+            "a b",
+            "-x",
+            "::1",
+        ] {
             assert!(check_host(bad).is_err(), "{bad}");
         }
     }
@@ -1349,7 +1472,10 @@ mod tests {
 
     #[test]
     fn did_you_mean_finds_near_keys() {
-        assert_eq!(did_you_mean("hots", ["hosts", "count"].into_iter()), Some("hosts"));
+        assert_eq!(
+            did_you_mean("hots", ["hosts", "count"].into_iter()),
+            Some("hosts")
+        );
         assert_eq!(did_you_mean("zzzzzz", ["hosts", "count"].into_iter()), None);
     }
 

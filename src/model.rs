@@ -136,7 +136,10 @@ impl NodePorts {
             self.dashboard_agent_listen,
             "dashboard agent (HTTP)".to_string(),
         ));
-        out.push((self.dashboard_agent_grpc, "dashboard agent (gRPC)".to_string()));
+        out.push((
+            self.dashboard_agent_grpc,
+            "dashboard agent (gRPC)".to_string(),
+        ));
         out.push((self.runtime_env_agent, "runtime env agent".to_string()));
         out.push((self.metrics_export, "metrics export".to_string()));
         out
@@ -203,13 +206,14 @@ impl NodeSpec {
         labels
     }
 
-    /// The spec as `key = value` lines, one per reviewable field, for field diffs.
+    /// The spec as `key = value` lines, one per reviewable field, for field
+    /// diffs: the container's settings, then each `ray start` flag on a line
+    /// of its own (keyed by the flag), so a diff names exactly what changed.
     pub fn review_lines(&self) -> Vec<(String, String)> {
         let mut lines = vec![
             ("host".to_string(), self.host.0.clone()),
             ("image".to_string(), self.image.clone()),
             ("cpus".to_string(), self.cpus.to_string()),
-            ("node_ip".to_string(), self.node_ip.clone()),
             ("shm_size".to_string(), human_bytes(self.shm_size_bytes)),
             ("network".to_string(), self.network_mode.clone()),
             ("restart".to_string(), self.restart_policy.clone()),
@@ -217,13 +221,22 @@ impl NodeSpec {
         for (k, v) in &self.env {
             lines.push((format!("env.{k}"), v.clone()));
         }
-        lines.push(("ray_start".to_string(), self.ray_start.join(" ")));
-        if self.command.len() > 2 && self.command[0] == "bash" {
-            // The head's wrapper script: shown so reviewers see Serve's start.
-            lines.push(("command".to_string(), self.command[2].clone()));
+        if let Some(serve) = self.ports.head.as_ref().and_then(|h| h.serve) {
+            lines.push(("serve_port".to_string(), serve.to_string()));
+        }
+        for arg in self.ray_start.iter().skip(2) {
+            match arg.split_once('=') {
+                Some((flag, value)) => lines.push((flag.to_string(), value.to_string())),
+                None => lines.push((arg.clone(), "on".to_string())),
+            }
         }
         lines
     }
+}
+
+/// Whether a review key is a `ray start` flag.
+pub fn is_ray_flag(key: &str) -> bool {
+    key.starts_with("--")
 }
 
 /// Lower-case hex of bytes.
@@ -235,7 +248,7 @@ pub fn hex(bytes: &[u8]) -> String {
 pub fn human_bytes(n: u64) -> String {
     const K: u64 = 1024;
     for (unit, size) in [("g", K * K * K), ("m", K * K), ("k", K)] {
-        if n >= size && n % size == 0 {
+        if n >= size && n.is_multiple_of(size) {
             return format!("{}{unit}", n / size);
         }
     }

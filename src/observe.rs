@@ -9,7 +9,11 @@ use futures_util::stream::{self, StreamExt};
 use std::collections::BTreeMap;
 
 /// Observes one host through its backend.
-pub async fn observe_host<B: DockerBackend>(backend: &B, desired: &DesiredState, host: &HostName) -> HostObservation {
+pub async fn observe_host<B: DockerBackend>(
+    backend: &B,
+    desired: &DesiredState,
+    host: &HostName,
+) -> HostObservation {
     let names: Vec<String> = desired.nodes.iter().map(|n| n.name.0.clone()).collect();
     let result = async {
         let engine = backend.describe().await?;

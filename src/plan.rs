@@ -6,8 +6,8 @@
 //! [`Step`]s that apply walks. Both are pure and deterministic.
 
 use crate::model::{
-    hex, DesiredState, EngineInfo, HostName, NodeName, NodeSpec, ObservedContainer,
-    ObservedState, Role, LABEL_NODE, LABEL_ROLE,
+    hex, DesiredState, EngineInfo, HostName, NodeName, NodeSpec, ObservedContainer, ObservedState,
+    Role, LABEL_NODE, LABEL_ROLE,
 };
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Serialize;
@@ -99,7 +99,11 @@ impl fmt::Display for PlanError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PlanError::Incomplete(hosts) => {
-                writeln!(f, "error: the plan is incomplete: {} host(s) could not be observed", hosts.len())?;
+                writeln!(
+                    f,
+                    "error: the plan is incomplete: {} host(s) could not be observed",
+                    hosts.len()
+                )?;
                 for (h, why) in hosts {
                     writeln!(f, "  - `{h}`: {why}")?;
                 }
@@ -226,8 +230,14 @@ pub fn diff(
             .iter()
             .find(|c| c.name == node.name.0);
         let mut change = node_change(node, existing);
-        if options.restart.contains(&node.name) && matches!(change.action, Action::NoOp | Action::Start) {
-            change.action = if existing.is_some() { Action::Replace } else { Action::Create };
+        if options.restart.contains(&node.name)
+            && matches!(change.action, Action::NoOp | Action::Start)
+        {
+            change.action = if existing.is_some() {
+                Action::Replace
+            } else {
+                Action::Create
+            };
             change.cause = "restart requested".to_string();
         }
         changes.push(change);
@@ -352,14 +362,26 @@ fn node_change(node: &NodeSpec, existing: Option<&ObservedContainer>) -> Change 
                 change.cause = if change.fields.is_empty() {
                     "spec changed (label schema or defaults)".to_string()
                 } else {
-                    change
+                    // Name the settings that changed; the flags they imply
+                    // show in the field diff. Flags alone are named when
+                    // nothing else changed (ports moved, for example).
+                    let settings: Vec<&FieldChange> = change
                         .fields
                         .iter()
+                        .filter(|f| !crate::model::is_ray_flag(&f.field))
+                        .collect();
+                    let named: Vec<&FieldChange> = if settings.is_empty() {
+                        change.fields.iter().collect()
+                    } else {
+                        settings
+                    };
+                    named
+                        .iter()
                         .map(|f| match (&f.before, &f.after) {
-                            (Some(b), Some(a)) if f.field != "ray_start" && f.field != "command" => {
-                                format!("{} {b} -> {a}", f.field)
-                            }
-                            _ => format!("{} changed", f.field),
+                            (Some(b), Some(a)) => format!("{} {b} -> {a}", f.field),
+                            (None, Some(a)) => format!("{} {a} added", f.field),
+                            (Some(_), None) => format!("{} removed", f.field),
+                            (None, None) => f.field.clone(),
                         })
                         .collect::<Vec<_>>()
                         .join(", ")
@@ -462,19 +484,34 @@ impl Summary {
 #[serde(tag = "step", rename_all = "kebab-case")]
 pub enum Step {
     /// Fetch an image missing on a host.
-    PullImage { host: HostName, image: String },
+    PullImage {
+        host: HostName,
+        image: String,
+    },
     /// Let Ray move work off a worker before its container goes.
-    Drain { host: HostName, node: NodeName },
+    Drain {
+        host: HostName,
+        node: NodeName,
+    },
     /// Stop and remove a container.
     Remove {
         host: HostName,
         node: NodeName,
         container: String,
     },
-    Create { host: HostName, node: NodeName },
-    Start { host: HostName, node: NodeName },
+    Create {
+        host: HostName,
+        node: NodeName,
+    },
+    Start {
+        host: HostName,
+        node: NodeName,
+    },
     /// Head: GCS (and Serve) answer. Worker: Ray lists it ALIVE.
-    WaitReady { host: HostName, node: NodeName },
+    WaitReady {
+        host: HostName,
+        node: NodeName,
+    },
 }
 
 impl Step {
@@ -542,7 +579,8 @@ impl PlanGraph {
             .map(|i| {
                 (
                     i,
-                    g.neighbors_directed(i, petgraph::Direction::Incoming).count(),
+                    g.neighbors_directed(i, petgraph::Direction::Incoming)
+                        .count(),
                 )
             })
             .collect();
@@ -604,7 +642,10 @@ pub fn schedule(changes: &[Change], missing_images: &BTreeSet<(HostName, String)
         .any(|c| c.role == Role::Head && c.action != Action::Remove);
     let head_wait: Option<NodeIndex> = changes
         .iter()
-        .find(|c| c.role == Role::Head && matches!(c.action, Action::Create | Action::Start | Action::Replace))
+        .find(|c| {
+            c.role == Role::Head
+                && matches!(c.action, Action::Create | Action::Start | Action::Replace)
+        })
         .map(|c| {
             add(
                 &mut g,
@@ -623,17 +664,19 @@ pub fn schedule(changes: &[Change], missing_images: &BTreeSet<(HostName, String)
     for c in changes {
         let host = c.host.clone();
         let node = c.node.clone();
-        let remove = |g: &mut DiGraph<Step, ()>, add: &mut dyn FnMut(&mut DiGraph<Step, ()>, Step) -> NodeIndex| {
-            let id = c.before.as_ref().map(|b| b.id.clone()).unwrap_or_default();
-            add(
-                g,
-                Step::Remove {
-                    host: host.clone(),
-                    node: node.clone(),
-                    container: id,
-                },
-            )
-        };
+        let remove =
+            |g: &mut DiGraph<Step, ()>,
+             add: &mut dyn FnMut(&mut DiGraph<Step, ()>, Step) -> NodeIndex| {
+                let id = c.before.as_ref().map(|b| b.id.clone()).unwrap_or_default();
+                add(
+                    g,
+                    Step::Remove {
+                        host: host.clone(),
+                        node: node.clone(),
+                        container: id,
+                    },
+                )
+            };
         match c.action {
             Action::NoOp => {}
             Action::Remove => {
@@ -672,10 +715,24 @@ pub fn schedule(changes: &[Change], missing_images: &BTreeSet<(HostName, String)
                         },
                     );
                     g.add_edge(create, start, ());
-                    creates_by_host.entry(host.clone()).or_default().push(create);
+                    creates_by_host
+                        .entry(host.clone())
+                        .or_default()
+                        .push(create);
                     if c.action == Action::Replace {
                         let r = remove(&mut g, &mut add);
                         g.add_edge(r, create, ());
+                        // A worker replaced under a head that stays hands its work off first.
+                        if c.role == Role::Worker && head_running_after && head_wait.is_none() {
+                            let d = add(
+                                &mut g,
+                                Step::Drain {
+                                    host: host.clone(),
+                                    node: node.clone(),
+                                },
+                            );
+                            g.add_edge(d, r, ());
+                        }
                         removes_by_host.entry(host.clone()).or_default().push(r);
                         match c.role {
                             Role::Head => head_remove = Some(r),
@@ -747,7 +804,10 @@ pub fn fingerprint(observed: &ObservedState, desired: &DesiredState) -> BTreeMap
                 let mut lines: Vec<String> = o
                     .containers
                     .iter()
-                    .filter(|c| c.cluster() == Some(desired.cluster.as_str()) || names.contains(c.name.as_str()))
+                    .filter(|c| {
+                        c.cluster() == Some(desired.cluster.as_str())
+                            || names.contains(c.name.as_str())
+                    })
                     .map(|c| {
                         format!(
                             "{}\t{}\t{}\t{}\t{}",
@@ -798,7 +858,7 @@ pub struct Plan {
     pub graph: PlanGraph,
     pub fingerprint: BTreeMap<HostName, String>,
     /// Ports each host must accept from the other hosts.
-    pub firewall: Vec<(HostName, Vec<(u16, u16, String)>)>,
+    pub firewall: Vec<crate::topology::HostFirewall>,
 }
 
 impl Plan {
@@ -840,23 +900,40 @@ pub fn destroy(desired: &DesiredState, observed: &ObservedState, workers_only: b
                 continue;
             }
             changes.push(Change {
-                node: NodeName(c.labels.get(LABEL_NODE).cloned().unwrap_or_else(|| c.name.clone())),
+                node: NodeName(
+                    c.labels
+                        .get(LABEL_NODE)
+                        .cloned()
+                        .unwrap_or_else(|| c.name.clone()),
+                ),
                 host: host.clone(),
                 role,
                 action: Action::Remove,
-                cause: if workers_only { "destroy --workers-only".to_string() } else { "destroy".to_string() },
+                cause: if workers_only {
+                    "destroy --workers-only".to_string()
+                } else {
+                    "destroy".to_string()
+                },
                 before: Some(before(c)),
                 after: None,
                 fields: Vec::new(),
             });
         }
     }
+    // Workers first (highest numbers first), the head last.
     changes.sort_by(|a, b| {
-        (a.role, std::cmp::Reverse(ordinal_key(&a.node)), &a.host).cmp(&(
-            b.role,
-            std::cmp::Reverse(ordinal_key(&b.node)),
-            &b.host,
-        ))
+        (
+            a.role == Role::Head,
+            std::cmp::Reverse(ordinal_key(&a.node).1),
+            ordinal_key(&a.node).0,
+            &a.host,
+        )
+            .cmp(&(
+                b.role == Role::Head,
+                std::cmp::Reverse(ordinal_key(&b.node).1),
+                ordinal_key(&b.node).0,
+                &b.host,
+            ))
     });
     if workers_only {
         // The head stays: mark it as such so the schedule drains workers first.

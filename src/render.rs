@@ -84,8 +84,14 @@ pub fn summary_line(s: Summary) -> String {
     }
 }
 
+/// A value as the plan shows it: numbers and switches bare, text quoted.
 fn quote(v: &str) -> String {
-    format!("{v:?}")
+    let bare = !v.is_empty() && (v.parse::<f64>().is_ok() || matches!(v, "on" | "true" | "false"));
+    if bare {
+        v.to_string()
+    } else {
+        format!("{v:?}")
+    }
 }
 
 /// One node's block.
@@ -113,25 +119,28 @@ fn change_block(out: &mut String, c: &Change, style: Style) {
             }
         }
         Action::Replace if !c.fields.is_empty() => {
-            let old = c
-                .fields
-                .iter()
-                .filter_map(|f| f.before.as_ref().map(|b| format!("{} = {}\n", f.field, quote(b))))
-                .collect::<String>();
-            let new = c
-                .fields
-                .iter()
-                .filter_map(|f| f.after.as_ref().map(|a| format!("{} = {}\n", f.field, quote(a))))
-                .collect::<String>();
-            let diff = TextDiff::from_lines(&old, &new);
-            for change in diff.iter_all_changes() {
-                let line = change.value().trim_end_matches('\n');
-                let rendered = match change.tag() {
-                    ChangeTag::Delete => style.red(&format!("-   {line}")),
-                    ChangeTag::Insert => style.green(&format!("+   {line}")),
-                    ChangeTag::Equal => format!("    {line}"),
-                };
-                let _ = writeln!(out, "    {rendered}");
+            // One field at a time, its old line above its new one.
+            for f in &c.fields {
+                let old = f
+                    .before
+                    .as_ref()
+                    .map(|b| format!("{} = {}\n", f.field, quote(b)))
+                    .unwrap_or_default();
+                let new = f
+                    .after
+                    .as_ref()
+                    .map(|a| format!("{} = {}\n", f.field, quote(a)))
+                    .unwrap_or_default();
+                let diff = TextDiff::from_lines(&old, &new);
+                for change in diff.iter_all_changes() {
+                    let line = change.value().trim_end_matches('\n');
+                    let rendered = match change.tag() {
+                        ChangeTag::Delete => style.red(&format!("-   {line}")),
+                        ChangeTag::Insert => style.green(&format!("+   {line}")),
+                        ChangeTag::Equal => format!("    {line}"),
+                    };
+                    let _ = writeln!(out, "    {rendered}");
+                }
             }
         }
         Action::Replace | Action::Start | Action::Remove | Action::NoOp => {
@@ -234,21 +243,35 @@ pub fn text(plan: &Plan, style: Style) -> String {
 fn steps_section(out: &mut String, plan: &Plan) {
     let order = plan.graph.ordered();
     let _ = writeln!(out, "Steps, in order ({}):", order.len());
-    let number = |i| order.iter().position(|o| *o == i).map(|p| p + 1).unwrap_or(0);
+    let number = |i| {
+        order
+            .iter()
+            .position(|o| *o == i)
+            .map(|p| p + 1)
+            .unwrap_or(0)
+    };
     for (n, i) in order.iter().enumerate() {
         let step = &plan.graph.graph[*i];
-        let deps: Vec<String> = plan
+        let mut numbers: Vec<usize> = plan
             .graph
             .dependencies(*i)
             .into_iter()
-            .map(|d| number(d).to_string())
+            .map(number)
             .collect();
+        numbers.sort();
+        let deps: Vec<String> = numbers.iter().map(|n| n.to_string()).collect();
         let after = if deps.is_empty() {
             String::new()
         } else {
             format!("  (after {})", deps.join(", "))
         };
-        let _ = writeln!(out, "  {:>2}. {:<50} on {}{after}", n + 1, step_label(step), step.host());
+        let _ = writeln!(
+            out,
+            "  {:>2}. {:<50} on {}{after}",
+            n + 1,
+            step_label(step),
+            step.host()
+        );
     }
     let _ = writeln!(out);
 }
@@ -261,25 +284,30 @@ fn step_label(step: &Step) -> String {
 }
 
 fn firewall_section(out: &mut String, plan: &Plan) {
-    if plan.firewall.len() < 2 {
+    let creates = plan
+        .changes
+        .iter()
+        .any(|c| matches!(c.action, Action::Create | Action::Replace));
+    if plan.firewall.len() < 2 || !creates {
         return;
     }
     let _ = writeln!(
         out,
         "Firewall: each host must accept TCP from the other cluster hosts on:"
     );
-    for (host, ranges) in &plan.firewall {
-        let list: Vec<String> = ranges
+    for fw in &plan.firewall {
+        let list: Vec<String> = fw
+            .openings
             .iter()
-            .map(|(a, b, what)| {
-                if a == b {
-                    format!("{a} ({what})")
+            .map(|o| {
+                if o.first == o.last {
+                    format!("{} ({})", o.first, o.what)
                 } else {
-                    format!("{a}-{b} ({what})")
+                    format!("{}-{} ({})", o.first, o.last, o.what)
                 }
             })
             .collect();
-        let _ = writeln!(out, "  {host}: {}", list.join(", "));
+        let _ = writeln!(out, "  {}: {}", fw.host, list.join(", "));
     }
     let _ = writeln!(out);
 }
@@ -312,7 +340,13 @@ pub fn markdown(plan: &Plan) -> String {
     if !summary.is_empty() {
         let _ = writeln!(out, "| node | host | action | cause |");
         let _ = writeln!(out, "|---|---|---|---|");
-        for c in plan.effective() {
+        let total = plan.effective().count();
+        for (i, c) in plan.effective().enumerate() {
+            // The table may take a third of the budget; the rest is per host.
+            if out.len() > MARKDOWN_LIMIT / 3 {
+                let _ = writeln!(out, "| … | | | and {} more change(s) |", total - i);
+                break;
+            }
             let _ = writeln!(
                 out,
                 "| `{}` | `{}` | {} {} | {} |",
@@ -347,6 +381,18 @@ pub fn markdown(plan: &Plan) -> String {
         if changes.is_empty() {
             let _ = writeln!(section, "No changes on this host.\n");
         } else {
+            // GitHub colours a diff line by its first character.
+            let body: String = body
+                .lines()
+                .map(|l| {
+                    let t = l.trim_start();
+                    if t.starts_with('+') || t.starts_with('-') || t.starts_with('~') {
+                        format!("{t}\n")
+                    } else {
+                        format!("{l}\n")
+                    }
+                })
+                .collect();
             let _ = writeln!(section, "```diff\n{}```\n", body);
         }
         let _ = writeln!(section, "</details>\n");
@@ -405,7 +451,13 @@ fn change_json(c: &Change) -> Value {
 /// The plan as versioned JSON.
 pub fn json_value(plan: &Plan) -> Value {
     let order = plan.graph.ordered();
-    let number = |i| order.iter().position(|o| *o == i).map(|p| p + 1).unwrap_or(0);
+    let number = |i| {
+        order
+            .iter()
+            .position(|o| *o == i)
+            .map(|p| p + 1)
+            .unwrap_or(0)
+    };
     let steps: Vec<Value> = order
         .iter()
         .enumerate()

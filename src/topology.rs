@@ -76,6 +76,12 @@ pub fn lower(config: &Config) -> Result<DesiredState, Vec<KeyError>> {
             serve: h.serve.then_some(h.serve_port),
         }),
     };
+    for (key, base) in [
+        ("head.object_manager_port", h.object_manager_port),
+        ("head.node_manager_port", h.node_manager_port),
+    ] {
+        overflow(&mut errors, key, base, 2 * head_slot, &h.host);
+    }
     if h.worker_ports.len() < min_worker_ports(h.cpus) {
         errors.push(KeyError {
             key: "head.worker_ports".to_string(),
@@ -116,7 +122,10 @@ pub fn lower(config: &Config) -> Result<DesiredState, Vec<KeyError>> {
         role: Role::Head,
         group: None,
         ordinal: 0,
-        image: h.image.clone().unwrap_or_else(|| config.cluster.image.clone()),
+        image: h
+            .image
+            .clone()
+            .unwrap_or_else(|| config.cluster.image.clone()),
         node_ip: node_ip(&h.host),
         cpus: h.cpus,
         shm_size_bytes: h.shm_size_bytes,
@@ -139,7 +148,10 @@ pub fn lower(config: &Config) -> Result<DesiredState, Vec<KeyError>> {
             None if g.count == 0 => 0,
             None => g.worker_ports.len() / g.count,
         };
-        if g.count > 0 && g.worker_ports_per_node.is_some() && slice * g.count > g.worker_ports.len() {
+        if g.count > 0
+            && g.worker_ports_per_node.is_some()
+            && slice * g.count > g.worker_ports.len()
+        {
             errors.push(KeyError {
                 key: format!("{p}.worker_ports_per_node"),
                 message: format!(
@@ -158,18 +170,39 @@ pub fn lower(config: &Config) -> Result<DesiredState, Vec<KeyError>> {
             continue;
         }
         if g.count > 0 && slice < min_worker_ports(g.cpus) {
-            let need = min_worker_ports(g.cpus) * g.count;
-            errors.push(KeyError {
-                key: format!("{p}.worker_ports"),
-                message: format!(
-                    "`{p}.worker_ports` ({}) gives each of the {} workers per host {} ports; each needs at least {}",
-                    g.worker_ports, g.count, slice, min_worker_ports(g.cpus)
-                ),
-                hint: Some(format!(
-                    "widen the range to {need} ports, e.g. `worker_ports = \"{}-{}\"`, or lower `count`",
-                    g.worker_ports.first,
-                    (u32::from(g.worker_ports.first) + need - 1).min(65535)
-                )),
+            let min = min_worker_ports(g.cpus);
+            let need = min * g.count;
+            let last = u32::from(g.worker_ports.first) + need - 1;
+            let workers = if g.count == 1 {
+                "its worker".to_string()
+            } else {
+                format!("each of its {} workers per host", g.count)
+            };
+            errors.push(if g.worker_ports_per_node.is_some() {
+                KeyError {
+                    key: format!("{p}.worker_ports_per_node"),
+                    message: format!(
+                        "`{p}.worker_ports_per_node` is {slice}; a worker with {} CPU(s) needs at least {min}",
+                        g.cpus
+                    ),
+                    hint: Some(format!("set `worker_ports_per_node = {min}` or more")),
+                }
+            } else {
+                KeyError {
+                    key: format!("{p}.worker_ports"),
+                    message: format!(
+                        "`{p}.worker_ports` ({}) gives {workers} {slice} ports; each needs at least {min}",
+                        g.worker_ports
+                    ),
+                    hint: Some(if last <= 65535 {
+                        format!(
+                            "widen the range to {need} ports, e.g. `worker_ports = \"{}-{last}\"`, or lower `count`",
+                            g.worker_ports.first
+                        )
+                    } else {
+                        format!("use a range of {need} ports below 65536, or lower `count`")
+                    }),
+                }
             });
             continue;
         }
@@ -179,6 +212,12 @@ pub fn lower(config: &Config) -> Result<DesiredState, Vec<KeyError>> {
             for host in &g.hosts {
                 n += 1;
                 let slot = next_slot(&mut slots, host);
+                for (key, base) in [
+                    ("object_manager_port", g.object_manager_port),
+                    ("node_manager_port", g.node_manager_port),
+                ] {
+                    overflow(&mut errors, &format!("{p}.{key}"), base, 2 * slot, host);
+                }
                 let agent = agent_ports(config.cluster.agent_ports, slot);
                 let first = u32::from(g.worker_ports.first) + i * slice;
                 let ports = NodePorts {
@@ -208,7 +247,10 @@ pub fn lower(config: &Config) -> Result<DesiredState, Vec<KeyError>> {
                     role: Role::Worker,
                     group: Some(gname.clone()),
                     ordinal: n,
-                    image: g.image.clone().unwrap_or_else(|| config.cluster.image.clone()),
+                    image: g
+                        .image
+                        .clone()
+                        .unwrap_or_else(|| config.cluster.image.clone()),
                     node_ip: node_ip(host),
                     cpus: g.cpus,
                     shm_size_bytes: g.shm_size_bytes,
@@ -235,11 +277,16 @@ pub fn lower(config: &Config) -> Result<DesiredState, Vec<KeyError>> {
                     config.cluster.agent_ports,
                     config.cluster.agent_ports.len() / 4
                 ),
-                hint: Some(format!(
-                    "widen it to at least {need} ports, e.g. `agent_ports = \"{}-{}\"`",
-                    config.cluster.agent_ports.first,
-                    (u32::from(config.cluster.agent_ports.first) + need - 1).min(65535)
-                )),
+                hint: Some({
+                    let mut first = u32::from(config.cluster.agent_ports.first);
+                    if first + need - 1 > 65535 {
+                        first = 65536 - need;
+                    }
+                    format!(
+                        "widen it to at least {need} ports, e.g. `agent_ports = \"{first}-{}\"`",
+                        first + need - 1
+                    )
+                }),
             });
         }
     }
@@ -258,7 +305,13 @@ pub fn lower(config: &Config) -> Result<DesiredState, Vec<KeyError>> {
             }
             reported.push(pair);
             let width = claim_width(b, config);
-            let free = find_free(ports, width, *port);
+            let free = if b.what.ends_with("manager") {
+                // Node i on the host takes base + 2i: every one must be free.
+                let nodes = slots.get(host).copied().unwrap_or(1);
+                find_free_stride(ports, nodes, *port).map(|p| PortRange { first: p, last: p })
+            } else {
+                find_free(ports, width, *port)
+            };
             errors.push(KeyError {
                 key: b.key.clone(),
                 message: format!(
@@ -295,6 +348,20 @@ fn next_slot(slots: &mut BTreeMap<HostName, u32>, host: &HostName) -> u32 {
     let slot = *s;
     *s += 1;
     slot
+}
+
+/// Reports a node's port that would run past 65535 (once per key).
+fn overflow(errors: &mut Vec<KeyError>, key: &str, base: u16, by: u32, host: &HostName) {
+    let port = u32::from(base) + by;
+    if port > 65535 && !errors.iter().any(|e| e.key == key) {
+        errors.push(KeyError {
+            key: key.to_string(),
+            message: format!(
+                "`{key}` is {base}, and a node on `{host}` would need port {port} (nodes on a host take base, base+2, base+4...), past 65535"
+            ),
+            hint: Some(format!("choose a lower base, e.g. `{} = {}`", key.rsplit('.').next().unwrap_or(key), 65535u32.saturating_sub(by + 100).max(1024))),
+        });
+    }
 }
 
 fn offset(base: u16, by: u32) -> u16 {
@@ -347,6 +414,19 @@ fn claim_width(claim: &Claim, config: &Config) -> u32 {
     1
 }
 
+/// First base at or after `from` with `base + 2i` unclaimed for every node i.
+fn find_free_stride(claimed: &BTreeMap<u16, Vec<Claim>>, nodes: u32, from: u16) -> Option<u16> {
+    (u32::from(from)..=65535)
+        .chain(1024..u32::from(from))
+        .find(|base| {
+            (0..nodes).all(|i| {
+                let p = base + 2 * i;
+                p <= 65535 && !claimed.contains_key(&(p as u16))
+            })
+        })
+        .map(|b| b as u16)
+}
+
 /// First run of `width` unclaimed ports at or after `from` (wrapping to 10000).
 fn find_free(claimed: &BTreeMap<u16, Vec<Claim>>, width: u32, from: u16) -> Option<PortRange> {
     let starts = [u32::from(from), 10000, 1024];
@@ -390,7 +470,10 @@ fn common_ports(args: &mut Vec<String>, ports: &NodePorts) {
         "--dashboard-agent-grpc-port={}",
         ports.dashboard_agent_grpc
     ));
-    args.push(format!("--runtime-env-agent-port={}", ports.runtime_env_agent));
+    args.push(format!(
+        "--runtime-env-agent-port={}",
+        ports.runtime_env_agent
+    ));
     args.push(format!("--metrics-export-port={}", ports.metrics_export));
 }
 
@@ -454,46 +537,73 @@ fn head_command(config: &Config, ray_start: &[String]) -> Vec<String> {
     vec!["bash".to_string(), "-c".to_string(), script]
 }
 
+/// A port range a host must accept from the other cluster hosts.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Opening {
+    pub first: u16,
+    pub last: u16,
+    pub what: String,
+}
+
+/// What one host's firewall must open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFirewall {
+    pub host: HostName,
+    pub openings: Vec<Opening>,
+}
+
 /// Ports each host must accept from the other cluster hosts, for the plan's
-/// firewall section: `(host, [(first, last, what)])`.
-pub fn firewall(desired: &DesiredState) -> Vec<(HostName, Vec<(u16, u16, String)>)> {
-    let mut out: Vec<(HostName, Vec<(u16, u16, String)>)> = Vec::new();
+/// firewall section.
+pub fn firewall(desired: &DesiredState) -> Vec<HostFirewall> {
+    let mut out = Vec::new();
     for host in desired.hosts() {
-        let mut ranges: Vec<(u16, u16, String)> = Vec::new();
+        let mut ranges: Vec<Opening> = Vec::new();
+        let mut open = |first: u16, last: u16, what: &str| {
+            ranges.push(Opening {
+                first,
+                last,
+                what: what.to_string(),
+            })
+        };
         for node in desired.nodes.iter().filter(|n| n.host == host) {
             let p = &node.ports;
             if let Some(h) = &p.head {
-                ranges.push((h.gcs, h.gcs, "GCS (workers join here)".into()));
-                ranges.push((h.client_server, h.client_server, "Ray client".into()));
-                ranges.push((h.dashboard, h.dashboard, "dashboard".into()));
+                open(h.gcs, h.gcs, "GCS, workers join here");
+                open(h.client_server, h.client_server, "Ray client");
+                open(h.dashboard, h.dashboard, "dashboard");
                 if let Some(s) = h.serve {
-                    ranges.push((s, s, "Serve HTTP".into()));
+                    open(s, s, "Serve HTTP");
                 }
             }
-            ranges.push((p.object_manager, p.object_manager, "object/node manager".into()));
-            ranges.push((p.node_manager, p.node_manager, "object/node manager".into()));
-            ranges.push((p.min_worker, p.max_worker, "worker processes".into()));
+            open(p.object_manager, p.object_manager, "object/node manager");
+            open(p.node_manager, p.node_manager, "object/node manager");
+            open(p.min_worker, p.max_worker, "worker processes");
             for port in [
                 p.dashboard_agent_listen,
                 p.dashboard_agent_grpc,
                 p.runtime_env_agent,
                 p.metrics_export,
             ] {
-                ranges.push((port, port, "agents and metrics".into()));
+                open(port, port, "agents and metrics");
             }
         }
         ranges.sort();
         // Merge adjacent ranges with the same purpose.
-        let mut merged: Vec<(u16, u16, String)> = Vec::new();
+        let mut merged: Vec<Opening> = Vec::new();
         for r in ranges {
             match merged.last_mut() {
-                Some(last) if last.2 == r.2 && u32::from(last.1) + 1 >= u32::from(r.0) => {
-                    last.1 = last.1.max(r.1)
+                Some(last)
+                    if last.what == r.what && u32::from(last.last) + 1 >= u32::from(r.first) =>
+                {
+                    last.last = last.last.max(r.last)
                 }
                 _ => merged.push(r),
             }
         }
-        out.push((host, merged));
+        out.push(HostFirewall {
+            host,
+            openings: merged,
+        });
     }
     out
 }

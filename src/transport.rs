@@ -84,7 +84,9 @@ pub fn classify_ssh_error(host: &HostName, ssh: &SshConfig, text: &str) -> Trans
     let detail = text
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("@@@") && !l.starts_with("Warning: Permanently"))
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("@@@") && !l.starts_with("Warning: Permanently")
+        })
         .collect::<Vec<_>>()
         .join(" ")
         .trim()
@@ -120,7 +122,9 @@ pub fn classify_ssh_error(host: &HostName, ssh: &SshConfig, text: &str) -> Trans
                 "`{known_hosts}` has no key for this host. Add it after checking its fingerprint: `ssh-keyscan {keyscan_target} >> {known_hosts}` (or set `ssh.known_hosts = \"accept-new\"` to trust keys on first contact)"
             ),
         )
-    } else if lower.contains("permission denied") || lower.contains("too many authentication failures") {
+    } else if lower.contains("permission denied")
+        || lower.contains("too many authentication failures")
+    {
         (
             TransportErrorKind::AuthRefused,
             format!(
@@ -147,7 +151,10 @@ pub fn classify_ssh_error(host: &HostName, ssh: &SshConfig, text: &str) -> Trans
     } else {
         (
             TransportErrorKind::Other,
-            format!("run `ssh -v -p {port} {} true` to see why SSH fails", host.0),
+            format!(
+                "run `ssh -v -p {port} {} true` to see why SSH fails",
+                host.0
+            ),
         )
     };
     TransportError {
@@ -170,7 +177,9 @@ pub struct Connection {
 
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Connection").field("host", &self.host).finish()
+        f.debug_struct("Connection")
+            .field("host", &self.host)
+            .finish()
     }
 }
 
@@ -206,7 +215,9 @@ fn control_base() -> PathBuf {
             return p;
         }
     }
-    let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0);
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0);
     PathBuf::from(format!("/tmp/seedcore-{uid}"))
 }
 
@@ -286,8 +297,9 @@ impl Transport {
                 host: host.clone(),
                 kind: TransportErrorKind::SocketMissing,
                 detail: format!("`{REMOTE_DOCKER_SOCKET}` does not exist"),
-                hint: "start Docker on this machine (`sudo systemctl start docker`, or `dockerd &`)"
-                    .to_string(),
+                hint:
+                    "start Docker on this machine (`sudo systemctl start docker`, or `dockerd &`)"
+                        .to_string(),
             });
         }
         let docker = bollard::Docker::connect_with_socket(
@@ -320,7 +332,11 @@ impl Transport {
         })
     }
 
-    async fn check_engine(&self, host: &HostName, backend: &EngineBackend) -> Result<EngineInfo, TransportError> {
+    async fn check_engine(
+        &self,
+        host: &HostName,
+        backend: &EngineBackend,
+    ) -> Result<EngineInfo, TransportError> {
         let engine = backend
             .describe()
             .await
@@ -399,7 +415,12 @@ impl Transport {
         }
     }
 
-    async fn diagnose_socket(&self, host: &HostName, session: &Session, detail: String) -> TransportError {
+    async fn diagnose_socket(
+        &self,
+        host: &HostName,
+        session: &Session,
+        detail: String,
+    ) -> TransportError {
         let probe = format!(
             "if [ ! -S {s} ]; then echo missing; elif [ ! -r {s} ] || [ ! -w {s} ]; then echo denied; else echo ok; fi",
             s = REMOTE_DOCKER_SOCKET

@@ -380,7 +380,7 @@ fn set_unknown_keys_get_a_did_you_mean() {
             "did you mean `workers.remote.cpus`?",
         ),
         ("head.gcs_prot=7000", "did you mean `head.gcs_port`?"),
-        ("hed.host=10.0.0.5", "did you mean `head`?"),
+        ("hed.host=10.0.0.5", "did you mean `head.host`?"),
     ] {
         let err = config::parse(EXAMPLE, &text, &[flag(set)]).unwrap_err();
         assert_eq!(err.0[0].hint.as_deref(), Some(suggestion), "--set {set}");

@@ -2,7 +2,9 @@
 //! Sessions are closed on every path out, Ctrl-C included.
 
 use super::progress::CliReporter;
-use super::{config_identity, exit, make_plan, print_plan, user, ApplyArgs, OutputFormat, Result, UserError};
+use super::{
+    config_identity, exit, make_plan, print_plan, user, ApplyArgs, OutputFormat, Result, UserError,
+};
 use crate::apply::{self, ApplyOptions, Outcome};
 use crate::backend::EngineBackend;
 use crate::config::Loaded;
@@ -77,7 +79,9 @@ fn memory_path(cluster: &str) -> String {
 async fn remembered_hosts(conn: &Connection, cluster: &str) -> Vec<HostName> {
     let text = if conn.host.is_local() {
         std::env::var_os("HOME")
-            .and_then(|h| std::fs::read_to_string(std::path::Path::new(&h).join(memory_path(cluster))).ok())
+            .and_then(|h| {
+                std::fs::read_to_string(std::path::Path::new(&h).join(memory_path(cluster))).ok()
+            })
             .unwrap_or_default()
     } else {
         conn.run_on_host(&format!("cat {} 2>/dev/null", memory_path(cluster)))
@@ -112,10 +116,16 @@ async fn remember_hosts(conn: &Connection, cluster: &str, hosts: &[HostName]) {
 }
 
 /// Connects to every declared host (and the hosts the head remembers).
-pub async fn connect(loaded: &Loaded, desired: &DesiredState, parallel: Option<usize>) -> Result<Hosts> {
-    let transport = Transport::new(&loaded.config.ssh)
-        .await
-        .map_err(|e| UserError(format!("error: cannot create the SSH control directory: {e}")))?;
+pub async fn connect(
+    loaded: &Loaded,
+    desired: &DesiredState,
+    parallel: Option<usize>,
+) -> Result<Hosts> {
+    let transport = Transport::new(&loaded.config.ssh).await.map_err(|e| {
+        UserError(format!(
+            "error: cannot create the SSH control directory: {e}"
+        ))
+    })?;
     let parallel = parallel.unwrap_or(loaded.config.ssh.max_parallel).max(1);
     let mut hosts = desired.hosts();
     let mut results = transport.connect_all(&hosts, parallel).await;
@@ -194,7 +204,11 @@ pub async fn connect_and_observe(
 }
 
 /// `seedcore observe` / `plan` without `--observed`.
-pub async fn observe_only(loaded: &Loaded, desired: &DesiredState, parallel: Option<usize>) -> Result<ObservedState> {
+pub async fn observe_only(
+    loaded: &Loaded,
+    desired: &DesiredState,
+    parallel: Option<usize>,
+) -> Result<ObservedState> {
     let (hosts, observed) = connect_and_observe(loaded, desired, parallel).await?;
     hosts.close().await;
     Ok(observed)
@@ -203,7 +217,10 @@ pub async fn observe_only(loaded: &Loaded, desired: &DesiredState, parallel: Opt
 /// Reads a saved plan and checks it was made from this configuration.
 fn read_saved_plan(path: &std::path::Path, loaded: &Loaded) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        UserError(format!("error: cannot read the plan `{}`: {e}", path.display()))
+        UserError(format!(
+            "error: cannot read the plan `{}`: {e}",
+            path.display()
+        ))
     })?;
     let saved: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
         UserError(format!(
@@ -220,7 +237,9 @@ fn read_saved_plan(path: &std::path::Path, loaded: &Loaded) -> Result<serde_json
         )));
     }
     let now = config_identity(loaded);
-    if saved["config"]["sha256"] != now["sha256"] || saved["config"]["overrides"] != now["overrides"] {
+    if saved["config"]["sha256"] != now["sha256"]
+        || saved["config"]["overrides"] != now["overrides"]
+    {
         return Err(UserError(format!(
             "error: the configuration or its overrides changed since `{}` was saved\nhint: run `seedcore plan --out {}` again and review it",
             path.display(),
@@ -246,7 +265,12 @@ fn confirm() -> Result<bool> {
 }
 
 /// `seedcore apply`.
-pub async fn apply(loaded: &Loaded, desired: &DesiredState, args: &ApplyArgs, style: Style) -> Result<u8> {
+pub async fn apply(
+    loaded: &Loaded,
+    desired: &DesiredState,
+    args: &ApplyArgs,
+    style: Style,
+) -> Result<u8> {
     let saved = match &args.planfile {
         Some(p) => Some(read_saved_plan(p, loaded)?),
         None => None,
@@ -257,7 +281,16 @@ pub async fn apply(loaded: &Loaded, desired: &DesiredState, args: &ApplyArgs, st
         ));
     }
     let (hosts, observed) = connect_and_observe(loaded, desired, args.parallel).await?;
-    let result = apply_observed(loaded, desired, args, style, &hosts, &observed, saved.as_ref()).await;
+    let result = apply_observed(
+        loaded,
+        desired,
+        args,
+        style,
+        &hosts,
+        &observed,
+        saved.as_ref(),
+    )
+    .await;
     hosts.close().await;
     result
 }
@@ -343,82 +376,97 @@ impl Run<'_> {
 
     async fn run(&self, plan: Plan) -> Result<u8> {
         let (loaded, desired, hosts) = (self.loaded, self.desired, self.hosts);
-    let options = ApplyOptions::from_config(&loaded.config, self.parallel);
-    let backends = hosts.backends();
-    let reporter = CliReporter::new();
-    let report = apply::execute(&plan, desired, &backends, &options, &reporter).await;
-    reporter.finish();
-    // Remember every host that still runs (or may run) our nodes.
-    let mut remember = desired.hosts();
-    for (step, outcome) in &report.outcomes {
-        if matches!(step, Step::Remove { .. }) && !matches!(outcome, Outcome::Done { .. }) && !remember.contains(step.host()) {
-            remember.push(step.host().clone());
-        }
-    }
-    if let Some(head) = hosts.connections.get(&desired.head().host) {
-        remember_hosts(head, &desired.cluster, &remember).await;
-    }
-
-    if !report.succeeded() {
-        let mut text = String::from("error: apply failed\n");
-        for c in plan.effective() {
-            let steps: Vec<&(Step, Outcome)> = report
-                .outcomes
-                .iter()
-                .filter(|(s, _)| s.node() == Some(&c.node) && *s.host() == c.host)
-                .collect();
-            let failed = steps.iter().find_map(|(s, o)| match o {
-                Outcome::Failed { error } => Some(format!("{} failed: {error}", s.verb())),
-                _ => None,
-            });
-            let skipped = steps.iter().find_map(|(s, o)| match o {
-                Outcome::Skipped { because } => Some(format!("{} skipped: {because}", s.verb())),
-                _ => None,
-            });
-            let line = failed
-                .or(skipped)
-                .unwrap_or_else(|| format!("{} done", c.action.as_str()));
-            text.push_str(&format!("  {} on {}: {line}\n", c.node, c.host));
-        }
+        let options = ApplyOptions::from_config(&loaded.config, self.parallel);
+        let backends = hosts.backends();
+        let reporter = CliReporter::new();
+        let report = apply::execute(&plan, desired, &backends, &options, &reporter).await;
+        reporter.finish();
+        // Remember every host that still runs (or may run) our nodes.
+        let mut remember = desired.hosts();
         for (step, outcome) in &report.outcomes {
-            if let (Step::PullImage { host, image }, Outcome::Failed { error }) = (step, outcome) {
-                text.push_str(&format!("  pull {image} on {host}: {error}\n"));
+            if matches!(step, Step::Remove { .. })
+                && !matches!(outcome, Outcome::Done { .. })
+                && !remember.contains(step.host())
+            {
+                remember.push(step.host().clone());
             }
         }
-        text.push_str("hint: fix the cause above and run `seedcore apply` again: it continues from what is on the hosts now");
-        return Err(UserError(text));
-    }
+        if let Some(head) = hosts.connections.get(&desired.head().host) {
+            remember_hosts(head, &desired.cluster, &remember).await;
+        }
 
-    let s = plan.summary();
-    if self.kind == RunKind::Destroy {
-        super::write_stdout(&format!(
-            "\nDestroy complete! Nodes: {} destroyed. ({:.1}s)\n",
-            s.destroy,
-            report.elapsed.as_secs_f64()
-        ))?;
-        return Ok(exit::OK);
-    }
-    // Ray's own view: every declared node ALIVE with its CPUs.
-    let missing = apply::wait_whole(desired, &backends, options.nodes_alive_timeout, Duration::from_secs(1))
+        if !report.succeeded() {
+            let mut text = String::from("error: apply failed\n");
+            for c in plan.effective() {
+                let steps: Vec<&(Step, Outcome)> = report
+                    .outcomes
+                    .iter()
+                    .filter(|(s, _)| s.node() == Some(&c.node) && *s.host() == c.host)
+                    .collect();
+                let failed = steps.iter().find_map(|(s, o)| match o {
+                    Outcome::Failed { error } => Some(format!("{} failed: {error}", s.verb())),
+                    _ => None,
+                });
+                let skipped = steps.iter().find_map(|(s, o)| match o {
+                    Outcome::Skipped { because } => {
+                        Some(format!("{} skipped: {because}", s.verb()))
+                    }
+                    _ => None,
+                });
+                let line = failed
+                    .or(skipped)
+                    .unwrap_or_else(|| format!("{} done", c.action.as_str()));
+                text.push_str(&format!("  {} on {}: {line}\n", c.node, c.host));
+            }
+            for (step, outcome) in &report.outcomes {
+                if let (Step::PullImage { host, image }, Outcome::Failed { error }) =
+                    (step, outcome)
+                {
+                    text.push_str(&format!("  pull {image} on {host}: {error}\n"));
+                }
+            }
+            text.push_str("hint: fix the cause above and run `seedcore apply` again: it continues from what is on the hosts now");
+            return Err(UserError(text));
+        }
+
+        let s = plan.summary();
+        if self.kind == RunKind::Destroy {
+            super::write_stdout(&format!(
+                "\nDestroy complete! Nodes: {} destroyed. ({:.1}s)\n",
+                s.destroy,
+                report.elapsed.as_secs_f64()
+            ))?;
+            return Ok(exit::OK);
+        }
+        // Ray's own view: every declared node ALIVE with its CPUs.
+        let missing = apply::wait_whole(
+            desired,
+            &backends,
+            options.nodes_alive_timeout,
+            Duration::from_secs(1),
+        )
         .await
         .map_err(user)?;
-    if !missing.is_empty() {
-        let list: Vec<String> = missing.iter().map(|(n, why)| format!("  {n}: {why}")).collect();
-        return Err(UserError(format!(
+        if !missing.is_empty() {
+            let list: Vec<String> = missing
+                .iter()
+                .map(|(n, why)| format!("  {n}: {why}"))
+                .collect();
+            return Err(UserError(format!(
             "error: apply finished, but Ray does not list every node ALIVE:\n{}\nhint: `seedcore status` shows each node; `seedcore logs NODE` its log",
             list.join("\n")
         )));
-    }
-    let mut out = format!(
-        "\nApply complete! Nodes: {} added, {} changed, {} destroyed. ({:.1}s)\n",
-        s.add,
-        s.change,
-        s.destroy,
-        report.elapsed.as_secs_f64()
-    );
-    out.push_str(&access_lines(desired));
-    super::write_stdout(&out)?;
-    Ok(exit::OK)
+        }
+        let mut out = format!(
+            "\nApply complete! Nodes: {} added, {} changed, {} destroyed. ({:.1}s)\n",
+            s.add,
+            s.change,
+            s.destroy,
+            report.elapsed.as_secs_f64()
+        );
+        out.push_str(&access_lines(desired));
+        super::write_stdout(&out)?;
+        Ok(exit::OK)
     }
 }
 

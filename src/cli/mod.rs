@@ -17,7 +17,12 @@ use std::process::ExitCode;
 #[command(name = "seedcore", version, about, long_about = None)]
 pub struct Cli {
     /// Path of the cluster configuration.
-    #[arg(short = 'c', long = "config", global = true, default_value = "seedcore.toml")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        global = true,
+        default_value = "seedcore.toml"
+    )]
     pub config: PathBuf,
     /// Override a configuration value, e.g. `--set workers.local.count=3` (repeatable).
     /// `HEAD_IP_OVERRIDE` in the environment acts like `--set head.host=...`.
@@ -255,7 +260,8 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Observe { out, parallel } => {
             let (loaded, desired) = load(&cli.config, &overrides)?;
             let observed = live::block_on(live::observe_only(&loaded, &desired, parallel))??;
-            let text = serde_json::to_string_pretty(&observed).expect("observation serializes") + "\n";
+            let text =
+                serde_json::to_string_pretty(&observed).expect("observation serializes") + "\n";
             match out {
                 Some(path) => std::fs::write(&path, text).map_err(|e| {
                     UserError(format!("error: cannot write `{}`: {e}", path.display()))
@@ -279,7 +285,10 @@ pub fn run(cli: Cli) -> Result<u8> {
             since,
         } => {
             let (loaded, desired) = load(&cli.config, &overrides)?;
-            let color = style.color || (matches!(cli.color, ColorChoice::Auto) && std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal());
+            let color = style.color
+                || (matches!(cli.color, ColorChoice::Auto)
+                    && std::env::var_os("NO_COLOR").is_none()
+                    && std::io::stdout().is_terminal());
             live::block_on_until_done(ops::logs(
                 &loaded,
                 &desired,
@@ -296,7 +305,14 @@ pub fn run(cli: Cli) -> Result<u8> {
             parallel,
         } => {
             let (loaded, desired) = load(&cli.config, &overrides)?;
-            live::block_on(ops::destroy(&loaded, &desired, workers_only, auto_approve, parallel, style))?
+            live::block_on(ops::destroy(
+                &loaded,
+                &desired,
+                workers_only,
+                auto_approve,
+                parallel,
+                style,
+            ))?
         }
         Command::Restart {
             nodes,
@@ -305,7 +321,15 @@ pub fn run(cli: Cli) -> Result<u8> {
             parallel,
         } => {
             let (loaded, desired) = load(&cli.config, &overrides)?;
-            live::block_on(ops::restart(&loaded, &desired, &nodes, all, auto_approve, parallel, style))?
+            live::block_on(ops::restart(
+                &loaded,
+                &desired,
+                &nodes,
+                all,
+                auto_approve,
+                parallel,
+                style,
+            ))?
         }
         Command::Env => {
             let (_, desired) = load(&cli.config, &overrides)?;
@@ -388,7 +412,11 @@ pub fn read_observation(path: &Path) -> Result<ObservedState> {
 }
 
 /// Plans against an observation.
-pub fn make_plan(loaded: &Loaded, desired: &DesiredState, observed: &ObservedState) -> Result<Plan> {
+pub fn make_plan(
+    loaded: &Loaded,
+    desired: &DesiredState,
+    observed: &ObservedState,
+) -> Result<Plan> {
     make_plan_with(loaded, desired, observed, Default::default())
 }
 
@@ -406,7 +434,12 @@ pub fn make_plan_with(
             oversubscribe_cpus: loaded.config.cluster.oversubscribe_cpus,
             restart,
         },
-        loaded.source.overrides().iter().map(|o| o.describe()).collect(),
+        loaded
+            .source
+            .overrides()
+            .iter()
+            .map(|o| o.describe())
+            .collect(),
     )
     .map_err(user)
 }
@@ -430,7 +463,11 @@ fn save_plan(path: &Path, loaded: &Loaded, plan: &Plan) -> Result<()> {
             path.display()
         ))
     })?;
-    eprintln!("Saved the plan to `{}`: apply it with `seedcore apply {}`.", path.display(), path.display());
+    eprintln!(
+        "Saved the plan to `{}`: apply it with `seedcore apply {}`.",
+        path.display(),
+        path.display()
+    );
     Ok(())
 }
 

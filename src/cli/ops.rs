@@ -41,7 +41,10 @@ fn uptime(started_at: &str) -> String {
         let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
         let (y, m, day) = (d.next()??, d.next()??, d.next()??);
         let mut t = time.trim_end_matches('Z').split(':');
-        let (hh, mm) = (t.next()?.parse::<i64>().ok()?, t.next()?.parse::<i64>().ok()?);
+        let (hh, mm) = (
+            t.next()?.parse::<i64>().ok()?,
+            t.next()?.parse::<i64>().ok()?,
+        );
         let ss = t.next()?.split('.').next()?.parse::<i64>().ok()?;
         // Days from civil (Howard Hinnant's algorithm).
         let y = if m <= 2 { y - 1 } else { y };
@@ -71,7 +74,12 @@ fn uptime(started_at: &str) -> String {
 }
 
 /// `seedcore status`: containers per host and Ray's own view.
-pub async fn status(loaded: &Loaded, desired: &DesiredState, output: OutputFormat, parallel: Option<usize>) -> Result<u8> {
+pub async fn status(
+    loaded: &Loaded,
+    desired: &DesiredState,
+    output: OutputFormat,
+    parallel: Option<usize>,
+) -> Result<u8> {
     let hosts = live::connect(loaded, desired, parallel).await?;
     let names: Vec<String> = desired.nodes.iter().map(|n| n.name.0.clone()).collect();
     let head = desired.head();
@@ -94,7 +102,12 @@ pub async fn status(loaded: &Loaded, desired: &DesiredState, output: OutputForma
                             .await
                             .ok()
                             .and_then(|l| l.into_iter().find(|x| x.name == spec.name.0));
-                        let details = c.backend.inspect_container(spec.name.as_str()).await.ok().flatten();
+                        let details = c
+                            .backend
+                            .inspect_container(spec.name.as_str())
+                            .await
+                            .ok()
+                            .flatten();
                         match (listed, details) {
                             (Some(l), Some(d)) => {
                                 let state = match (l.state.as_str(), l.exit_code) {
@@ -103,7 +116,11 @@ pub async fn status(loaded: &Loaded, desired: &DesiredState, output: OutputForma
                                 };
                                 let foreign = l.cluster() != Some(desired.cluster.as_str());
                                 (
-                                    if foreign { format!("{state}, NOT seedcore's") } else { state },
+                                    if foreign {
+                                        format!("{state}, NOT seedcore's")
+                                    } else {
+                                        state
+                                    },
                                     d.started_at,
                                     d.restart_count,
                                     Some(l.image),
@@ -112,7 +129,9 @@ pub async fn status(loaded: &Loaded, desired: &DesiredState, output: OutputForma
                             _ => ("missing".to_string(), None, 0, None),
                         }
                     }
-                    (None, Some(e)) => (format!("host unreachable: {}", e.summary()), None, 0, None),
+                    (None, Some(e)) => {
+                        (format!("host unreachable: {}", e.summary()), None, 0, None)
+                    }
                     (None, None) => ("host unreachable".to_string(), None, 0, None),
                 };
                 let (ray_state, ray_cpus) = match ray {
@@ -165,8 +184,18 @@ pub async fn status(loaded: &Loaded, desired: &DesiredState, output: OutputForma
         }
         _ => {
             let mut out = format!("Cluster `{}`\n\n", desired.cluster);
-            let w = statuses.iter().map(|s| s.node.len()).max().unwrap_or(4).max(4);
-            let hw = statuses.iter().map(|s| s.host.len()).max().unwrap_or(4).max(4);
+            let w = statuses
+                .iter()
+                .map(|s| s.node.len())
+                .max()
+                .unwrap_or(4)
+                .max(4);
+            let hw = statuses
+                .iter()
+                .map(|s| s.host.len())
+                .max()
+                .unwrap_or(4)
+                .max(4);
             out.push_str(&format!(
                 "{:w$}  {:hw$}  {:<14} {:>8} {:>8}  {:<12} {}\n",
                 "NODE", "HOST", "CONTAINER", "UPTIME", "RESTARTS", "RAY", "IMAGE"
@@ -188,7 +217,11 @@ pub async fn status(loaded: &Loaded, desired: &DesiredState, output: OutputForma
                     s.node,
                     s.host,
                     container,
-                    s.started_at.as_deref().filter(|_| s.container == "running").map(uptime).unwrap_or_else(|| "-".into()),
+                    s.started_at
+                        .as_deref()
+                        .filter(|_| s.container == "running")
+                        .map(uptime)
+                        .unwrap_or_else(|| "-".into()),
                     s.restarts,
                     ray,
                     s.image.as_deref().unwrap_or("-")
@@ -204,7 +237,11 @@ pub async fn status(loaded: &Loaded, desired: &DesiredState, output: OutputForma
                     out.push_str(&format!(
                         "Ray: {alive} of {} declared nodes ALIVE with their CPUs{}.\n",
                         statuses.len(),
-                        if dead > 0 { format!(" ({dead} DEAD entries from earlier nodes)") } else { String::new() }
+                        if dead > 0 {
+                            format!(" ({dead} DEAD entries from earlier nodes)")
+                        } else {
+                            String::new()
+                        }
                     ));
                 }
                 Err(e) => out.push_str(&format!("Ray: cannot ask the head: {e}\n")),
@@ -212,7 +249,11 @@ pub async fn status(loaded: &Loaded, desired: &DesiredState, output: OutputForma
             if whole {
                 out.push_str("The cluster is whole.\n");
             } else {
-                let bad: Vec<&str> = statuses.iter().filter(|s| !s.ok).map(|s| s.node.as_str()).collect();
+                let bad: Vec<&str> = statuses
+                    .iter()
+                    .filter(|s| !s.ok)
+                    .map(|s| s.node.as_str())
+                    .collect();
                 out.push_str(&format!(
                     "Not whole: {}.\nhint: `seedcore plan` shows what apply would repair; `seedcore logs NODE` shows a node's log\n",
                     bad.join(", ")
@@ -227,14 +268,21 @@ pub async fn status(loaded: &Loaded, desired: &DesiredState, output: OutputForma
 }
 
 /// Which nodes a `logs`/`restart` selection names.
-pub fn select_nodes<'a>(desired: &'a DesiredState, selection: &[String]) -> Result<Vec<&'a NodeSpec>> {
+pub fn select_nodes<'a>(
+    desired: &'a DesiredState,
+    selection: &[String],
+) -> Result<Vec<&'a NodeSpec>> {
     if selection.is_empty() {
         return Ok(desired.nodes.iter().collect());
     }
     let mut out: Vec<&NodeSpec> = Vec::new();
     for s in selection {
         let matched: Vec<&NodeSpec> = match s.as_str() {
-            "head" => desired.nodes.iter().filter(|n| n.role == Role::Head).collect(),
+            "head" => desired
+                .nodes
+                .iter()
+                .filter(|n| n.role == Role::Head)
+                .collect(),
             "workers" => desired.workers().collect(),
             name => desired
                 .nodes
@@ -308,7 +356,11 @@ pub async fn logs(
             continue;
         };
         let prefix = if color {
-            format!("\x1b[{}m{:width$}\x1b[0m | ", COLORS[i % COLORS.len()], n.name.0)
+            format!(
+                "\x1b[{}m{:width$}\x1b[0m | ",
+                COLORS[i % COLORS.len()],
+                n.name.0
+            )
         } else {
             format!("{:width$} | ", n.name.0)
         };

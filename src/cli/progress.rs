@@ -87,7 +87,9 @@ impl Reporter for CliReporter {
     fn event(&self, event: Event) {
         let (step, text, done) = match &event {
             Event::Started { step } => (step, format!("{} ...", step.verb()), false),
-            Event::Progress { step, message } => (step, format!("{}: {message}", step.verb()), false),
+            Event::Progress { step, message } => {
+                (step, format!("{}: {message}", step.verb()), false)
+            }
             Event::Finished { step, outcome } => {
                 (step, format!("{} {}", step.verb(), describe(outcome)), true)
             }
