@@ -1,0 +1,259 @@
+//! Real-lab tests of what a user meets at the transport: SSH host keys unknown
+//! or changed, a refused key, a refused connection, a stopped Docker engine,
+//! and a saved plan that went stale. Each error must carry its fix.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+use support::lab::{Lab, OnDrop};
+
+/// Tests that change the lab's state run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A scratch directory under the target directory, fresh per test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The lab config with some lines replaced, written to `dir/seedcore.toml`.
+fn config_with(lab: &Lab, dir: &std::path::Path, edits: &[(&str, &str)]) -> PathBuf {
+    let mut text = std::fs::read_to_string(lab.config_path()).unwrap();
+    for (from, to) in edits {
+        assert!(
+            text.contains(from),
+            "`{from}` not in the lab config:\n{text}"
+        );
+        text = text.replace(from, to);
+    }
+    let path = dir.join("seedcore.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn seedcore(config: &std::path::Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_seedcore"))
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .env_remove("HEAD_IP_OVERRIDE")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("seedcore runs");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn known_hosts_line(lab: &Lab) -> String {
+    format!(
+        "known_hosts_file = \"{}\"",
+        lab.repo_root().join(".lab/ssh/known_hosts").display()
+    )
+}
+
+fn keygen(path: &std::path::Path) {
+    let ok = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "ssh-keygen failed");
+}
+
+#[test]
+fn an_unknown_host_key_is_refused_with_the_keyscan_fix() {
+    let lab = Lab::require();
+    let dir = scratch("unknown-key");
+    let empty = dir.join("known_hosts");
+    std::fs::write(&empty, "").unwrap();
+    let config = config_with(
+        &lab,
+        &dir,
+        &[(
+            &known_hosts_line(&lab),
+            &format!("known_hosts_file = \"{}\"", empty.display()),
+        )],
+    );
+    let (code, out) = seedcore(&config, &["plan"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("SSH host key unknown"), "{out}");
+    assert!(
+        out.contains(&format!("ssh-keyscan 10.77.0.11 >> {}", empty.display())),
+        "{out}"
+    );
+    assert!(!out.contains("StrictHostKeyChecking=no"), "{out}");
+    // Strict means strict: nothing was written to the file.
+    assert_eq!(std::fs::read_to_string(&empty).unwrap(), "");
+}
+
+#[test]
+fn accept_new_trusts_a_first_key_when_configured() {
+    let lab = Lab::require();
+    let dir = scratch("accept-new");
+    let file = dir.join("known_hosts");
+    std::fs::write(&file, "").unwrap();
+    let config = config_with(
+        &lab,
+        &dir,
+        &[
+            (
+                &known_hosts_line(&lab),
+                &format!("known_hosts_file = \"{}\"", file.display()),
+            ),
+            ("known_hosts = \"strict\"", "known_hosts = \"accept-new\""),
+        ],
+    );
+    let (code, out) = seedcore(&config, &["observe"]);
+    assert_eq!(code, 0, "{out}");
+    for ip in ["10.77.0.11", "10.77.0.12", "10.77.0.13"] {
+        // The names may be hashed: ask ssh-keygen.
+        let found = Command::new("ssh-keygen")
+            .args(["-F", ip, "-f"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            found.status.success(),
+            "{ip} was not added to {}",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn a_changed_host_key_is_refused_with_the_keygen_fix() {
+    let lab = Lab::require();
+    let dir = scratch("changed-key");
+    keygen(&dir.join("impostor"));
+    let impostor = std::fs::read_to_string(dir.join("impostor.pub")).unwrap();
+    let key: Vec<&str> = impostor.split_whitespace().take(2).collect();
+    let file = dir.join("known_hosts");
+    let real = std::fs::read_to_string(lab.repo_root().join(".lab/ssh/known_hosts")).unwrap();
+    // Every real key of 10.77.0.11 replaced by the impostor's.
+    let mut text: String = real
+        .lines()
+        .filter(|l| !l.starts_with("10.77.0.11 "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    text.push_str(&format!("10.77.0.11 {} {}\n", key[0], key[1]));
+    std::fs::write(&file, text).unwrap();
+    let config = config_with(
+        &lab,
+        &dir,
+        &[(
+            &known_hosts_line(&lab),
+            &format!("known_hosts_file = \"{}\"", file.display()),
+        )],
+    );
+    let (code, out) = seedcore(&config, &["plan"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("SSH host key CHANGED"), "{out}");
+    assert!(
+        out.contains(&format!("ssh-keygen -R 10.77.0.11 -f {}", file.display())),
+        "{out}"
+    );
+    assert!(!out.contains("StrictHostKeyChecking=no"), "{out}");
+}
+
+#[test]
+fn a_refused_key_and_a_refused_connection_say_what_to_check() {
+    let lab = Lab::require();
+    let dir = scratch("refused");
+    keygen(&dir.join("stranger"));
+    let identity = format!(
+        "identity_file = \"{}\"",
+        lab.repo_root().join(".lab/ssh/id_ed25519").display()
+    );
+    let config = config_with(
+        &lab,
+        &dir,
+        &[(
+            &identity,
+            &format!("identity_file = \"{}\"", dir.join("stranger").display()),
+        )],
+    );
+    let (code, out) = seedcore(&config, &["plan"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("SSH authentication refused"), "{out}");
+    assert!(out.contains("authorized_keys"), "{out}");
+
+    // Nothing listens on port 1 of loopback: refused at once.
+    let loopback = dir.join("loopback.toml");
+    std::fs::write(
+        &loopback,
+        "[ssh]\nport = 1\n[head]\nhost = \"127.0.0.1\"\n[workers.local]\nhosts = [\"127.0.0.1\"]\n",
+    )
+    .unwrap();
+    let (code, out) = seedcore(&loopback, &["plan"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("unreachable"), "{out}");
+    assert!(out.contains("TCP port 1 is open"), "{out}");
+}
+
+#[test]
+fn a_stopped_docker_engine_is_named_with_its_host() {
+    let _serial = serial();
+    let lab = Lab::require();
+    lab.lab_ok(&["kill-docker", "3"]);
+    let _restore = OnDrop(|| lab.lab_ok(&["start-docker", "3"]));
+    let run = lab.seedcore(&["plan"]);
+    run.expect_code(1);
+    let out = run.output();
+    assert!(out.contains("`10.77.0.13`"), "{out}");
+    assert!(out.contains("hint:"), "{out}");
+    assert!(out.contains("the plan is incomplete"), "{out}");
+    // The other hosts were fine and are not blamed.
+    assert!(!out.contains("`10.77.0.12`:"), "{out}");
+}
+
+#[test]
+fn a_saved_plan_is_refused_once_a_host_changed() {
+    let _serial = serial();
+    let lab = Lab::require();
+    lab.seedcore(&["apply", "--auto-approve"]).expect_ok();
+    let dir = scratch("planfile");
+    let planfile = dir.join("plan.json");
+    let planfile_arg = planfile.display().to_string();
+    lab.seedcore(&["plan", "--out", &planfile_arg]).expect_ok();
+    // Nothing changed: the saved plan applies (as a no-op).
+    lab.seedcore(&["apply", &planfile_arg]).expect_ok();
+
+    // A worker stopped by hand makes the saved plan stale.
+    lab.docker_ok(2, &["stop", "seedlab-ray-worker-remote-1"]);
+    let _repair = OnDrop(|| {
+        lab.seedcore(&["apply", "--auto-approve"]);
+    });
+    let run = lab.seedcore(&["apply", &planfile_arg]);
+    run.expect_code(1);
+    assert!(
+        run.stderr
+            .contains("the plan is stale: `10.77.0.12` changed since it was made"),
+        "{}",
+        run.output()
+    );
+    // And it was left alone.
+    let state = lab
+        .container(2, "seedlab-ray-worker-remote-1")
+        .expect("still there");
+    assert_eq!(state.status, "exited", "{state:?}");
+
+    // A changed configuration is refused too.
+    let run = lab.seedcore(&["apply", &planfile_arg, "--set", "workers.remote.cpus=2"]);
+    run.expect_code(1);
+    assert!(run.stderr.contains("changed since"), "{}", run.output());
+}
