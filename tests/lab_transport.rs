@@ -257,3 +257,22 @@ fn a_saved_plan_is_refused_once_a_host_changed() {
     run.expect_code(1);
     assert!(run.stderr.contains("changed since"), "{}", run.output());
 }
+
+#[test]
+fn a_local_host_uses_this_machines_engine_without_ssh() {
+    // The lab's own dockerd runs on this machine: plan a cluster on it.
+    let _lab = Lab::require();
+    let dir = scratch("local");
+    let config = dir.join("seedcore.toml");
+    std::fs::write(
+        &config,
+        "[cluster]\nname = \"localtest\"\nimage = \"seedcore-ray:lab\"\n[ssh]\nport = 1\n[head]\nhost = \"local\"\n[workers.here]\nhosts = [\"local\"]\n",
+    )
+    .unwrap();
+    let (code, out) = seedcore(&config, &["plan", "--detailed-exitcode"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("local  Docker "), "{out}");
+    assert!(out.contains("localtest-ray-head on local will be created"), "{out}");
+    assert!(out.contains("--node-ip-address             = \"127.0.0.1\""), "{out}");
+    assert!(out.contains("Plan: 2 to add, 0 to change, 0 to destroy."), "{out}");
+}
