@@ -664,40 +664,36 @@ pub fn schedule(changes: &[Change], missing_images: &BTreeSet<(HostName, String)
     for c in changes {
         let host = c.host.clone();
         let node = c.node.clone();
-        let remove =
-            |g: &mut DiGraph<Step, ()>,
-             add: &mut dyn FnMut(&mut DiGraph<Step, ()>, Step) -> NodeIndex| {
-                let id = c.before.as_ref().map(|b| b.id.clone()).unwrap_or_default();
-                add(
-                    g,
-                    Step::Remove {
+        // The old container goes first, for removals and replacements alike.
+        let removal = matches!(c.action, Action::Remove | Action::Replace).then(|| {
+            let r = add(
+                &mut g,
+                Step::Remove {
+                    host: host.clone(),
+                    node: node.clone(),
+                    container: c.before.as_ref().map(|b| b.id.clone()).unwrap_or_default(),
+                },
+            );
+            // A worker leaving a cluster whose head stays hands its work off first.
+            if c.role == Role::Worker && head_running_after && head_wait.is_none() {
+                let d = add(
+                    &mut g,
+                    Step::Drain {
                         host: host.clone(),
                         node: node.clone(),
-                        container: id,
                     },
-                )
-            };
-        match c.action {
-            Action::NoOp => {}
-            Action::Remove => {
-                let r = remove(&mut g, &mut add);
-                // Workers leaving a cluster whose head stays are drained first.
-                if c.role == Role::Worker && head_running_after && head_wait.is_none() {
-                    let d = add(
-                        &mut g,
-                        Step::Drain {
-                            host: host.clone(),
-                            node: node.clone(),
-                        },
-                    );
-                    g.add_edge(d, r, ());
-                }
-                removes_by_host.entry(host.clone()).or_default().push(r);
-                match c.role {
-                    Role::Head => head_remove = Some(r),
-                    Role::Worker => worker_removes.push(r),
-                }
+                );
+                g.add_edge(d, r, ());
             }
+            removes_by_host.entry(host.clone()).or_default().push(r);
+            match c.role {
+                Role::Head => head_remove = Some(r),
+                Role::Worker => worker_removes.push(r),
+            }
+            r
+        });
+        match c.action {
+            Action::NoOp | Action::Remove => {}
             Action::Create | Action::Replace | Action::Start => {
                 let start = add(
                     &mut g,
@@ -719,25 +715,8 @@ pub fn schedule(changes: &[Change], missing_images: &BTreeSet<(HostName, String)
                         .entry(host.clone())
                         .or_default()
                         .push(create);
-                    if c.action == Action::Replace {
-                        let r = remove(&mut g, &mut add);
+                    if let Some(r) = removal {
                         g.add_edge(r, create, ());
-                        // A worker replaced under a head that stays hands its work off first.
-                        if c.role == Role::Worker && head_running_after && head_wait.is_none() {
-                            let d = add(
-                                &mut g,
-                                Step::Drain {
-                                    host: host.clone(),
-                                    node: node.clone(),
-                                },
-                            );
-                            g.add_edge(d, r, ());
-                        }
-                        removes_by_host.entry(host.clone()).or_default().push(r);
-                        match c.role {
-                            Role::Head => head_remove = Some(r),
-                            Role::Worker => worker_removes.push(r),
-                        }
                     }
                     if let Some(image) = c.after.as_ref().map(|a| a.image.clone()) {
                         if missing_images.contains(&(host.clone(), image.clone())) {
