@@ -479,9 +479,10 @@ impl Transport {
             .await
     }
 
-    /// Removes this process's control directory (after every session closed).
+    /// Removes this process's control directory once every session is gone.
+    /// A master still in it keeps it, so that a later run can close it.
     pub fn cleanup(&self) {
-        let _ = std::fs::remove_dir_all(&self.control_dir);
+        let _ = std::fs::remove_dir(&self.control_dir);
     }
 }
 

@@ -19,22 +19,30 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
 
 /// Runs a future on a runtime, ending it cleanly on Ctrl-C: the future (and
-/// with it every SSH session) is dropped, then we exit 130.
+/// with it every SSH session, whose drop shuts its master down) is dropped
+/// first, then we exit 130.
 pub fn block_on<T>(fut: impl Future<Output = T>) -> Result<T> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| UserError(format!("error: cannot start the async runtime: {e}")))?;
-    rt.block_on(async {
+    let finished = rt.block_on(async {
         tokio::select! {
-            v = fut => Ok(v),
-            _ = tokio::signal::ctrl_c() => {
-                eprintln!("\nInterrupted: closed every connection. Nothing was left half-done that `seedcore plan` won't show.");
-                std::process::exit(130);
-            }
+            v = fut => Some(v),
+            _ = tokio::signal::ctrl_c() => None,
         }
-    })
+    });
+    drop(rt);
+    match finished {
+        Some(v) => Ok(v),
+        None => {
+            eprintln!(
+                "\nInterrupted: every SSH connection is closed. Steps under way may have stopped halfway; `seedcore plan` shows where the hosts stand."
+            );
+            std::process::exit(130);
+        }
+    }
 }
 
 /// Runs a future that handles Ctrl-C itself (e.g. `logs -f`).
@@ -49,9 +57,12 @@ pub fn block_on_until_done<T>(fut: impl Future<Output = T>) -> Result<T> {
 
 /// Open connections, and the hosts that could not be reached.
 pub struct Hosts {
-    pub transport: Transport,
+    // Declared before the transport: fields drop in order, and a session's
+    // drop shuts its master down through the control socket, which must
+    // still exist.
     pub connections: BTreeMap<HostName, Connection>,
     pub failures: BTreeMap<HostName, TransportError>,
+    pub transport: Transport,
 }
 
 impl Hosts {
@@ -379,6 +390,7 @@ impl Run<'_> {
         let options = ApplyOptions::from_config(&loaded.config, self.parallel);
         let backends = hosts.backends();
         let reporter = CliReporter::new();
+        let started = std::time::Instant::now();
         let report = apply::execute(&plan, desired, &backends, &options, &reporter).await;
         reporter.finish();
         // Remember every host that still runs (or may run) our nodes.
@@ -434,11 +446,16 @@ impl Run<'_> {
             super::write_stdout(&format!(
                 "\nDestroy complete! Nodes: {} destroyed. ({:.1}s)\n",
                 s.destroy,
-                report.elapsed.as_secs_f64()
+                started.elapsed().as_secs_f64()
             ))?;
             return Ok(exit::OK);
         }
         // Ray's own view: every declared node ALIVE with its CPUs.
+        eprintln!(
+            "Waiting until Ray lists all {} nodes ALIVE with their CPUs (timeouts.nodes_alive: {}s)...",
+            desired.nodes.len(),
+            options.nodes_alive_timeout.as_secs()
+        );
         let missing = apply::wait_whole(
             desired,
             &backends,
@@ -462,7 +479,7 @@ impl Run<'_> {
             s.add,
             s.change,
             s.destroy,
-            report.elapsed.as_secs_f64()
+            started.elapsed().as_secs_f64()
         );
         out.push_str(&access_lines(desired));
         super::write_stdout(&out)?;
