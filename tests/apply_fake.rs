@@ -69,7 +69,11 @@ async fn plan_for(c: &FakeCluster, d: &DesiredState) -> Plan {
     plan::build(d, &observed, DiffOptions::default(), Vec::new()).unwrap()
 }
 
-async fn apply_once(c: &FakeCluster, d: &DesiredState, parallel: usize) -> (Plan, apply::ApplyReport, Vec<Event>) {
+async fn apply_once(
+    c: &FakeCluster,
+    d: &DesiredState,
+    parallel: usize,
+) -> (Plan, apply::ApplyReport, Vec<Event>) {
     let plan = plan_for(c, d).await;
     c.reset_max_in_flight();
     let reporter = RecordingReporter::default();
@@ -96,7 +100,10 @@ async fn head_is_ready_before_any_worker_starts() {
         .position(|e| matches!(e, Event::Finished { step: Step::WaitReady { node, .. }, outcome: Outcome::Done { .. } } if node.0 == "fake-ray-head"))
         .expect("head became ready");
     for (i, e) in events.iter().enumerate() {
-        if let Event::Started { step: Step::Start { node, .. } } = e {
+        if let Event::Started {
+            step: Step::Start { node, .. },
+        } = e
+        {
             if node.0 != "fake-ray-head" {
                 assert!(i > head_ready, "{node} started before the head was ready");
             }
@@ -114,7 +121,12 @@ async fn head_is_ready_before_any_worker_starts() {
 async fn a_failed_step_skips_its_dependents_and_independent_steps_go_on() {
     let c = cluster();
     let d = desired(&[]);
-    c.fail("10.0.0.4", "create", "fake-ray-worker-remote-3", "disk full");
+    c.fail(
+        "10.0.0.4",
+        "create",
+        "fake-ray-worker-remote-3",
+        "disk full",
+    );
     let (_, report, _) = apply_once(&c, &d, 8).await;
     assert!(!report.succeeded());
     let outcome = |verb: &str, node: &str| {
@@ -125,17 +137,35 @@ async fn a_failed_step_skips_its_dependents_and_independent_steps_go_on() {
             .map(|(_, o)| o.clone())
             .unwrap_or_else(|| panic!("no {verb} {node}"))
     };
-    assert!(matches!(outcome("create", "fake-ray-worker-remote-3"), Outcome::Failed { error } if error.contains("disk full")));
-    assert!(matches!(outcome("start", "fake-ray-worker-remote-3"), Outcome::Skipped { .. }));
-    assert!(matches!(outcome("wait-ready", "fake-ray-worker-remote-3"), Outcome::Skipped { .. }));
+    assert!(
+        matches!(outcome("create", "fake-ray-worker-remote-3"), Outcome::Failed { error } if error.contains("disk full"))
+    );
+    assert!(matches!(
+        outcome("start", "fake-ray-worker-remote-3"),
+        Outcome::Skipped { .. }
+    ));
+    assert!(matches!(
+        outcome("wait-ready", "fake-ray-worker-remote-3"),
+        Outcome::Skipped { .. }
+    ));
     // Independent nodes went on.
-    assert!(matches!(outcome("wait-ready", "fake-ray-worker-remote-4"), Outcome::Done { .. }));
-    assert!(matches!(outcome("wait-ready", "fake-ray-head"), Outcome::Done { .. }));
+    assert!(matches!(
+        outcome("wait-ready", "fake-ray-worker-remote-4"),
+        Outcome::Done { .. }
+    ));
+    assert!(matches!(
+        outcome("wait-ready", "fake-ray-head"),
+        Outcome::Done { .. }
+    ));
     // A failed head skips every worker's start.
     let c = cluster();
     c.fail("10.0.0.1", "start", "fake-ray-head", "boom");
     let (_, report, _) = apply_once(&c, &d, 8).await;
-    let started: Vec<_> = c.journal().into_iter().filter(|l| l.contains(" start ")).collect();
+    let started: Vec<_> = c
+        .journal()
+        .into_iter()
+        .filter(|l| l.contains(" start "))
+        .collect();
     assert_eq!(started, vec!["10.0.0.1 start fake-ray-head"]);
     assert!(report
         .outcomes
@@ -177,9 +207,14 @@ async fn a_second_apply_is_a_no_op() {
     assert!(second.summary().is_empty(), "{:?}", second.summary());
     assert!(report.outcomes.is_empty());
     assert_eq!(c.container_ids(), ids, "containers were recreated");
-    let nodes = apply::wait_whole(&d, &backends(&c), Duration::from_secs(1), Duration::from_millis(5))
-        .await
-        .unwrap();
+    let nodes = apply::wait_whole(
+        &d,
+        &backends(&c),
+        Duration::from_secs(1),
+        Duration::from_millis(5),
+    )
+    .await
+    .unwrap();
     assert!(nodes.is_empty(), "{nodes:?}");
 }
 
@@ -201,8 +236,14 @@ async fn drift_is_repaired_in_order() {
     assert!(report.succeeded(), "{:?}", report.failures());
     assert!(plan.effective().all(|c| c.action == Action::Replace));
     let journal = c.journal();
-    let head_create = journal.iter().rposition(|l| l == "10.0.0.1 create fake-ray-head").unwrap();
-    let head_remove = journal.iter().rposition(|l| l == "10.0.0.1 remove fake-ray-head").unwrap();
+    let head_create = journal
+        .iter()
+        .rposition(|l| l == "10.0.0.1 create fake-ray-head")
+        .unwrap();
+    let head_remove = journal
+        .iter()
+        .rposition(|l| l == "10.0.0.1 remove fake-ray-head")
+        .unwrap();
     for w in d2.workers() {
         let remove = journal
             .iter()
@@ -228,14 +269,25 @@ async fn scale_down_drains_then_removes_the_highest_numbered_nodes() {
     let mut removed: Vec<String> = plan
         .effective()
         .map(|c| {
-            assert_eq!(c.action, Action::Remove, "{} {:?}: {}", c.node, c.action, c.cause);
+            assert_eq!(
+                c.action,
+                Action::Remove,
+                "{} {:?}: {}",
+                c.node,
+                c.action,
+                c.cause
+            );
             c.node.0.clone()
         })
         .collect();
     removed.sort();
     assert_eq!(
         removed,
-        ["fake-ray-worker-remote-4", "fake-ray-worker-remote-5", "fake-ray-worker-remote-6"]
+        [
+            "fake-ray-worker-remote-4",
+            "fake-ray-worker-remote-5",
+            "fake-ray-worker-remote-6"
+        ]
     );
     let journal = c.journal();
     for n in &removed {

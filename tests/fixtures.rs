@@ -40,14 +40,21 @@ fn converged() -> ObservedState {
     let desired = example();
     let mut o = empty();
     for (i, n) in desired.nodes.iter().enumerate() {
-        o.hosts.get_mut(&n.host).unwrap().containers.push(ObservedContainer {
-            name: n.name.0.clone(),
-            id: format!("{:064x}", i + 1),
-            image: n.image.clone(),
-            state: "running".to_string(),
-            exit_code: None,
-            labels: n.labels(&desired.cluster).into_iter().collect::<BTreeMap<_, _>>(),
-        });
+        o.hosts
+            .get_mut(&n.host)
+            .unwrap()
+            .containers
+            .push(ObservedContainer {
+                name: n.name.0.clone(),
+                id: format!("{:064x}", i + 1),
+                image: n.image.clone(),
+                state: "running".to_string(),
+                exit_code: None,
+                labels: n
+                    .labels(&desired.cluster)
+                    .into_iter()
+                    .collect::<BTreeMap<_, _>>(),
+            });
     }
     o
 }

@@ -272,7 +272,16 @@ fn a_local_host_uses_this_machines_engine_without_ssh() {
     let (code, out) = seedcore(&config, &["plan", "--detailed-exitcode"]);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("local  Docker "), "{out}");
-    assert!(out.contains("localtest-ray-head on local will be created"), "{out}");
-    assert!(out.contains("--node-ip-address             = \"127.0.0.1\""), "{out}");
-    assert!(out.contains("Plan: 2 to add, 0 to change, 0 to destroy."), "{out}");
+    assert!(
+        out.contains("localtest-ray-head on local will be created"),
+        "{out}"
+    );
+    assert!(
+        out.contains("--node-ip-address             = \"127.0.0.1\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("Plan: 2 to add, 0 to change, 0 to destroy."),
+        "{out}"
+    );
 }
