@@ -5,8 +5,9 @@
 //! fails the suite. Every command goes over real SSH with the lab key and strict host-key
 //! checking against `.lab/ssh/known_hosts`, exactly as seedcore itself connects.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -19,6 +20,9 @@ pub struct Lab {
 /// One node as Ray's state API (`ray list nodes --format json`) reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RayNode {
+    pub node_id: String,
+    /// `--node-name` (seedcore sets it to the container name).
+    pub node_name: String,
     pub node_ip: String,
     pub state: String,
     /// `resources_total.CPU` (0 when absent).
@@ -169,6 +173,244 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// `seedcore -c .lab/seedcore.toml ARGS...`, the binary under test, with
+    /// `HEAD_IP_OVERRIDE` removed from its environment and stdin closed (not a terminal).
+    pub fn seedcore_command(&self, args: &[&str]) -> Command {
+        self.seedcore_command_with(&self.config_path(), args)
+    }
+
+    /// Like [`Lab::seedcore_command`] with another configuration file.
+    pub fn seedcore_command_with(&self, config: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_seedcore"));
+        cmd.arg("-c")
+            .arg(config)
+            .args(args)
+            .env_remove("HEAD_IP_OVERRIDE")
+            .env("NO_COLOR", "1")
+            .current_dir(&self.root)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs seedcore (see [`Lab::seedcore_command`]); panics if it runs longer than 5 minutes.
+    pub fn seedcore(&self, args: &[&str]) -> Run {
+        run_with_timeout(self.seedcore_command(args), Duration::from_secs(300))
+    }
+
+    /// Runs `tests/lab/lab ARGS...` and panics unless it succeeds.
+    pub fn lab_ok(&self, args: &[&str]) {
+        let out = Command::new(self.root.join("tests/lab/lab"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run tests/lab/lab");
+        assert!(
+            out.status.success(),
+            "`tests/lab/lab {}` failed ({}):\n{}",
+            args.join(" "),
+            out.status,
+            text(&out)
+        );
+    }
+
+    /// The container `name` on labhost`k` as `docker inspect` reports it, or `None`
+    /// when there is no such container.
+    pub fn container(&self, k: usize, name: &str) -> Option<ContainerState> {
+        let out = self.docker(
+            k,
+            &[
+                "inspect",
+                "-f",
+                "{{.Id}}|{{.State.Status}}|{{.State.ExitCode}}|{{.RestartCount}}|{{.State.StartedAt}}|{{index .Config.Labels \"io.seedcore.cluster\"}}",
+                name,
+            ],
+        );
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("No such"),
+                "docker inspect {name} on labhost{k} failed ({}): {err}",
+                out.status
+            );
+            return None;
+        }
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let f: Vec<&str> = line.split('|').collect();
+        assert_eq!(f.len(), 6, "unexpected docker inspect output: {line}");
+        Some(ContainerState {
+            id: f[0].to_string(),
+            status: f[1].to_string(),
+            exit_code: f[2].parse().unwrap_or(-1),
+            restart_count: f[3].parse().unwrap_or(-1),
+            started_at: f[4].to_string(),
+            cluster_label: if f[5] == "<no value>" {
+                String::new()
+            } else {
+                f[5].to_string()
+            },
+        })
+    }
+
+    /// Names of every container (running or not) on labhost`k` carrying `label`
+    /// (`key=value`).
+    pub fn containers_with_label(&self, k: usize, label: &str) -> Vec<String> {
+        let filter = format!("label={label}");
+        self.docker_ok(
+            k,
+            &["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"],
+        )
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+    }
+
+    /// Makes sure labhost`k`'s dockerd has `image`, loading it from the machine's dockerd
+    /// (where `tests/lab/lab up` built it) when missing.
+    pub fn ensure_image(&self, k: usize, image: &str) {
+        if self
+            .docker(k, &["image", "inspect", image])
+            .status
+            .success()
+        {
+            return;
+        }
+        let script = format!(
+            "set -o pipefail; docker save {img} | docker exec -i labhost{k} docker load -q",
+            img = shell_quote(image)
+        );
+        let out = Command::new("bash")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run bash");
+        assert!(
+            out.status.success(),
+            "loading {image} into labhost{k} failed ({}):\n{}",
+            out.status,
+            text(&out)
+        );
+    }
+}
+
+/// A container as `docker inspect` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerState {
+    pub id: String,
+    /// `running`, `exited`, ...
+    pub status: String,
+    pub exit_code: i64,
+    pub restart_count: i64,
+    pub started_at: String,
+    /// The `io.seedcore.cluster` label (empty when absent).
+    pub cluster_label: String,
+}
+
+/// A finished command: exit status, captured output and wall time.
+#[derive(Debug)]
+pub struct Run {
+    pub what: String,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// stdout followed by stderr.
+    pub fn output(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+
+    /// Panics (showing both streams) unless the command exited with `code`.
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code(),
+            Some(code),
+            "`{}` exited with {} after {:.1?}, expected {code}\n--- stdout:\n{}\n--- stderr:\n{}",
+            self.what,
+            self.status,
+            self.elapsed,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Panics unless the command exited 0.
+    pub fn expect_ok(&self) -> &Self {
+        self.expect_code(0)
+    }
+}
+
+/// Runs `cmd` with captured stdout/stderr; kills it and panics (with what it printed)
+/// when it runs longer than `timeout`.
+pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Run {
+    let what = format!(
+        "{} {}",
+        cmd.get_program().to_string_lossy(),
+        cmd.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run `{what}`: {e}"));
+    let mut out = child.stdout.take().expect("piped stdout");
+    let mut err = child.stderr.take().expect("piped stderr");
+    let out_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        String::from_utf8_lossy(&v).into_owned()
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        String::from_utf8_lossy(&v).into_owned()
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            break status;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stdout = out_t.join().unwrap_or_default();
+            let stderr = err_t.join().unwrap_or_default();
+            panic!(
+                "`{what}` did not finish within {timeout:?}; killed\n--- stdout:\n{stdout}\n--- stderr:\n{stderr}"
+            );
+        }
+        sleep(Duration::from_millis(50));
+    };
+    let elapsed = start.elapsed();
+    Run {
+        what,
+        status,
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
+        elapsed,
+    }
+}
+
+/// Runs its closure when dropped (also while unwinding from a failed assertion).
+pub struct OnDrop<F: FnMut()>(pub F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
+
 /// Parses the JSON array printed by `ray list nodes --format json`.
 pub fn parse_ray_nodes(json: &str) -> Result<Vec<RayNode>, String> {
     let value: serde_json::Value =
@@ -179,6 +421,8 @@ pub fn parse_ray_nodes(json: &str) -> Result<Vec<RayNode>, String> {
     Ok(nodes
         .iter()
         .map(|n| RayNode {
+            node_id: n["node_id"].as_str().unwrap_or_default().to_string(),
+            node_name: n["node_name"].as_str().unwrap_or_default().to_string(),
             node_ip: n["node_ip"].as_str().unwrap_or_default().to_string(),
             state: n["state"].as_str().unwrap_or_default().to_string(),
             cpus: n["resources_total"]["CPU"].as_f64().unwrap_or(0.0),
