@@ -77,6 +77,8 @@ pub struct ApplyReport {
     /// Every step with its outcome, in the order they ended.
     pub outcomes: Vec<(Step, Outcome)>,
     pub elapsed: Duration,
+    /// Ray node IDs of containers that were replaced (see [`wait_whole`]).
+    pub stale_node_ids: std::collections::BTreeSet<String>,
 }
 
 impl ApplyReport {
@@ -206,6 +208,12 @@ struct Executor<'a, B: DockerBackend> {
     options: &'a ApplyOptions,
     reporter: &'a dyn Reporter,
     membership: Membership<'a, B>,
+    /// Whether this plan starts a new head (a new GCS: no old entries).
+    fresh_head: bool,
+    /// Ray node IDs listed ALIVE under a worker's name before its container
+    /// started: a killed container stays ALIVE in Ray for a while, and must
+    /// not be taken for the new one.
+    stale: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// Runs a plan's steps against the hosts' backends.
@@ -227,6 +235,12 @@ pub async fn execute<B: DockerBackend>(
             head: backends.get(&head.host).map(|b| (b, head.name.0.clone())),
             cache: tokio::sync::Mutex::new(None),
         },
+        fresh_head: plan
+            .graph
+            .graph
+            .node_weights()
+            .any(|s| matches!(s, Step::WaitReady { node, .. } if *node == head.name)),
+        stale: std::sync::Mutex::new(Default::default()),
     };
     let graph = &plan.graph;
     let order = graph.ordered();
@@ -310,9 +324,11 @@ pub async fn execute<B: DockerBackend>(
             ));
         }
     }
+    let stale_node_ids = exec.stale.lock().unwrap().clone();
     ApplyReport {
         outcomes,
         elapsed: started.elapsed(),
+        stale_node_ids,
     }
 }
 
@@ -364,11 +380,15 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
                     .map(|_| ())
                     .map_err(|e| format!("cannot create `{node}`: {e}"))
             }
-            Step::Start { host, node } => self
-                .backend(host)?
-                .start_container(node.as_str())
-                .await
-                .map_err(|e| format!("cannot start `{node}`: {e}")),
+            Step::Start { host, node } => {
+                if !self.fresh_head && *node != self.desired.head().name {
+                    self.remember_stale(node).await;
+                }
+                self.backend(host)?
+                    .start_container(node.as_str())
+                    .await
+                    .map_err(|e| format!("cannot start `{node}`: {e}"))
+            }
             Step::WaitReady { host, node } => {
                 let spec = self.spec(node)?;
                 match spec.role {
@@ -377,6 +397,19 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
                 }
             }
             Step::Drain { host, node } => self.drain(step, host, node).await,
+        }
+    }
+
+    /// Records the Ray node IDs listed ALIVE under `node`'s name now.
+    async fn remember_stale(&self, node: &NodeName) {
+        if let Ok(nodes) = self.membership.nodes(self.options.poll_interval).await {
+            let mut stale = self.stale.lock().unwrap();
+            for n in nodes
+                .iter()
+                .filter(|n| n.node_name == node.0 && n.is_alive())
+            {
+                stale.insert(n.node_id.clone());
+            }
         }
     }
 
@@ -479,9 +512,10 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
             self.check_alive(b, &spec.name).await?;
             match self.membership.nodes(self.options.poll_interval).await {
                 Ok(nodes) => {
-                    let found = nodes
-                        .iter()
-                        .find(|n| n.node_name == spec.name.0 && n.is_alive());
+                    let stale = self.stale.lock().unwrap().clone();
+                    let found = nodes.iter().find(|n| {
+                        n.node_name == spec.name.0 && n.is_alive() && !stale.contains(&n.node_id)
+                    });
                     match found {
                         Some(n) if (n.cpus() - f64::from(spec.cpus)).abs() < 0.01 => return Ok(()),
                         Some(n) => {
@@ -578,6 +612,7 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
 pub async fn wait_whole<B: DockerBackend>(
     desired: &DesiredState,
     backends: &BTreeMap<HostName, B>,
+    stale: &std::collections::BTreeSet<String>,
     timeout: Duration,
     poll: Duration,
 ) -> Result<Vec<(NodeName, String)>, String> {
@@ -588,7 +623,13 @@ pub async fn wait_whole<B: DockerBackend>(
     let deadline = Instant::now() + timeout;
     loop {
         let missing = match ray_nodes(hb, head.name.as_str()).await {
-            Ok(nodes) => missing_nodes(desired, &nodes),
+            Ok(nodes) => {
+                let fresh: Vec<RayNode> = nodes
+                    .into_iter()
+                    .filter(|n| !stale.contains(&n.node_id))
+                    .collect();
+                missing_nodes(desired, &fresh)
+            }
             Err(e) => desired
                 .nodes
                 .iter()

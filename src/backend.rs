@@ -457,6 +457,10 @@ pub mod fake {
         hosts: BTreeMap<String, BTreeMap<String, FakeContainer>>,
         images: BTreeMap<String, Vec<String>>,
         journal: Vec<String>,
+        /// Ray nodes listed ALIVE without a container: `(name, id, cpus)`.
+        ghosts: Vec<(String, String, u32)>,
+        /// Containers whose Ray node never joins.
+        unjoinable: Vec<String>,
         /// `(host, operation, container-or-image)` -> message.
         failures: HashMap<(String, String, String), String>,
         next_id: u64,
@@ -532,6 +536,27 @@ pub mod fake {
             self.max_in_flight.load(Ordering::SeqCst)
         }
 
+        /// Removes a container behind seedcore's back (`docker rm -f` by hand).
+        pub fn forget(&self, host: &str, name: &str) {
+            let mut s = self.state.lock().unwrap();
+            s.hosts.get_mut(host).and_then(|h| h.remove(name));
+        }
+
+        /// Makes Ray list a node ALIVE that has no container (a killed node
+        /// Ray has not noticed yet).
+        pub fn add_ghost(&self, name: &str, id: &str, cpus: u32) {
+            self.state
+                .lock()
+                .unwrap()
+                .ghosts
+                .push((name.to_string(), id.to_string(), cpus));
+        }
+
+        /// Makes a container's Ray node never join (e.g. a firewall).
+        pub fn block_join(&self, name: &str) {
+            self.state.lock().unwrap().unjoinable.push(name.to_string());
+        }
+
         /// Simulates a container dying, e.g. `docker kill`.
         pub fn kill(&self, host: &str, name: &str, code: i64) {
             let mut s = self.state.lock().unwrap();
@@ -586,9 +611,18 @@ pub mod fake {
         fn ray_nodes_json(&self) -> String {
             self.with(|s| {
                 let mut nodes = Vec::new();
+                for (name, id, cpus) in &s.ghosts {
+                    nodes.push(serde_json::json!({
+                        "node_id": id,
+                        "node_ip": "0.0.0.0",
+                        "node_name": name,
+                        "state": "ALIVE",
+                        "resources_total": {"CPU": f64::from(*cpus)},
+                    }));
+                }
                 for (host, cs) in &s.hosts {
                     for (name, c) in cs {
-                        if c.labels.contains_key(LABEL_NODE) {
+                        if c.labels.contains_key(LABEL_NODE) && !s.unjoinable.contains(name) {
                             nodes.push(serde_json::json!({
                                 "node_id": c.id,
                                 "node_ip": host,

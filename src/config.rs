@@ -836,6 +836,23 @@ fn apply_override(table: &mut toml::Table, o: &Override) -> Result<(), (String, 
             }
         }),
         Some(Kind::Str) => toml::Value::String(o.value.clone()),
+        Some(Kind::StrList) if o.value.trim_start().starts_with('[') => {
+            // TOML's own list syntax: `["10.0.0.7", "10.0.0.8"]`.
+            let parsed: std::result::Result<toml::Table, _> =
+                toml::from_str(&format!("v = {}", o.value.trim()));
+            match parsed.ok().and_then(|mut t| t.remove("v")) {
+                Some(v @ toml::Value::Array(_)) => v,
+                _ => {
+                    return Err((
+                        format!("`--set {}`: `{}` is not a list of strings", o.key, o.value),
+                        format!(
+                            "write `--set {}=10.0.0.7,10.0.0.8` or `--set '{}=[\"10.0.0.7\", \"10.0.0.8\"]'`",
+                            o.key, o.key
+                        ),
+                    ))
+                }
+            }
+        }
         Some(Kind::StrList) => toml::Value::Array(
             o.value
                 .split(',')
@@ -1489,6 +1506,14 @@ mod tests {
         let loaded = parse("t.toml", text, &o).unwrap();
         assert_eq!(loaded.config.workers["local"].count, 5);
         assert_eq!(loaded.config.head.host.0, "10.0.0.9");
+        let lists = [
+            "workers.local.hosts=10.0.0.1,10.0.0.2",
+            "workers.local.hosts=[\"10.0.0.1\", \"10.0.0.2\"]",
+        ];
+        for l in lists {
+            let loaded = parse("t.toml", text, &[Override::parse_flag(l).unwrap()]).unwrap();
+            assert_eq!(loaded.config.workers["local"].hosts.len(), 2, "{l}");
+        }
         let bad = parse(
             "t.toml",
             text,

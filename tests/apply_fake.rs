@@ -210,6 +210,7 @@ async fn a_second_apply_is_a_no_op() {
     let nodes = apply::wait_whole(
         &d,
         &backends(&c),
+        &Default::default(),
         Duration::from_secs(1),
         Duration::from_millis(5),
     )
@@ -299,4 +300,34 @@ async fn scale_down_drains_then_removes_the_highest_numbered_nodes() {
         assert!(drained < stop && stop < remove);
     }
     assert!(plan_for(&c, &d).await.summary().is_empty());
+}
+
+#[tokio::test]
+async fn a_killed_workers_leftover_ray_entry_is_not_taken_for_its_replacement() {
+    let c = cluster();
+    let d = desired(&[]);
+    apply_once(&c, &d, 4).await;
+    // Removed by hand; Ray still lists the old node ALIVE for a while, and
+    // the new container cannot join.
+    let old_id = c.container_ids()[&(
+        "10.0.0.2".to_string(),
+        "fake-ray-worker-remote-1".to_string(),
+    )]
+        .clone();
+    c.forget("10.0.0.2", "fake-ray-worker-remote-1");
+    c.add_ghost("fake-ray-worker-remote-1", &old_id, 1);
+    c.block_join("fake-ray-worker-remote-1");
+    let (plan, report, _) = apply_once(&c, &d, 4).await;
+    assert_eq!(plan.summary().add, 1);
+    let wait = report
+        .outcomes
+        .iter()
+        .find(|(s, _)| matches!(s, Step::WaitReady { node, .. } if node.0 == "fake-ray-worker-remote-1"))
+        .map(|(_, o)| o.clone())
+        .unwrap();
+    assert!(
+        matches!(&wait, Outcome::Failed { error } if error.contains("did not join Ray")),
+        "{wait:?}"
+    );
+    assert!(report.stale_node_ids.contains(&old_id));
 }

@@ -459,6 +459,7 @@ impl Run<'_> {
         let missing = apply::wait_whole(
             desired,
             &backends,
+            &report.stale_node_ids,
             options.nodes_alive_timeout,
             Duration::from_secs(1),
         )

@@ -115,6 +115,7 @@ pub enum Command {
         /// Keep the head; remove only the workers.
         #[arg(long)]
         workers_only: bool,
+        /// Hosts and steps worked on at once (default: `ssh.max_parallel`).
         #[arg(long)]
         parallel: Option<usize>,
     },
@@ -126,8 +127,10 @@ pub enum Command {
         /// Restart every node.
         #[arg(long)]
         all: bool,
+        /// Restart without asking (required when stdin is not a terminal).
         #[arg(long)]
         auto_approve: bool,
+        /// Hosts and steps worked on at once (default: `ssh.max_parallel`).
         #[arg(long)]
         parallel: Option<usize>,
     },

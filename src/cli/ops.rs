@@ -235,7 +235,7 @@ pub async fn status(
                 Ok(nodes) => {
                     let dead = nodes.iter().filter(|n| !n.is_alive()).count();
                     out.push_str(&format!(
-                        "Ray: {alive} of {} declared nodes ALIVE with their CPUs{}.\n",
+                        "Ray: {alive} of {} declared nodes running and ALIVE with their CPUs{}.\n",
                         statuses.len(),
                         if dead > 0 {
                             format!(" ({dead} DEAD entries from earlier nodes)")
