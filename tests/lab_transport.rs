@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use support::lab::{Lab, OnDrop};
 
-/// Tests that change the lab's state run one at a time.
+/// One test at a time: some stop an engine or a worker that the others observe.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -77,6 +77,7 @@ fn keygen(path: &std::path::Path) {
 
 #[test]
 fn an_unknown_host_key_is_refused_with_the_keyscan_fix() {
+    let _serial = serial();
     let lab = Lab::require();
     let dir = scratch("unknown-key");
     let empty = dir.join("known_hosts");
@@ -103,6 +104,7 @@ fn an_unknown_host_key_is_refused_with_the_keyscan_fix() {
 
 #[test]
 fn accept_new_trusts_a_first_key_when_configured() {
+    let _serial = serial();
     let lab = Lab::require();
     let dir = scratch("accept-new");
     let file = dir.join("known_hosts");
@@ -137,6 +139,7 @@ fn accept_new_trusts_a_first_key_when_configured() {
 
 #[test]
 fn a_changed_host_key_is_refused_with_the_keygen_fix() {
+    let _serial = serial();
     let lab = Lab::require();
     let dir = scratch("changed-key");
     keygen(&dir.join("impostor"));
@@ -172,6 +175,7 @@ fn a_changed_host_key_is_refused_with_the_keygen_fix() {
 
 #[test]
 fn a_refused_key_and_a_refused_connection_say_what_to_check() {
+    let _serial = serial();
     let lab = Lab::require();
     let dir = scratch("refused");
     keygen(&dir.join("stranger"));
@@ -260,6 +264,7 @@ fn a_saved_plan_is_refused_once_a_host_changed() {
 
 #[test]
 fn a_local_host_uses_this_machines_engine_without_ssh() {
+    let _serial = serial();
     // The lab's own dockerd runs on this machine: plan a cluster on it.
     let _lab = Lab::require();
     let dir = scratch("local");
