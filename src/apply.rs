@@ -139,6 +139,18 @@ pub fn list_nodes_command() -> Vec<String> {
     .collect()
 }
 
+/// The same list straight from the dashboard's state API (what `ray list
+/// nodes` calls), without importing Ray: 0.1 s instead of 2-3 s of Python.
+pub fn state_api_command(dashboard_port: u16) -> Vec<String> {
+    let script = format!(
+        "import json, sys, urllib.request\n\
+         d = json.load(urllib.request.urlopen('http://127.0.0.1:{dashboard_port}/api/v0/nodes?limit=10000&timeout=10', timeout=15))\n\
+         if not d.get('result'):\n    sys.exit(d.get('msg') or 'the state API refused')\n\
+         print(json.dumps(d['data']['result']['result']))\n"
+    );
+    vec!["python3".to_string(), "-c".to_string(), script]
+}
+
 /// Parses `ray list nodes --format json` output (tolerating banners).
 pub fn parse_ray_nodes(stdout: &str) -> Result<Vec<RayNode>, String> {
     let start = stdout.find('[').ok_or_else(|| {
@@ -151,13 +163,24 @@ pub fn parse_ray_nodes(stdout: &str) -> Result<Vec<RayNode>, String> {
         .map_err(|e| format!("cannot read `ray list nodes` output: {e}"))
 }
 
-/// Asks the head's Ray for its nodes.
+/// Asks the head's Ray for its nodes: the dashboard's state API first, then
+/// `ray list nodes` if that fails.
 pub async fn ray_nodes<B: DockerBackend>(
     head: &B,
-    head_container: &str,
+    spec: &NodeSpec,
 ) -> Result<Vec<RayNode>, String> {
+    let container = spec.name.as_str();
+    if let Some(port) = spec.ports.head.as_ref().map(|h| h.dashboard) {
+        if let Ok(out) = head.exec(container, &state_api_command(port)).await {
+            if out.exit_code == 0 {
+                if let Ok(nodes) = parse_ray_nodes(&out.stdout) {
+                    return Ok(nodes);
+                }
+            }
+        }
+    }
     let out = head
-        .exec(head_container, &list_nodes_command())
+        .exec(container, &list_nodes_command())
         .await
         .map_err(|e| e.to_string())?;
     if out.exit_code != 0 {
@@ -178,7 +201,7 @@ fn tail(text: &str, n: usize) -> String {
 /// Shares one `ray list nodes` between every waiting step: each call starts a
 /// Python process in the head, too heavy to run once per worker per second.
 struct Membership<'a, B: DockerBackend> {
-    head: Option<(&'a B, String)>,
+    head: Option<(&'a B, &'a NodeSpec)>,
     cache: tokio::sync::Mutex<Option<Snapshot>>,
 }
 
@@ -187,7 +210,7 @@ type Snapshot = (Instant, Result<Vec<RayNode>, String>);
 
 impl<'a, B: DockerBackend> Membership<'a, B> {
     async fn nodes(&self, max_age: Duration) -> Result<Vec<RayNode>, String> {
-        let Some((head, container)) = &self.head else {
+        let Some((head, spec)) = &self.head else {
             return Err("the cluster has no head".to_string());
         };
         let mut cache = self.cache.lock().await;
@@ -196,7 +219,7 @@ impl<'a, B: DockerBackend> Membership<'a, B> {
                 return value.clone();
             }
         }
-        let value = ray_nodes(*head, container).await;
+        let value = ray_nodes(*head, spec).await;
         *cache = Some((Instant::now(), value.clone()));
         value
     }
@@ -232,7 +255,7 @@ pub async fn execute<B: DockerBackend>(
         options,
         reporter,
         membership: Membership {
-            head: backends.get(&head.host).map(|b| (b, head.name.0.clone())),
+            head: backends.get(&head.host).map(|b| (b, head)),
             cache: tokio::sync::Mutex::new(None),
         },
         fresh_head: plan
@@ -622,7 +645,7 @@ pub async fn wait_whole<B: DockerBackend>(
         .ok_or_else(|| format!("no connection to `{}`", head.host))?;
     let deadline = Instant::now() + timeout;
     loop {
-        let missing = match ray_nodes(hb, head.name.as_str()).await {
+        let missing = match ray_nodes(hb, head).await {
             Ok(nodes) => {
                 let fresh: Vec<RayNode> = nodes
                     .into_iter()

@@ -823,7 +823,7 @@ pub mod fake {
                     }
                 });
             }
-            if joined.contains("list nodes") {
+            if joined.contains("list nodes") || joined.contains("/api/v0/nodes") {
                 return Ok(ExecOutput {
                     exit_code: 0,
                     stdout: self.ray_nodes_json(),

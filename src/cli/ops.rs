@@ -84,7 +84,7 @@ pub async fn status(
     let names: Vec<String> = desired.nodes.iter().map(|n| n.name.0.clone()).collect();
     let head = desired.head();
     let ray: std::result::Result<Vec<RayNode>, String> = match hosts.connections.get(&head.host) {
-        Some(c) => apply::ray_nodes(&c.backend, head.name.as_str()).await,
+        Some(c) => apply::ray_nodes(&c.backend, head).await,
         None => Err(format!("head host `{}` unreachable", head.host)),
     };
     let statuses: Vec<NodeStatus> = stream::iter(desired.nodes.iter())
