@@ -384,13 +384,23 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
                 .pull_image(image)
                 .await
                 .map_err(|e| format!("cannot pull `{image}` on `{host}`: {e} (load it there with `docker save {image} | ssh {host} docker load`)")),
-            Step::Remove { host, node, .. } => {
+            Step::Remove {
+                host,
+                node,
+                container,
+            } => {
                 let b = self.backend(host)?;
-                b.stop_container(node.as_str(), self.options.stop_timeout.as_secs())
+                // The container observed, by ID: even if renamed since.
+                let target = if container.is_empty() {
+                    node.as_str()
+                } else {
+                    container.as_str()
+                };
+                b.stop_container(target, self.options.stop_timeout.as_secs())
                     .await
                     .or_else(|e| if e.kind == crate::backend::ErrorKind::NotFound { Ok(()) } else { Err(e) })
                     .map_err(|e| format!("cannot stop `{node}`: {e}"))?;
-                b.remove_container(node.as_str())
+                b.remove_container(target)
                     .await
                     .or_else(|e| if e.kind == crate::backend::ErrorKind::NotFound { Ok(()) } else { Err(e) })
                     .map_err(|e| format!("cannot remove `{node}`: {e}"))
@@ -421,6 +431,22 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
             }
             Step::Drain { host, node } => self.drain(step, host, node).await,
         }
+    }
+
+    /// The address Ray advertises for nodes on `host`.
+    fn node_address(&self, host: &HostName) -> String {
+        self.desired
+            .nodes
+            .iter()
+            .find(|n| n.host == *host)
+            .map(|n| n.node_ip.clone())
+            .unwrap_or_else(|| {
+                if host.is_local() {
+                    "127.0.0.1".to_string()
+                } else {
+                    host.0.clone()
+                }
+            })
     }
 
     /// Records the Ray node IDs listed ALIVE under `node`'s name now.
@@ -577,7 +603,13 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
                 return Ok(());
             }
         };
-        let Some(ray_node) = nodes.iter().find(|n| n.node_name == node.0 && n.is_alive()) else {
+        // By name and address: a renumbered node of the same name may be
+        // starting on another host.
+        let address = self.node_address(host);
+        let Some(ray_node) = nodes
+            .iter()
+            .find(|n| n.node_name == node.0 && n.is_alive() && n.node_ip == address)
+        else {
             return Ok(());
         };
         self.progress(step, "draining".to_string());
@@ -602,9 +634,11 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
             Ok(o) => self.progress(step, format!("drain refused: {}", tail(&o.stderr, 1))),
             Err(e) => self.progress(step, format!("drain failed: {e}")),
         }
-        // `ray stop` lets the raylet leave the cluster cleanly.
+        // Stopping the container (SIGTERM to `ray start --block`) lets the
+        // raylet leave cleanly; a manual stop is not undone by the restart
+        // policy, as a `ray stop` inside it would be.
         let _ = b
-            .exec(node.as_str(), &["ray".to_string(), "stop".to_string()])
+            .stop_container(node.as_str(), self.options.stop_timeout.as_secs())
             .await;
         let deadline = Instant::now() + self.options.drain_timeout;
         loop {

@@ -220,9 +220,13 @@ impl DockerBackend for EngineBackend {
 
     async fn pull_image(&self, image: &str) -> Result<()> {
         use bollard::query_parameters::CreateImageOptions;
+        // A reference without a tag would pull every tag of the repository.
+        let last = image.rsplit('/').next().unwrap_or(image);
+        let tag = (!last.contains(':') && !image.contains('@')).then(|| "latest".to_string());
         let mut stream = self.docker.create_image(
             Some(CreateImageOptions {
                 from_image: Some(image.to_string()),
+                tag,
                 ..Default::default()
             }),
             None,
@@ -586,6 +590,17 @@ pub mod fake {
     }
 
     impl FakeBackend {
+        /// A container name for a name or an ID, as Docker accepts both.
+        fn resolve(&self, name_or_id: &str) -> String {
+            self.with(|s| {
+                s.hosts
+                    .get(&self.host)
+                    .and_then(|h| h.iter().find(|(_, c)| c.id == name_or_id))
+                    .map(|(n, _)| n.clone())
+                    .unwrap_or_else(|| name_or_id.to_string())
+            })
+        }
+
         async fn call(&self, verb: &str, target: &str) -> Result<()> {
             let _guard = self.cluster.enter();
             {
@@ -762,6 +777,7 @@ pub mod fake {
         }
 
         async fn stop_container(&self, name: &str, _timeout_secs: u64) -> Result<()> {
+            let name = &self.resolve(name);
             self.call("stop", name).await?;
             self.with(|s| {
                 if let Some(c) = s.hosts.get_mut(&self.host).and_then(|h| h.get_mut(name)) {
@@ -773,6 +789,7 @@ pub mod fake {
         }
 
         async fn remove_container(&self, name: &str) -> Result<()> {
+            let name = &self.resolve(name);
             self.call("remove", name).await?;
             self.with(|s| {
                 s.hosts.get_mut(&self.host).and_then(|h| h.remove(name));

@@ -89,7 +89,8 @@ pub struct ClusterConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SshConfig {
     pub user: Option<String>,
-    pub port: u16,
+    /// `None`: ssh's own default (`~/.ssh/config`, else 22).
+    pub port: Option<u16>,
     pub identity_file: Option<PathBuf>,
     pub known_hosts: KnownHostsPolicy,
     pub known_hosts_file: Option<PathBuf>,
@@ -1221,7 +1222,10 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<KeyError>> {
     ) as usize;
     let ssh = SshConfig {
         user: raw.ssh.user.filter(|u| !u.is_empty()),
-        port: c.port("ssh.port", raw.ssh.port, defaults::SSH_PORT),
+        port: raw
+            .ssh
+            .port
+            .map(|p| c.port("ssh.port", Some(p), defaults::SSH_PORT)),
         identity_file: raw.ssh.identity_file.map(|p| expand_home(&p)),
         known_hosts,
         known_hosts_file: raw.ssh.known_hosts_file.map(|p| expand_home(&p)),
@@ -1387,6 +1391,16 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<KeyError>> {
                 defaults::WORKER_PORTS,
             ),
             worker_ports_per_node: g.worker_ports_per_node.map(|v| {
+                let v = if v > 65535 {
+                    c.err(
+                        &format!("{p}.worker_ports_per_node"),
+                        format!("`{p}.worker_ports_per_node` is {v}, more ports than exist"),
+                        "each node needs a few ports per CPU, e.g. `worker_ports_per_node = 8`",
+                    );
+                    4
+                } else {
+                    v
+                };
                 c.positive(
                     &format!("{p}.worker_ports_per_node"),
                     Some(v),

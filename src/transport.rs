@@ -96,7 +96,7 @@ pub fn classify_ssh_error(host: &HostName, ssh: &SshConfig, text: &str) -> Trans
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "~/.ssh/known_hosts".to_string());
-    let port = ssh.port;
+    let port = ssh.port.unwrap_or(22);
     let keyscan_target = if port == 22 {
         host.0.clone()
     } else {
@@ -366,8 +366,10 @@ impl Transport {
         if let Some(user) = &self.ssh.user {
             builder.user(user.clone());
         }
+        if let Some(port) = self.ssh.port {
+            builder.port(port);
+        }
         builder
-            .port(self.ssh.port)
             .known_hosts_check(match self.ssh.known_hosts {
                 KnownHostsPolicy::Strict => KnownHosts::Strict,
                 KnownHostsPolicy::AcceptNew => KnownHosts::Add,
@@ -396,7 +398,8 @@ impl Transport {
                 Ok(Err(e)) => error_chain(&e),
                 Err(_) => format!(
                     "connect to host {} port {}: Connection timed out",
-                    host, self.ssh.port
+                    host,
+                    self.ssh.port.unwrap_or(22)
                 ),
             };
             // sshd drops handshakes beyond MaxStartups: retry those, with jitter.
@@ -540,7 +543,7 @@ mod tests {
     fn ssh() -> SshConfig {
         SshConfig {
             user: Some("root".into()),
-            port: 22,
+            port: None,
             identity_file: None,
             known_hosts: KnownHostsPolicy::Strict,
             known_hosts_file: Some(PathBuf::from("/k")),

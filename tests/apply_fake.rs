@@ -293,11 +293,14 @@ async fn scale_down_drains_then_removes_the_highest_numbered_nodes() {
     let journal = c.journal();
     for n in &removed {
         let host = &plan.effective().find(|c| c.node.0 == *n).unwrap().host;
-        // Drained (Ray stopped inside), then stopped and removed.
-        let drained = position(&journal, &format!("{host} exec {n}"));
+        // Drained through the head (`ray drain-node`), stopped, then removed.
+        let drain = journal
+            .iter()
+            .position(|l| l == "10.0.0.1 exec fake-ray-head")
+            .expect("drain-node ran in the head");
         let stop = position(&journal, &format!("{host} stop {n}"));
         let remove = position(&journal, &format!("{host} remove {n}"));
-        assert!(drained < stop && stop < remove);
+        assert!(drain < stop && stop < remove);
     }
     assert!(plan_for(&c, &d).await.summary().is_empty());
 }

@@ -264,7 +264,10 @@ fn a_minimal_config_takes_every_default() {
     let c = &loaded.config;
     assert_eq!(c.cluster.name, "seedcore");
     assert_eq!(c.cluster.image, "rayproject/ray:2.60.0");
-    assert_eq!(c.ssh.port, 22);
+    assert_eq!(
+        c.ssh.port, None,
+        "ssh decides the port (~/.ssh/config, else 22)"
+    );
     assert_eq!(c.ssh.known_hosts, config::KnownHostsPolicy::Strict);
     assert_eq!(
         (
