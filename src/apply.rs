@@ -577,7 +577,7 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "`{}` did not join Ray within {}s (timeouts.nodes_alive): {last}\n  hint: workers join the head's GCS at its `head.host`; check that `{host}` reaches it (firewall) and the worker's log\n{}",
+                    "`{}` did not join Ray within {}s (timeouts.nodes_alive): {last}\n  hint: workers join the head's GCS at `head.host` as written in the configuration: it must be an address (or a name) that `{host}` can reach, not an ssh alias; check the firewall (the plan lists the ports) and the worker's log\n{}",
                     spec.name,
                     self.options.nodes_alive_timeout.as_secs(),
                     self.log_tail(b, &spec.name).await

@@ -155,6 +155,7 @@ impl DockerBackend for EngineBackend {
         let version = self.docker.version().await?;
         let info = self.docker.info().await?;
         Ok(EngineInfo {
+            id: info.id.unwrap_or_default(),
             version: version.version.unwrap_or_default(),
             api_version: version.api_version.unwrap_or_default(),
             cpus: info.ncpu.unwrap_or(0).max(0) as u32,
@@ -420,7 +421,7 @@ fn async_stream_logs(
         follow: options.follow,
         stdout: true,
         stderr: true,
-        since: options.since.unwrap_or(0) as i32,
+        since: options.since.unwrap_or(0).clamp(0, i64::from(i32::MAX)) as i32,
         until: 0,
         timestamps: false,
         tail: options
@@ -657,6 +658,7 @@ pub mod fake {
         async fn describe(&self) -> Result<EngineInfo> {
             self.call("describe", "-").await?;
             Ok(EngineInfo {
+                id: format!("fake-{}", self.host),
                 version: "fake".to_string(),
                 api_version: "1.41".to_string(),
                 cpus: 64,

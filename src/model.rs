@@ -329,6 +329,9 @@ pub struct HostObservation {
 /// The host's Docker engine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EngineInfo {
+    /// Docker's engine ID: two host names with the same ID are one machine.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
     pub version: String,
     pub api_version: String,
     pub cpus: u32,

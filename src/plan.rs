@@ -138,7 +138,7 @@ impl fmt::Display for PlanError {
                 }
                 write!(
                     f,
-                    "hint: lower `cpus` or `count` for the nodes on these hosts, or set `cluster.oversubscribe_cpus = true` to allow it"
+                    "hint: lower `cpus` or `count` for the nodes on these hosts, or set `cluster.oversubscribe_cpus = true` to let nodes share CPUs (one node can never have more than its host)"
                 )
             }
         }
@@ -204,24 +204,25 @@ pub fn diff(
         return Err(PlanError::Conflicts(conflicts));
     }
 
-    if !options.oversubscribe_cpus {
-        let mut short = Vec::new();
-        for host in desired.hosts() {
-            let declared: u32 = desired
-                .nodes
-                .iter()
-                .filter(|n| n.host == host)
-                .map(|n| n.cpus)
-                .sum();
-            if let Some(EngineInfo { cpus, .. }) = observed.hosts[&host].engine {
-                if cpus > 0 && declared > cpus {
-                    short.push((host.clone(), declared, cpus));
-                }
+    // Declared CPUs must fit the host: all together, unless oversubscribing
+    // is allowed, and each node alone always (Docker refuses a CPU limit
+    // above the host's count).
+    let mut short = Vec::new();
+    for host in desired.hosts() {
+        let on_host = desired.nodes.iter().filter(|n| n.host == host);
+        let declared: u32 = if options.oversubscribe_cpus {
+            on_host.map(|n| n.cpus).max().unwrap_or(0)
+        } else {
+            on_host.map(|n| n.cpus).sum()
+        };
+        if let Some(EngineInfo { cpus, .. }) = observed.hosts[&host].engine {
+            if cpus > 0 && declared > cpus {
+                short.push((host.clone(), declared, cpus));
             }
         }
-        if !short.is_empty() {
-            return Err(PlanError::Cpus(short));
-        }
+    }
+    if !short.is_empty() {
+        return Err(PlanError::Cpus(short));
     }
 
     let mut changes = Vec::new();

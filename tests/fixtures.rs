@@ -18,6 +18,7 @@ fn host(containers: Vec<ObservedContainer>) -> HostObservation {
         reachable: true,
         error: None,
         engine: Some(EngineInfo {
+            id: String::new(),
             version: "24.0.7".to_string(),
             api_version: "1.43".to_string(),
             cpus: 16,

@@ -87,6 +87,7 @@ fn reachable(containers: Vec<ObservedContainer>) -> HostObservation {
         reachable: true,
         error: None,
         engine: Some(EngineInfo {
+            id: String::new(),
             version: "24.0.7".to_string(),
             api_version: "1.43".to_string(),
             cpus: 16,
@@ -1007,15 +1008,21 @@ fn more_cpus_than_a_host_has_is_refused_unless_allowed() {
         PlanError::Cpus(vec![(HostName(REMOTE_HOST_1.to_string()), 4, 2)])
     );
     insta::assert_snapshot!("cpus_oversubscribed", e.to_string());
-    let allowed = plan::diff(
-        &wanted,
-        &o,
-        DiffOptions {
-            oversubscribe_cpus: true,
-            ..DiffOptions::default()
-        },
-    )
-    .unwrap();
+    let allow = DiffOptions {
+        oversubscribe_cpus: true,
+        ..DiffOptions::default()
+    };
+    // One node can never have more CPUs than its host: Docker refuses it.
+    assert_eq!(
+        plan::diff(&wanted, &o, allow.clone()).unwrap_err(),
+        PlanError::Cpus(vec![(HostName(REMOTE_HOST_1.to_string()), 4, 2)])
+    );
+    // Several nodes that each fit may share a host when allowed.
+    let mut o = converged(&wanted);
+    let head_host = wanted.head().host.0.clone();
+    host(&mut o, &head_host).engine.as_mut().unwrap().cpus = 3;
+    assert!(plan::diff(&wanted, &o, DiffOptions::default()).is_err());
+    let allowed = plan::diff(&wanted, &o, allow).unwrap();
     assert!(allowed.iter().all(|c| c.action == Action::NoOp));
 }
 

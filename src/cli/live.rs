@@ -33,7 +33,8 @@ pub fn block_on<T>(fut: impl Future<Output = T>) -> Result<T> {
             _ = tokio::signal::ctrl_c() => None,
         }
     });
-    drop(rt);
+    // Don't wait for a blocked reader (the confirmation prompt).
+    rt.shutdown_background();
     match finished {
         Some(v) => Ok(v),
         None => {
@@ -140,17 +141,19 @@ pub async fn connect(
     let parallel = parallel.unwrap_or(loaded.config.ssh.max_parallel).max(1);
     let mut hosts = desired.hosts();
     let mut results = transport.connect_all(&hosts, parallel).await;
-    let head = &desired.head().host;
-    if let Some(Ok(conn)) = results.get(head) {
-        let extra: Vec<HostName> = remembered_hosts(conn, &desired.cluster)
-            .await
-            .into_iter()
-            .filter(|h| !hosts.contains(h))
-            .collect();
-        if !extra.is_empty() {
-            results.extend(transport.connect_all(&extra, parallel).await);
-            hosts.extend(extra);
+    // Every host keeps the list, so a moved head or a dropped host is
+    // still found through the others.
+    let mut extra: Vec<HostName> = Vec::new();
+    for conn in results.values().flatten() {
+        for h in remembered_hosts(conn, &desired.cluster).await {
+            if !hosts.contains(&h) && !extra.contains(&h) {
+                extra.push(h);
+            }
         }
+    }
+    if !extra.is_empty() {
+        results.extend(transport.connect_all(&extra, parallel).await);
+        hosts.extend(extra);
     }
     let mut connections = BTreeMap::new();
     let mut failures = BTreeMap::new();
@@ -178,7 +181,35 @@ pub async fn connect_and_observe(
     desired: &DesiredState,
     parallel: Option<usize>,
 ) -> Result<(Hosts, ObservedState)> {
+    observe_hosts(loaded, desired, parallel, false).await
+}
+
+/// Connects and observes. With `partial`, unreachable declared hosts are
+/// warned about and left out (for `destroy`: tear down what can be reached).
+pub async fn observe_hosts(
+    loaded: &Loaded,
+    desired: &DesiredState,
+    parallel: Option<usize>,
+    partial: bool,
+) -> Result<(Hosts, ObservedState)> {
     let hosts = connect(loaded, desired, parallel).await?;
+    // One machine under two names would see the other name's nodes as
+    // orphans and remove them.
+    let mut by_engine: BTreeMap<&str, Vec<&HostName>> = BTreeMap::new();
+    for (h, c) in &hosts.connections {
+        if !c.engine.id.is_empty() {
+            by_engine.entry(c.engine.id.as_str()).or_default().push(h);
+        }
+    }
+    if let Some(names) = by_engine.values().find(|v| v.len() > 1) {
+        let list: Vec<String> = names.iter().map(|h| format!("`{h}`")).collect();
+        let text = format!(
+            "error: {} reach the same Docker engine: they are one machine under several names\nhint: write each machine once in the configuration (the same name in `head.host` and every group's `hosts`)",
+            list.join(" and ")
+        );
+        hosts.close().await;
+        return Err(UserError(text));
+    }
     let declared = desired.hosts();
     let blocking: Vec<&TransportError> = hosts
         .failures
@@ -186,7 +217,7 @@ pub async fn connect_and_observe(
         .filter(|(h, _)| declared.contains(h))
         .map(|(_, e)| e)
         .collect();
-    if !blocking.is_empty() {
+    if !blocking.is_empty() && !partial {
         let text = blocking
             .iter()
             .map(|e| e.to_string())
@@ -200,7 +231,7 @@ pub async fn connect_and_observe(
     }
     for (h, e) in &hosts.failures {
         eprintln!(
-            "warning: `{h}` ran nodes of this cluster before but is unreachable ({}): nodes left there cannot be removed now",
+            "warning: `{h}` is unreachable ({}): nodes left there cannot be removed now",
             e.summary()
         );
     }
@@ -377,7 +408,10 @@ impl Run<'_> {
                     "error: refusing to go on without confirmation: stdin is not a terminal\nhint: review the plan above, then run again with `--auto-approve`".to_string(),
                 ));
             }
-            if !confirm()? {
+            let answer = tokio::task::spawn_blocking(confirm)
+                .await
+                .map_err(|e| UserError(format!("error: cannot read the answer: {e}")))??;
+            if !answer {
                 eprintln!("Cancelled: nothing was changed.");
                 return Ok(exit::ERROR);
             }
@@ -403,8 +437,14 @@ impl Run<'_> {
                 remember.push(step.host().clone());
             }
         }
-        if let Some(head) = hosts.connections.get(&desired.head().host) {
-            remember_hosts(head, &desired.cluster, &remember).await;
+        // Unreachable hosts stay remembered until they can be cleaned.
+        for h in hosts.failures.keys() {
+            if !remember.contains(h) {
+                remember.push(h.clone());
+            }
+        }
+        for conn in hosts.connections.values() {
+            remember_hosts(conn, &desired.cluster, &remember).await;
         }
 
         if !report.succeeded() {

@@ -318,7 +318,7 @@ pub fn parse_duration(text: &str) -> Option<i64> {
         "d" => 86400,
         _ => return None,
     };
-    Some(n * mult)
+    n.checked_mul(mult).filter(|s| *s <= i64::from(i32::MAX))
 }
 
 /// `seedcore logs`: every selected node's log at once, prefixed.
@@ -445,8 +445,9 @@ pub async fn destroy(
             "error: refusing to destroy without confirmation: stdin is not a terminal\nhint: review `seedcore status`, then run `seedcore destroy --auto-approve`".to_string(),
         ));
     }
-    let (hosts, observed) = live::connect_and_observe(loaded, desired, parallel).await?;
+    let (hosts, observed) = live::observe_hosts(loaded, desired, parallel, true).await?;
     let plan = plan::destroy(desired, &observed, workers_only);
+    let unreachable: Vec<String> = hosts.failures.keys().map(|h| format!("`{h}`")).collect();
     let run = Run {
         loaded,
         desired,
@@ -458,7 +459,13 @@ pub async fn destroy(
     };
     let result = run.execute(plan).await;
     hosts.close().await;
-    result
+    match result {
+        Ok(_) if !unreachable.is_empty() => Err(UserError(format!(
+            "error: {} could not be reached: containers there were not removed\nhint: run `seedcore destroy` again once they answer",
+            unreachable.join(", ")
+        ))),
+        other => other,
+    }
 }
 
 /// `seedcore restart`: replaces the named nodes (a head takes its workers).
