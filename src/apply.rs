@@ -563,7 +563,10 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
                 Ok(nodes) => {
                     let stale = self.stale.lock().unwrap().clone();
                     let found = nodes.iter().find(|n| {
-                        n.node_name == spec.name.0 && n.is_alive() && !stale.contains(&n.node_id)
+                        n.node_name == spec.name.0
+                            && n.node_ip == spec.node_ip
+                            && n.is_alive()
+                            && !stale.contains(&n.node_id)
                     });
                     match found {
                         Some(n) if (n.cpus() - f64::from(spec.cpus)).abs() < 0.01 => return Ok(()),
@@ -708,7 +711,7 @@ pub fn missing_nodes(desired: &DesiredState, nodes: &[RayNode]) -> Vec<(NodeName
         .filter_map(|spec| {
             let alive = nodes
                 .iter()
-                .find(|n| n.node_name == spec.name.0 && n.is_alive());
+                .find(|n| n.node_name == spec.name.0 && n.node_ip == spec.node_ip && n.is_alive());
             match alive {
                 Some(n) if (n.cpus() - f64::from(spec.cpus)).abs() < 0.01 => None,
                 Some(n) => Some((

@@ -462,8 +462,8 @@ pub mod fake {
         hosts: BTreeMap<String, BTreeMap<String, FakeContainer>>,
         images: BTreeMap<String, Vec<String>>,
         journal: Vec<String>,
-        /// Ray nodes listed ALIVE without a container: `(name, id, cpus)`.
-        ghosts: Vec<(String, String, u32)>,
+        /// Ray nodes listed ALIVE without a container: `(name, id, ip, cpus)`.
+        ghosts: Vec<(String, String, String, u32)>,
         /// Containers whose Ray node never joins.
         unjoinable: Vec<String>,
         /// `(host, operation, container-or-image)` -> message.
@@ -549,12 +549,13 @@ pub mod fake {
 
         /// Makes Ray list a node ALIVE that has no container (a killed node
         /// Ray has not noticed yet).
-        pub fn add_ghost(&self, name: &str, id: &str, cpus: u32) {
-            self.state
-                .lock()
-                .unwrap()
-                .ghosts
-                .push((name.to_string(), id.to_string(), cpus));
+        pub fn add_ghost(&self, name: &str, id: &str, ip: &str, cpus: u32) {
+            self.state.lock().unwrap().ghosts.push((
+                name.to_string(),
+                id.to_string(),
+                ip.to_string(),
+                cpus,
+            ));
         }
 
         /// Makes a container's Ray node never join (e.g. a firewall).
@@ -627,10 +628,10 @@ pub mod fake {
         fn ray_nodes_json(&self) -> String {
             self.with(|s| {
                 let mut nodes = Vec::new();
-                for (name, id, cpus) in &s.ghosts {
+                for (name, id, ip, cpus) in &s.ghosts {
                     nodes.push(serde_json::json!({
                         "node_id": id,
-                        "node_ip": "0.0.0.0",
+                        "node_ip": ip,
                         "node_name": name,
                         "state": "ALIVE",
                         "resources_total": {"CPU": f64::from(*cpus)},

@@ -318,7 +318,7 @@ async fn a_killed_workers_leftover_ray_entry_is_not_taken_for_its_replacement() 
     )]
         .clone();
     c.forget("10.0.0.2", "fake-ray-worker-remote-1");
-    c.add_ghost("fake-ray-worker-remote-1", &old_id, 1);
+    c.add_ghost("fake-ray-worker-remote-1", &old_id, "10.0.0.2", 1);
     c.block_join("fake-ray-worker-remote-1");
     let (plan, report, _) = apply_once(&c, &d, 4).await;
     assert_eq!(plan.summary().add, 1);
