@@ -278,30 +278,16 @@ pub fn diff(
     for (host, obs) in &observed.hosts {
         for c in &obs.containers {
             if c.cluster() == Some(cluster) && !declared.contains(&(host, c.name.as_str())) {
-                let role = match c.labels.get(LABEL_ROLE).map(String::as_str) {
-                    Some("head") => Role::Head,
-                    _ => Role::Worker,
-                };
                 let moved = desired
                     .nodes
                     .iter()
                     .find(|n| n.name.0 == c.name)
                     .map(|n| format!("moved to `{}`", n.host));
-                orphans.push(Change {
-                    node: NodeName(
-                        c.labels
-                            .get(LABEL_NODE)
-                            .cloned()
-                            .unwrap_or_else(|| c.name.clone()),
-                    ),
-                    host: host.clone(),
-                    role,
-                    action: Action::Remove,
-                    cause: moved.unwrap_or_else(|| "not in configuration".to_string()),
-                    before: Some(before(c)),
-                    after: None,
-                    fields: Vec::new(),
-                });
+                orphans.push(removal(
+                    host,
+                    c,
+                    moved.unwrap_or_else(|| "not in configuration".to_string()),
+                ));
             }
         }
     }
@@ -326,6 +312,29 @@ fn ordinal_key(name: &NodeName) -> (String, u64) {
             (stem.to_string(), n.parse().unwrap_or(0))
         }
         _ => (s.to_string(), 0),
+    }
+}
+
+/// The removal of one of our containers, its role and node from its labels.
+fn removal(host: &HostName, c: &ObservedContainer, cause: String) -> Change {
+    let role = match c.labels.get(LABEL_ROLE).map(String::as_str) {
+        Some("head") => Role::Head,
+        _ => Role::Worker,
+    };
+    Change {
+        node: NodeName(
+            c.labels
+                .get(LABEL_NODE)
+                .cloned()
+                .unwrap_or_else(|| c.name.clone()),
+        ),
+        host: host.clone(),
+        role,
+        action: Action::Remove,
+        cause,
+        before: Some(before(c)),
+        after: None,
+        fields: Vec::new(),
     }
 }
 
@@ -872,32 +881,18 @@ pub fn destroy(desired: &DesiredState, observed: &ObservedState, workers_only: b
             if c.cluster() != Some(desired.cluster.as_str()) {
                 continue;
             }
-            let role = match c.labels.get(LABEL_ROLE).map(String::as_str) {
-                Some("head") => Role::Head,
-                _ => Role::Worker,
-            };
-            if workers_only && role == Role::Head {
-                continue;
-            }
-            changes.push(Change {
-                node: NodeName(
-                    c.labels
-                        .get(LABEL_NODE)
-                        .cloned()
-                        .unwrap_or_else(|| c.name.clone()),
-                ),
-                host: host.clone(),
-                role,
-                action: Action::Remove,
-                cause: if workers_only {
+            let change = removal(
+                host,
+                c,
+                if workers_only {
                     "destroy --workers-only".to_string()
                 } else {
                     "destroy".to_string()
                 },
-                before: Some(before(c)),
-                after: None,
-                fields: Vec::new(),
-            });
+            );
+            if !(workers_only && change.role == Role::Head) {
+                changes.push(change);
+            }
         }
     }
     // Workers first (highest numbers first), the head last.
