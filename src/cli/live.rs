@@ -398,6 +398,7 @@ impl Run<'_> {
         print_plan(&plan, OutputFormat::Text, self.style)?;
         if plan.summary().is_empty() {
             if self.kind == RunKind::Apply {
+                self.warn_ray_gaps().await;
                 print_access(desired)?;
             }
             return Ok(exit::OK);
@@ -417,6 +418,22 @@ impl Run<'_> {
             }
         }
         self.run(plan).await
+    }
+
+    /// With nothing for Docker to change, Ray may still miss a node (wedged
+    /// raylet): say so, since no plan step can show it.
+    async fn warn_ray_gaps(&self) {
+        let head = self.desired.head();
+        let Some(conn) = self.hosts.connections.get(&head.host) else {
+            return;
+        };
+        if let Ok(nodes) = apply::ray_nodes(&conn.backend, head).await {
+            for (node, why) in apply::missing_nodes(self.desired, &nodes) {
+                eprintln!(
+                    "warning: `{node}` runs, but Ray does not list it ALIVE ({why})\nhint: `seedcore logs {node}` shows why; `seedcore restart {node}` replaces it"
+                );
+            }
+        }
     }
 
     async fn run(&self, plan: Plan) -> Result<u8> {
