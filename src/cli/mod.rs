@@ -14,7 +14,13 @@ use std::process::ExitCode;
 
 /// Operate a Ray cluster of Docker containers across hosts, in plan/apply style.
 #[derive(Debug, Parser)]
-#[command(name = "seedcore", version, about, long_about = None)]
+#[command(
+    name = "seedcore",
+    version,
+    about,
+    long_about = None,
+    after_help = "Exit codes: 0 success (no changes with --detailed-exitcode), 1 error, 2 changes present (plan --detailed-exitcode), 130 interrupted.\nThe README is the manual: configuration keys, port rules, and every command."
+)]
 pub struct Cli {
     /// Path of the cluster configuration.
     #[arg(
