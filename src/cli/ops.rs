@@ -400,8 +400,14 @@ pub async fn logs(
                         let mut out = String::new();
                         while let Some(pos) = buf.find('\n') {
                             let line: String = buf.drain(..=pos).collect();
+                            let line = line.trim_end_matches(['\n', '\r']);
                             out.push_str(&prefix);
-                            out.push_str(line.trim_end_matches(['\n', '\r']));
+                            if color {
+                                out.push_str(line);
+                            } else {
+                                // Ray colours its own lines; not on a pipe or with NO_COLOR.
+                                out.push_str(&strip_ansi(line));
+                            }
                             out.push('\n');
                         }
                         if !out.is_empty() {
@@ -429,6 +435,25 @@ pub async fn logs(
     drop(merged);
     hosts.close().await;
     Ok(code)
+}
+
+/// Removes ANSI escape sequences (`ESC [ ... letter`).
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' && chars.peek() == Some(&'[') {
+            chars.next();
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// `seedcore destroy`: removes every container of this cluster.
@@ -531,6 +556,15 @@ pub fn env(desired: &DesiredState) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ansi_sequences_are_stripped() {
+        assert_eq!(
+            strip_ansi("\x1b[32mRay runtime started.\x1b[39m done \x1b[1m\x1b[22m"),
+            "Ray runtime started. done "
+        );
+        assert_eq!(strip_ansi("plain"), "plain");
+    }
 
     #[test]
     fn durations_parse() {
