@@ -573,6 +573,14 @@ impl fmt::Display for Step {
     }
 }
 
+/// A step with its place in the order and the places of its prerequisites.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumberedStep<'a> {
+    pub number: usize,
+    pub step: &'a Step,
+    pub after: Vec<usize>,
+}
+
 /// The steps and their order: an edge `a -> b` means `a` must finish first.
 #[derive(Debug, Clone)]
 pub struct PlanGraph {
@@ -615,6 +623,27 @@ impl PlanGraph {
             }
         }
         out
+    }
+
+    /// The steps in order, numbered from 1, each with the numbers of the
+    /// steps it waits for (ascending): what every renderer shows.
+    pub fn numbered(&self) -> Vec<NumberedStep<'_>> {
+        let order = self.ordered();
+        let number: BTreeMap<NodeIndex, usize> =
+            order.iter().enumerate().map(|(n, i)| (*i, n + 1)).collect();
+        order
+            .iter()
+            .map(|i| {
+                let mut after: Vec<usize> =
+                    self.dependencies(*i).iter().map(|d| number[d]).collect();
+                after.sort();
+                NumberedStep {
+                    number: number[i],
+                    step: &self.graph[*i],
+                    after,
+                }
+            })
+            .collect()
     }
 
     /// Direct prerequisites of a step.

@@ -241,36 +241,21 @@ pub fn text(plan: &Plan, style: Style) -> String {
 }
 
 fn steps_section(out: &mut String, plan: &Plan) {
-    let order = plan.graph.ordered();
-    let _ = writeln!(out, "Steps, in order ({}):", order.len());
-    let number = |i| {
-        order
-            .iter()
-            .position(|o| *o == i)
-            .map(|p| p + 1)
-            .unwrap_or(0)
-    };
-    for (n, i) in order.iter().enumerate() {
-        let step = &plan.graph.graph[*i];
-        let mut numbers: Vec<usize> = plan
-            .graph
-            .dependencies(*i)
-            .into_iter()
-            .map(number)
-            .collect();
-        numbers.sort();
-        let deps: Vec<String> = numbers.iter().map(|n| n.to_string()).collect();
-        let after = if deps.is_empty() {
+    let steps = plan.graph.numbered();
+    let _ = writeln!(out, "Steps, in order ({}):", steps.len());
+    for s in &steps {
+        let after = if s.after.is_empty() {
             String::new()
         } else {
-            format!("  (after {})", deps.join(", "))
+            let list: Vec<String> = s.after.iter().map(|n| n.to_string()).collect();
+            format!("  (after {})", list.join(", "))
         };
         let _ = writeln!(
             out,
             "  {:>2}. {:<50} on {}{after}",
-            n + 1,
-            step_label(step),
-            step.host()
+            s.number,
+            step_label(s.step),
+            s.step.host()
         );
     }
     let _ = writeln!(out);
@@ -450,26 +435,14 @@ fn change_json(c: &Change) -> Value {
 
 /// The plan as versioned JSON.
 pub fn json_value(plan: &Plan) -> Value {
-    let order = plan.graph.ordered();
-    let number = |i| {
-        order
-            .iter()
-            .position(|o| *o == i)
-            .map(|p| p + 1)
-            .unwrap_or(0)
-    };
-    let steps: Vec<Value> = order
-        .iter()
-        .enumerate()
-        .map(|(n, i)| {
-            let mut v = json!(plan.graph.graph[*i]);
-            v["id"] = json!(n + 1);
-            v["after"] = json!(plan
-                .graph
-                .dependencies(*i)
-                .into_iter()
-                .map(number)
-                .collect::<Vec<_>>());
+    let steps: Vec<Value> = plan
+        .graph
+        .numbered()
+        .into_iter()
+        .map(|s| {
+            let mut v = json!(s.step);
+            v["id"] = json!(s.number);
+            v["after"] = json!(s.after);
             v
         })
         .collect();
@@ -497,20 +470,14 @@ pub fn json(plan: &Plan) -> String {
 /// The step graph in Graphviz DOT.
 pub fn dot(plan: &Plan) -> String {
     let mut out = String::from("digraph seedcore {\n  rankdir=LR;\n  node [shape=box];\n");
-    let order = plan.graph.ordered();
-    for (n, i) in order.iter().enumerate() {
-        let step = &plan.graph.graph[*i];
-        let _ = writeln!(
-            out,
-            "  s{} [label={:?}];",
-            n + 1,
-            format!("{}\n{}", step_label(step), step.host())
-        );
+    let steps = plan.graph.numbered();
+    for s in &steps {
+        let label = format!("{}\n{}", step_label(s.step), s.step.host());
+        let _ = writeln!(out, "  s{} [label={label:?}];", s.number);
     }
-    for (n, i) in order.iter().enumerate() {
-        for d in plan.graph.dependencies(*i) {
-            let from = order.iter().position(|o| *o == d).unwrap_or(0) + 1;
-            let _ = writeln!(out, "  s{from} -> s{};", n + 1);
+    for s in &steps {
+        for from in &s.after {
+            let _ = writeln!(out, "  s{from} -> s{};", s.number);
         }
     }
     out.push_str("}\n");
@@ -520,21 +487,19 @@ pub fn dot(plan: &Plan) -> String {
 /// The step graph as a mermaid flowchart.
 pub fn mermaid(plan: &Plan) -> String {
     let mut out = String::from("flowchart LR\n");
-    let order = plan.graph.ordered();
-    for (n, i) in order.iter().enumerate() {
-        let step = &plan.graph.graph[*i];
+    let steps = plan.graph.numbered();
+    for s in &steps {
         let _ = writeln!(
             out,
             "  s{}[\"{}<br/>{}\"]",
-            n + 1,
-            step_label(step).replace('"', "'"),
-            step.host()
+            s.number,
+            step_label(s.step).replace('"', "'"),
+            s.step.host()
         );
     }
-    for (n, i) in order.iter().enumerate() {
-        for d in plan.graph.dependencies(*i) {
-            let from = order.iter().position(|o| *o == d).unwrap_or(0) + 1;
-            let _ = writeln!(out, "  s{from} --> s{}", n + 1);
+    for s in &steps {
+        for from in &s.after {
+            let _ = writeln!(out, "  s{from} --> s{}", s.number);
         }
     }
     out
