@@ -13,6 +13,7 @@ use crate::observe;
 use crate::plan::{Plan, Step};
 use crate::render::{self, Style};
 use crate::transport::{Connection, Transport, TransportError};
+use futures_util::stream::{self, StreamExt};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::{BufRead, IsTerminal, Write};
@@ -143,14 +144,18 @@ pub async fn connect(
     let mut results = transport.connect_all(&hosts, parallel).await;
     // Every host keeps the list, so a moved head or a dropped host is
     // still found through the others.
+    let lists: Vec<Vec<HostName>> = stream::iter(results.values().flatten())
+        .map(|conn| remembered_hosts(conn, &desired.cluster))
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
     let mut extra: Vec<HostName> = Vec::new();
-    for conn in results.values().flatten() {
-        for h in remembered_hosts(conn, &desired.cluster).await {
-            if !hosts.contains(&h) && !extra.contains(&h) {
-                extra.push(h);
-            }
+    for h in lists.into_iter().flatten() {
+        if !hosts.contains(&h) && !extra.contains(&h) {
+            extra.push(h);
         }
     }
+    extra.sort();
     if !extra.is_empty() {
         results.extend(transport.connect_all(&extra, parallel).await);
         hosts.extend(extra);
@@ -460,9 +465,11 @@ impl Run<'_> {
                 remember.push(h.clone());
             }
         }
-        for conn in hosts.connections.values() {
-            remember_hosts(conn, &desired.cluster, &remember).await;
-        }
+        stream::iter(hosts.connections.values())
+            .for_each_concurrent(options.max_parallel, |conn| {
+                remember_hosts(conn, &desired.cluster, &remember)
+            })
+            .await;
 
         if !report.succeeded() {
             let mut text = String::from("error: apply failed\n");

@@ -87,21 +87,37 @@ pub async fn status(
         Some(c) => apply::ray_nodes(&c.backend, head).await,
         None => Err(format!("head host `{}` unreachable", head.host)),
     };
+    let parallel = parallel.unwrap_or(loaded.config.ssh.max_parallel).max(1);
+    // One listing per host; then one inspect per node (uptime, restarts).
+    let listings: std::collections::BTreeMap<&crate::model::HostName, Vec<_>> =
+        stream::iter(hosts.connections.iter())
+            .map(|(h, c)| {
+                let names = &names;
+                async move {
+                    let list = c
+                        .backend
+                        .list_containers(&desired.cluster, names)
+                        .await
+                        .unwrap_or_default();
+                    (h, list)
+                }
+            })
+            .buffer_unordered(parallel)
+            .collect()
+            .await;
     let statuses: Vec<NodeStatus> = stream::iter(desired.nodes.iter())
         .map(|spec| {
             let conn = hosts.connections.get(&spec.host);
             let failure = hosts.failures.get(&spec.host);
             let ray = &ray;
-            let names = &names;
+            let listings = &listings;
             async move {
                 let (container, started_at, restarts, image) = match (conn, failure) {
                     (Some(c), _) => {
-                        let listed = c
-                            .backend
-                            .list_containers(&desired.cluster, names)
-                            .await
-                            .ok()
-                            .and_then(|l| l.into_iter().find(|x| x.name == spec.name.0));
+                        let listed = listings
+                            .get(&spec.host)
+                            .and_then(|l| l.iter().find(|x| x.name == spec.name.0))
+                            .cloned();
                         let details = c
                             .backend
                             .inspect_container(spec.name.as_str())
@@ -162,7 +178,7 @@ pub async fn status(
                 }
             }
         })
-        .buffered(parallel.unwrap_or(loaded.config.ssh.max_parallel).max(1))
+        .buffered(parallel)
         .collect()
         .await;
     hosts.close().await;
