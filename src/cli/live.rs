@@ -136,7 +136,7 @@ pub async fn connect(
 ) -> Result<Hosts> {
     let transport = Transport::new(&loaded.config.ssh).await.map_err(|e| {
         UserError(format!(
-            "error: cannot create the SSH control directory: {e}"
+            "error: cannot create the SSH control directory: {e}\nhint: seedcore keeps its SSH sockets in `$XDG_RUNTIME_DIR/seedcore` or `/tmp/seedcore-<uid>`; make that place writable for your user"
         ))
     })?;
     let parallel = parallel.unwrap_or(loaded.config.ssh.max_parallel).max(1);
@@ -265,7 +265,8 @@ pub async fn observe_only(
 fn read_saved_plan(path: &std::path::Path, loaded: &Loaded) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         UserError(format!(
-            "error: cannot read the plan `{}`: {e}",
+            "error: cannot read the plan `{}`: {e}\nhint: save a plan with `seedcore plan --out {}`, then apply that file",
+            path.display(),
             path.display()
         ))
     })?;
