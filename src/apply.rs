@@ -4,7 +4,7 @@
 //! Serve's HTTP port) answer; a worker when Ray itself lists it ALIVE with its
 //! declared CPUs. Progress goes to a [`Reporter`] as [`Event`]s.
 
-use crate::backend::{DockerBackend, LogOptions};
+use crate::engine::{DockerBackend, LogOptions};
 use crate::model::{DesiredState, HostName, NodeName, NodeSpec, Role};
 use crate::plan::{Plan, Step};
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -79,6 +79,8 @@ pub struct ApplyReport {
     pub elapsed: Duration,
     /// Ray node IDs of containers that were replaced (see [`wait_whole`]).
     pub stale_node_ids: std::collections::BTreeSet<String>,
+    /// The container of each node after the apply, by ID.
+    pub containers: BTreeMap<NodeName, String>,
 }
 
 impl ApplyReport {
@@ -167,9 +169,9 @@ pub fn parse_ray_nodes(stdout: &str) -> Result<Vec<RayNode>, String> {
 /// `ray list nodes` if that fails.
 pub async fn ray_nodes<B: DockerBackend>(
     head: &B,
+    container: &str,
     spec: &NodeSpec,
 ) -> Result<Vec<RayNode>, String> {
-    let container = spec.name.as_str();
     if let Some(port) = spec.ports.head.as_ref().map(|h| h.dashboard) {
         if let Ok(out) = head.exec(container, &state_api_command(port)).await {
             if out.exit_code == 0 {
@@ -205,11 +207,19 @@ struct Membership<'a, B: DockerBackend> {
     cache: tokio::sync::Mutex<Option<Snapshot>>,
 }
 
+/// The container each node runs in, by ID: observed, then created by this
+/// apply. Every action after observation names a container by ID.
+type Containers = std::sync::Mutex<BTreeMap<NodeName, String>>;
+
 /// One answer of `ray list nodes`, and when it was taken.
 type Snapshot = (Instant, Result<Vec<RayNode>, String>);
 
 impl<'a, B: DockerBackend> Membership<'a, B> {
-    async fn nodes(&self, max_age: Duration) -> Result<Vec<RayNode>, String> {
+    async fn nodes(
+        &self,
+        max_age: Duration,
+        containers: &Containers,
+    ) -> Result<Vec<RayNode>, String> {
         let Some((head, spec)) = &self.head else {
             return Err("the cluster has no head".to_string());
         };
@@ -219,7 +229,11 @@ impl<'a, B: DockerBackend> Membership<'a, B> {
                 return value.clone();
             }
         }
-        let value = ray_nodes(*head, spec).await;
+        let id = containers.lock().unwrap().get(&spec.name).cloned();
+        let value = match id {
+            Some(id) => ray_nodes(*head, &id, spec).await,
+            None => Err(format!("`{}` has no container yet", spec.name)),
+        };
         *cache = Some((Instant::now(), value.clone()));
         value
     }
@@ -237,6 +251,7 @@ struct Executor<'a, B: DockerBackend> {
     /// started: a killed container stays ALIVE in Ray for a while, and must
     /// not be taken for the new one.
     stale: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    containers: Containers,
 }
 
 /// Runs a plan's steps against the hosts' backends.
@@ -264,6 +279,13 @@ pub async fn execute<B: DockerBackend>(
             .node_weights()
             .any(|s| matches!(s, Step::WaitReady { node, .. } if *node == head.name)),
         stale: std::sync::Mutex::new(Default::default()),
+        containers: std::sync::Mutex::new(
+            plan.changes
+                .iter()
+                .filter(|c| c.action != crate::plan::Action::Remove)
+                .filter_map(|c| Some((c.node.clone(), c.container()?.to_string())))
+                .collect(),
+        ),
     };
     let graph = &plan.graph;
     let order = graph.ordered();
@@ -348,10 +370,12 @@ pub async fn execute<B: DockerBackend>(
         }
     }
     let stale_node_ids = exec.stale.lock().unwrap().clone();
+    let containers = exec.containers.lock().unwrap().clone();
     ApplyReport {
         outcomes,
         elapsed: started.elapsed(),
         stale_node_ids,
+        containers,
     }
 }
 
@@ -390,37 +414,60 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
                 container,
             } => {
                 let b = self.backend(host)?;
-                // The container observed, by ID: even if renamed since.
-                let target = if container.is_empty() {
-                    node.as_str()
-                } else {
-                    container.as_str()
+                // The container observed, by ID: never whatever has its name now.
+                if container.is_empty() {
+                    return Err(format!("`{node}`: the plan names no container to remove"));
+                }
+                let gone = |e: crate::engine::BackendError| {
+                    if e.kind == crate::engine::ErrorKind::NotFound {
+                        format!(
+                            "container `{node}` (id {}) is gone since the plan was made: nothing was touched; run `seedcore plan` again",
+                            short_id(container)
+                        )
+                    } else {
+                        format!("cannot remove `{node}`: {e}")
+                    }
                 };
-                b.stop_container(target, self.options.stop_timeout.as_secs())
+                b.stop_container(container, self.options.stop_timeout.as_secs())
                     .await
-                    .or_else(|e| if e.kind == crate::backend::ErrorKind::NotFound { Ok(()) } else { Err(e) })
-                    .map_err(|e| format!("cannot stop `{node}`: {e}"))?;
-                b.remove_container(target)
-                    .await
-                    .or_else(|e| if e.kind == crate::backend::ErrorKind::NotFound { Ok(()) } else { Err(e) })
-                    .map_err(|e| format!("cannot remove `{node}`: {e}"))
+                    .map_err(gone)?;
+                b.remove_container(container).await.map_err(gone)
             }
             Step::Create { host, node } => {
                 let spec = self.spec(node)?;
-                self.backend(host)?
+                let id = self
+                    .backend(host)?
                     .create_container(spec, &spec.labels(&self.desired.cluster))
                     .await
-                    .map(|_| ())
-                    .map_err(|e| format!("cannot create `{node}`: {e}"))
+                    .map_err(|e| format!("cannot create `{node}`: {e}"))?;
+                self.containers.lock().unwrap().insert(node.clone(), id);
+                Ok(())
             }
-            Step::Start { host, node } => {
+            Step::Start {
+                host,
+                node,
+                container,
+            } => {
+                let id = match container {
+                    Some(id) => id.clone(),
+                    None => self.container(node)?,
+                };
                 if !self.fresh_head && *node != self.desired.head().name {
                     self.remember_stale(node).await;
                 }
                 self.backend(host)?
-                    .start_container(node.as_str())
+                    .start_container(&id)
                     .await
-                    .map_err(|e| format!("cannot start `{node}`: {e}"))
+                    .map_err(|e| {
+                        if e.kind == crate::engine::ErrorKind::NotFound {
+                            format!(
+                                "container `{node}` (id {}) is gone since the plan was made: nothing was touched; run `seedcore plan` again",
+                                short_id(&id)
+                            )
+                        } else {
+                            format!("cannot start `{node}`: {e}")
+                        }
+                    })
             }
             Step::WaitReady { host, node } => {
                 let spec = self.spec(node)?;
@@ -429,8 +476,22 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
                     Role::Worker => self.wait_alive(step, host, spec).await,
                 }
             }
-            Step::Drain { host, node } => self.drain(step, host, node).await,
+            Step::Drain {
+                host,
+                node,
+                container,
+            } => self.drain(step, host, node, container).await,
         }
+    }
+
+    /// The container a node runs in now (observed or created).
+    fn container(&self, node: &NodeName) -> Result<String, String> {
+        self.containers
+            .lock()
+            .unwrap()
+            .get(node)
+            .cloned()
+            .ok_or_else(|| format!("`{node}` has no container"))
     }
 
     /// The address Ray advertises for nodes on `host`.
@@ -451,7 +512,11 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
 
     /// Records the Ray node IDs listed ALIVE under `node`'s name now.
     async fn remember_stale(&self, node: &NodeName) {
-        if let Ok(nodes) = self.membership.nodes(self.options.poll_interval).await {
+        if let Ok(nodes) = self
+            .membership
+            .nodes(self.options.poll_interval, &self.containers)
+            .await
+        {
             let mut stale = self.stale.lock().unwrap();
             for n in nodes
                 .iter()
@@ -464,7 +529,8 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
 
     /// Fails early when the container died, with its last log lines.
     async fn check_alive(&self, b: &B, node: &NodeName) -> Result<(), String> {
-        match b.inspect_container(node.as_str()).await {
+        let id = self.container(node)?;
+        match b.inspect_container(&id).await {
             Ok(Some(d)) if d.state == "running" => Ok(()),
             Ok(Some(d)) if d.state == "restarting" || d.restart_count > 0 => Err(format!(
                 "`{node}` keeps exiting (restarted {} times)\n{}",
@@ -486,9 +552,12 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
 
     /// The last 20 lines of a container's log, indented, for error messages.
     async fn log_tail(&self, b: &B, node: &NodeName) -> String {
+        let Ok(id) = self.container(node) else {
+            return format!("  (no container of `{node}` to read a log from)");
+        };
         let mut lines = String::new();
         let mut stream = b.logs(
-            node.as_str(),
+            &id,
             LogOptions {
                 follow: false,
                 tail: Some(20),
@@ -529,7 +598,8 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
             ];
             loop {
                 self.check_alive(b, &spec.name).await?;
-                match b.exec(spec.name.as_str(), &probe).await {
+                let id = self.container(&spec.name)?;
+                match b.exec(&id, &probe).await {
                     Ok(out) if out.exit_code == 0 => break,
                     _ => {}
                 }
@@ -559,7 +629,11 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
         let mut last;
         loop {
             self.check_alive(b, &spec.name).await?;
-            match self.membership.nodes(self.options.poll_interval).await {
+            match self
+                .membership
+                .nodes(self.options.poll_interval, &self.containers)
+                .await
+            {
                 Ok(nodes) => {
                     let stale = self.stale.lock().unwrap().clone();
                     let found = nodes.iter().find(|n| {
@@ -592,11 +666,24 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
 
     /// Lets Ray move work off a worker, then stops Ray in it so the node
     /// leaves the cluster before its container goes.
-    async fn drain(&self, step: &Step, host: &HostName, node: &NodeName) -> Result<(), String> {
+    async fn drain(
+        &self,
+        step: &Step,
+        host: &HostName,
+        node: &NodeName,
+        container: &str,
+    ) -> Result<(), String> {
         let b = self.backend(host)?;
         let head = self.desired.head();
         let hb = self.backend(&head.host)?;
-        let nodes = match self.membership.nodes(Duration::ZERO).await {
+        if container.is_empty() {
+            return Err(format!("`{node}`: the plan names no container to drain"));
+        }
+        let nodes = match self
+            .membership
+            .nodes(Duration::ZERO, &self.containers)
+            .await
+        {
             Ok(n) => n,
             Err(e) => {
                 self.progress(
@@ -632,7 +719,8 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
                 self.options.drain_timeout.as_secs()
             ),
         ];
-        match hb.exec(head.name.as_str(), &drain).await {
+        let head_container = self.container(&head.name)?;
+        match hb.exec(&head_container, &drain).await {
             Ok(o) if o.exit_code == 0 => {}
             Ok(o) => self.progress(step, format!("drain refused: {}", tail(&o.stderr, 1))),
             Err(e) => self.progress(step, format!("drain failed: {e}")),
@@ -640,12 +728,25 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
         // Stopping the container (SIGTERM to `ray start --block`) lets the
         // raylet leave cleanly; a manual stop is not undone by the restart
         // policy, as a `ray stop` inside it would be.
-        let _ = b
-            .stop_container(node.as_str(), self.options.stop_timeout.as_secs())
-            .await;
+        b.stop_container(container, self.options.stop_timeout.as_secs())
+            .await
+            .map_err(|e| {
+                if e.kind == crate::engine::ErrorKind::NotFound {
+                    format!(
+                        "container `{node}` (id {}) is gone since the plan was made: nothing was touched; run `seedcore plan` again",
+                        short_id(container)
+                    )
+                } else {
+                    format!("cannot stop `{node}`: {e}")
+                }
+            })?;
         let deadline = Instant::now() + self.options.drain_timeout;
         loop {
-            match self.membership.nodes(Duration::ZERO).await {
+            match self
+                .membership
+                .nodes(Duration::ZERO, &self.containers)
+                .await
+            {
                 Ok(nodes)
                     if !nodes
                         .iter()
@@ -671,6 +772,7 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
 /// nodes still missing at the deadline (empty when whole).
 pub async fn wait_whole<B: DockerBackend>(
     desired: &DesiredState,
+    head_container: &str,
     backends: &BTreeMap<HostName, B>,
     stale: &std::collections::BTreeSet<String>,
     timeout: Duration,
@@ -682,7 +784,7 @@ pub async fn wait_whole<B: DockerBackend>(
         .ok_or_else(|| format!("no connection to `{}`", head.host))?;
     let deadline = Instant::now() + timeout;
     loop {
-        let missing = match ray_nodes(hb, head).await {
+        let missing = match ray_nodes(hb, head_container, head).await {
             Ok(nodes) => {
                 let fresh: Vec<RayNode> = nodes
                     .into_iter()
@@ -701,6 +803,11 @@ pub async fn wait_whole<B: DockerBackend>(
         }
         tokio::time::sleep(poll).await;
     }
+}
+
+/// The first 12 characters of a container ID, as Docker shows it.
+pub fn short_id(id: &str) -> String {
+    crate::model::excerpt(&id.chars().take(12).collect::<String>(), 12)
 }
 
 /// Declared nodes Ray does not list ALIVE with their CPUs, with why.

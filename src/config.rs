@@ -78,6 +78,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterConfig {
     pub name: String,
+    /// Pinned cluster identity (see `ownership`); `None`: derived.
+    pub id: Option<String>,
     pub image: String,
     /// Per-host range the agent and metrics ports of every node are carved from.
     pub agent_ports: PortRange,
@@ -121,9 +123,13 @@ pub struct WorkerGroup {
     pub cpus: u32,
     pub image: Option<String>,
     pub shm_size_bytes: u64,
-    pub object_manager_port: u16,
-    pub node_manager_port: u16,
-    pub worker_ports: PortRange,
+    /// Written in the file: the exact port of the group's first node on each
+    /// host. `None`: chosen by seedcore (and kept while the node runs).
+    pub object_manager_port: Option<u16>,
+    pub node_manager_port: Option<u16>,
+    /// Written in the file: split into equal slices between the group's
+    /// nodes on each host. `None`: slices chosen by seedcore from 11000 up.
+    pub worker_ports: Option<PortRange>,
     /// Fixed slice of `worker_ports` per node: nodes keep their ports when
     /// `count` changes. Without it the range is split evenly.
     pub worker_ports_per_node: Option<u32>,
@@ -158,6 +164,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawCluster {
     name: Option<String>,
+    id: Option<String>,
     image: Option<String>,
     agent_ports: Option<String>,
     usage_stats: Option<bool>,
@@ -234,6 +241,7 @@ enum Kind {
 
 const CLUSTER_KEYS: &[(&str, Kind)] = &[
     ("name", Kind::Str),
+    ("id", Kind::Str),
     ("image", Kind::Str),
     ("agent_ports", Kind::Str),
     ("usage_stats", Kind::Bool),
@@ -1189,8 +1197,24 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<KeyError>> {
             );
         }
     }
+    let id = raw.cluster.id.filter(|id| {
+        let ok = !id.is_empty()
+            && id.len() <= 64
+            && id
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-');
+        if !ok {
+            c.err(
+                "cluster.id",
+                format!("`cluster.id` is `{}`, which is not a cluster identity", crate::model::excerpt(id, 80)),
+                "use the id a plan names (lower-case letters, digits and `-`, at most 64), or remove the key",
+            );
+        }
+        ok
+    });
     let cluster = ClusterConfig {
         name,
+        id,
         image,
         agent_ports,
         usage_stats: raw.cluster.usage_stats.unwrap_or(false),
@@ -1375,21 +1399,27 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<KeyError>> {
                 g.shm_size.as_deref(),
                 defaults::SHM_SIZE,
             ),
-            object_manager_port: c.port(
-                &format!("{p}.object_manager_port"),
-                g.object_manager_port,
-                defaults::OBJECT_MANAGER_PORT,
-            ),
-            node_manager_port: c.port(
-                &format!("{p}.node_manager_port"),
-                g.node_manager_port,
-                defaults::NODE_MANAGER_PORT,
-            ),
-            worker_ports: c.range(
-                &format!("{p}.worker_ports"),
-                g.worker_ports.as_deref(),
-                defaults::WORKER_PORTS,
-            ),
+            object_manager_port: g.object_manager_port.map(|v| {
+                c.port(
+                    &format!("{p}.object_manager_port"),
+                    Some(v),
+                    defaults::OBJECT_MANAGER_PORT,
+                )
+            }),
+            node_manager_port: g.node_manager_port.map(|v| {
+                c.port(
+                    &format!("{p}.node_manager_port"),
+                    Some(v),
+                    defaults::NODE_MANAGER_PORT,
+                )
+            }),
+            worker_ports: g.worker_ports.as_deref().map(|v| {
+                c.range(
+                    &format!("{p}.worker_ports"),
+                    Some(v),
+                    defaults::WORKER_PORTS,
+                )
+            }),
             worker_ports_per_node: g.worker_ports_per_node.map(|v| {
                 let v = if v > 65535 {
                     c.err(

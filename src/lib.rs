@@ -9,11 +9,13 @@
 //! imperative shell.
 
 pub mod apply;
-pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod engine;
+pub mod memory;
 pub mod model;
 pub mod observe;
+pub mod ownership;
 pub mod plan;
 pub mod render;
 pub mod topology;

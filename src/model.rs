@@ -21,6 +21,17 @@ pub const LABEL_ROLE: &str = "io.seedcore.role";
 pub const LABEL_NODE: &str = "io.seedcore.node";
 /// `io.seedcore.group`: the worker group.
 pub const LABEL_GROUP: &str = "io.seedcore.group";
+/// `io.seedcore.cluster-id`: the cluster's identity beyond its name (see
+/// `ownership`): two clusters of one name with different heads differ here.
+pub const LABEL_CLUSTER_ID: &str = "io.seedcore.cluster-id";
+/// `io.seedcore.head`: the host of the cluster's head, to name a foreign cluster.
+pub const LABEL_HEAD: &str = "io.seedcore.head";
+/// `io.seedcore.host`: the host the node was declared on.
+pub const LABEL_HOST: &str = "io.seedcore.host";
+/// `io.seedcore.index`: the node's index within its group on its host (0: head).
+pub const LABEL_INDEX: &str = "io.seedcore.index";
+/// `io.seedcore.ports`: the ports the node binds (JSON), kept by later plans.
+pub const LABEL_PORTS: &str = "io.seedcore.ports";
 /// `io.seedcore.schema`: version of the label schema.
 pub const LABEL_SCHEMA: &str = "io.seedcore.schema";
 /// `io.seedcore.spec-hash`: sha256 of the canonical spec.
@@ -28,7 +39,7 @@ pub const LABEL_SPEC_HASH: &str = "io.seedcore.spec-hash";
 /// `io.seedcore.spec`: the canonical spec itself, when it fits.
 pub const LABEL_SPEC: &str = "io.seedcore.spec";
 /// Version of the label schema written by this seedcore.
-pub const SCHEMA_VERSION: &str = "1";
+pub const SCHEMA_VERSION: &str = "2";
 /// Canonical specs longer than this are not stored in a label (the hash still is).
 pub const SPEC_LABEL_LIMIT: usize = 16 * 1024;
 
@@ -116,32 +127,31 @@ pub struct HeadPorts {
 }
 
 impl NodePorts {
-    /// Every port this node binds with what it is for, in a stable order.
-    pub fn all(&self) -> Vec<(u16, String)> {
+    /// Every port range this node binds with what it is for, in a stable
+    /// order. Ranges stay ranges: a wide worker range is one entry.
+    pub fn all(&self) -> Vec<(u16, u16, &'static str)> {
         let mut out = Vec::new();
         if let Some(h) = &self.head {
-            out.push((h.gcs, "GCS".to_string()));
-            out.push((h.client_server, "Ray client server".to_string()));
-            out.push((h.dashboard, "dashboard".to_string()));
+            out.push((h.gcs, h.gcs, "GCS"));
+            out.push((h.client_server, h.client_server, "Ray client server"));
+            out.push((h.dashboard, h.dashboard, "dashboard"));
             if let Some(s) = h.serve {
-                out.push((s, "Serve HTTP".to_string()));
+                out.push((s, s, "Serve HTTP"));
             }
         }
-        out.push((self.object_manager, "object manager".to_string()));
-        out.push((self.node_manager, "node manager".to_string()));
-        for p in self.min_worker..=self.max_worker {
-            out.push((p, "worker ports".to_string()));
-        }
+        out.push((self.object_manager, self.object_manager, "object manager"));
+        out.push((self.node_manager, self.node_manager, "node manager"));
+        out.push((self.min_worker, self.max_worker, "worker ports"));
         out.push((
             self.dashboard_agent_listen,
-            "dashboard agent (HTTP)".to_string(),
+            self.dashboard_agent_grpc,
+            "dashboard agent",
         ));
         out.push((
-            self.dashboard_agent_grpc,
-            "dashboard agent (gRPC)".to_string(),
+            self.runtime_env_agent,
+            self.metrics_export,
+            "agents and metrics",
         ));
-        out.push((self.runtime_env_agent, "runtime env agent".to_string()));
-        out.push((self.metrics_export, "metrics export".to_string()));
         out
     }
 }
@@ -158,8 +168,9 @@ pub struct NodeSpec {
     pub role: Role,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
-    /// 1-based number within the group (0 for the head).
-    pub ordinal: u32,
+    /// 1-based index within its group on its host (0 for the head): with the
+    /// group and the host, the node's identity.
+    pub index: u32,
     pub image: String,
     /// The address Ray advertises for this node.
     pub node_ip: String,
@@ -189,9 +200,17 @@ impl NodeSpec {
     }
 
     /// The labels the container carries.
-    pub fn labels(&self, cluster: &str) -> BTreeMap<String, String> {
+    pub fn labels(&self, cluster: &ClusterIdentity) -> BTreeMap<String, String> {
         let mut labels = BTreeMap::new();
-        labels.insert(LABEL_CLUSTER.to_string(), cluster.to_string());
+        labels.insert(LABEL_CLUSTER.to_string(), cluster.name.clone());
+        labels.insert(LABEL_CLUSTER_ID.to_string(), cluster.id.clone());
+        labels.insert(LABEL_HEAD.to_string(), cluster.head.0.clone());
+        labels.insert(LABEL_HOST.to_string(), self.host.0.clone());
+        labels.insert(LABEL_INDEX.to_string(), self.index.to_string());
+        labels.insert(
+            LABEL_PORTS.to_string(),
+            serde_json::to_string(&self.ports).expect("ports serialize"),
+        );
         labels.insert(LABEL_ROLE.to_string(), self.role.as_str().to_string());
         labels.insert(LABEL_NODE.to_string(), self.name.0.clone());
         if let Some(group) = &self.group {
@@ -234,6 +253,34 @@ impl NodeSpec {
     }
 }
 
+/// Who a cluster is: its name, and an identity that tells it apart from
+/// another cluster of the same name (see `ownership`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterIdentity {
+    pub name: String,
+    pub id: String,
+    /// The head's host, as declared.
+    pub head: HostName,
+}
+
+/// A bounded, printable excerpt of an untrusted string: control characters
+/// escaped (`\u{1b}`), at most `max` characters, an ellipsis when cut.
+pub fn excerpt(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (n, ch) in text.chars().enumerate() {
+        if n >= max {
+            out.push('…');
+            break;
+        }
+        if ch.is_control() {
+            out.extend(ch.escape_default());
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
 /// Whether a review key is a `ray start` flag.
 pub fn is_ray_flag(key: &str) -> bool {
     key.starts_with("--")
@@ -256,10 +303,10 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 /// What the configuration wants, in topology order: the head first, then
-/// workers by group name, host (declared order) and ordinal.
-#[derive(Debug, Clone, PartialEq)]
+/// workers by group name, host (declared order) and index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DesiredState {
-    pub cluster: String,
+    pub cluster: ClusterIdentity,
     pub nodes: Vec<NodeSpec>,
 }
 
@@ -361,6 +408,31 @@ impl ObservedContainer {
 
     pub fn spec_hash(&self) -> Option<&str> {
         self.labels.get(LABEL_SPEC_HASH).map(String::as_str)
+    }
+
+    /// The cluster identity label (absent on containers of seedcore before 0.2).
+    pub fn cluster_id(&self) -> Option<&str> {
+        self.labels.get(LABEL_CLUSTER_ID).map(String::as_str)
+    }
+
+    /// The node name its labels claim.
+    pub fn node_label(&self) -> Option<&str> {
+        self.labels.get(LABEL_NODE).map(String::as_str)
+    }
+
+    /// The ports its labels record (what a later plan keeps).
+    pub fn recorded_ports(&self) -> Option<NodePorts> {
+        self.labels
+            .get(LABEL_PORTS)
+            .and_then(|s| serde_json::from_str(s).ok())
+            .or_else(|| self.recorded_spec().map(|s| s.ports))
+    }
+
+    pub fn role(&self) -> Role {
+        match self.labels.get(LABEL_ROLE).map(String::as_str) {
+            Some("head") => Role::Head,
+            _ => Role::Worker,
+        }
     }
 
     /// The spec recorded in the container's labels, if present and readable.

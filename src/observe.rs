@@ -3,7 +3,7 @@
 //! which images it has, and its engine's size. All hosts at once, bounded;
 //! a host that cannot be observed is recorded as such, not fatal to the rest.
 
-use crate::backend::DockerBackend;
+use crate::engine::DockerBackend;
 use crate::model::{DesiredState, HostName, HostObservation, ObservedState};
 use futures_util::stream::{self, StreamExt};
 use std::collections::BTreeMap;
@@ -17,14 +17,16 @@ pub async fn observe_host<B: DockerBackend>(
     let names: Vec<String> = desired.nodes.iter().map(|n| n.name.0.clone()).collect();
     let result = async {
         let engine = backend.describe().await?;
-        let containers = backend.list_containers(&desired.cluster, &names).await?;
+        let containers = backend
+            .list_containers(&desired.cluster.name, &names)
+            .await?;
         let mut images = BTreeMap::new();
         if let Some(needed) = desired.images_by_host().get(host) {
             for image in needed {
                 images.insert(image.clone(), backend.image_id(image).await?);
             }
         }
-        Ok::<_, crate::backend::BackendError>(HostObservation {
+        Ok::<_, crate::engine::BackendError>(HostObservation {
             reachable: true,
             error: None,
             engine: Some(engine),

@@ -8,8 +8,9 @@ use serde_json::{json, Value};
 use similar::{ChangeTag, TextDiff};
 use std::fmt::Write as _;
 
-/// Version of the JSON plan format.
-pub const JSON_FORMAT: &str = "1";
+/// Version of the JSON plan format, `MAJOR.MINOR`: a minor bump only adds
+/// fields; a major bump means readers of another major must refuse.
+pub const JSON_FORMAT: &str = "2.0";
 /// GitHub comments are limited to 65,536 characters; stay well below.
 pub const MARKDOWN_LIMIT: usize = 60_000;
 
@@ -101,7 +102,7 @@ fn change_block(out: &mut String, c: &Change, style: Style) {
         "  {}",
         style.bold(&format!("# {} on {} {}", c.node, c.host, verb(c.action)))
     );
-    let _ = writeln!(out, "  # ({})", c.cause);
+    let _ = writeln!(out, "  # ({})", c.cause());
     let _ = writeln!(
         out,
         "{} node {} {{",
@@ -168,8 +169,9 @@ fn header(out: &mut String, plan: &Plan) {
         .count();
     let _ = writeln!(
         out,
-        "Cluster `{}`: {} node(s) on {} host(s).",
-        plan.cluster,
+        "Cluster `{}` (id `{}`): {} node(s) on {} host(s).",
+        plan.cluster.name,
+        plan.cluster.id,
         nodes,
         plan.hosts.len()
     );
@@ -302,7 +304,7 @@ fn firewall_section(out: &mut String, plan: &Plan) {
 pub fn markdown(plan: &Plan) -> String {
     let summary = plan.summary();
     let mut out = String::new();
-    let _ = writeln!(out, "### seedcore plan: cluster `{}`", plan.cluster);
+    let _ = writeln!(out, "### seedcore plan: cluster `{}`", plan.cluster.name);
     let _ = writeln!(out);
     let _ = writeln!(out, "**{}**", summary_line(summary));
     let _ = writeln!(out);
@@ -339,7 +341,7 @@ pub fn markdown(plan: &Plan) -> String {
                 c.host,
                 symbol(c.action),
                 c.action.as_str(),
-                c.cause.replace('|', "\\|")
+                c.cause().replace('|', "\\|")
             );
         }
         let _ = writeln!(out);
@@ -407,7 +409,8 @@ fn change_json(c: &Change) -> Value {
         "host": c.host,
         "role": c.role,
         "action": c.action.as_str(),
-        "cause": c.cause,
+        "reason": c.reason,
+        "cause": c.cause(),
     });
     if let Some(b) = &c.before {
         v["before"] = json!(b);
@@ -456,7 +459,8 @@ pub fn json_value(plan: &Plan) -> Value {
         "changes": plan.effective().map(change_json).collect::<Vec<_>>(),
         "unchanged": plan.changes.iter().filter(|c| c.action == Action::NoOp).map(|c| &c.node).collect::<Vec<_>>(),
         "steps": steps,
-        "fingerprint": plan.fingerprint,
+        "other_clusters": plan.others,
+        "fingerprint": plan.fingerprint.iter().map(|(h, f)| (h.as_str(), f.digest())).collect::<std::collections::BTreeMap<_, _>>(),
     })
 }
 

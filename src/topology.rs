@@ -1,19 +1,33 @@
-//! Lowering a validated [`Config`] into the nodes it describes: the head,
-//! workers on the head's host and workers on other hosts, each with every port
-//! it binds pinned.
+//! Lowering a validated [`Config`] into the nodes it describes: the head and
+//! each worker group's nodes, each with a stable identity and every port it
+//! binds pinned.
 //!
-//! Port rules (documented in the README):
+//! Identity (documented in the README): a worker is (group, host, index on
+//! that host), `1..=count`; its container and Ray node name is
+//! `CLUSTER-ray-GROUP-HOST-INDEX` (the head: `CLUSTER-ray-head`). Adding or
+//! removing a host or a group touches no other node; changing `count` adds or
+//! removes the highest indexes on each host.
+//!
+//! Ports:
 //! - every node uses host networking, so nodes on one host share its ports;
-//! - the nodes of a host are numbered in topology order (head first, then
-//!   groups by name, then ordinal): node `i` takes `object_manager_port + 2i`
-//!   and `node_manager_port + 2i`, and four agent/metrics ports
-//!   `agent_ports.first + 4i ..= +3`;
-//! - a group's `worker_ports` range is split into equal slices between the
-//!   group's nodes on one host;
-//! - any port claimed twice on one host is an error naming both claimants.
+//! - a port written in the file is exactly the port of the group's first node
+//!   on each host; its further nodes there take `+2`, `+4`... (manager ports)
+//!   or the next slices of a written `worker_ports` range;
+//! - a port left unset is chosen by seedcore: the lowest free candidate
+//!   (object manager 8076, 8078...; node manager 8077, 8079...; worker slices
+//!   from 11000; agent blocks of four from `cluster.agent_ports`), and it is
+//!   sticky: a node that runs keeps the ports its labels record while they
+//!   stay free of conflict, so another group's edit never re-ports it;
+//! - two written ports claiming one port of a host are an error naming both
+//!   claimants and a free alternative.
+//!
+//! Same inputs, same bytes: nodes are allocated in topology order, written
+//! ports first, then kept ones, then new ones.
 
-use crate::config::{Config, KeyError, PortRange};
-use crate::model::{DesiredState, HeadPorts, HostName, NodeName, NodePorts, NodeSpec, Role};
+use crate::config::{defaults, Config, KeyError, PortRange};
+use crate::model::{
+    ClusterIdentity, DesiredState, HeadPorts, HostName, NodeName, NodePorts, NodeSpec, Role,
+};
 use std::collections::BTreeMap;
 
 /// Fewest worker ports a node may get: Ray needs one per worker process.
@@ -21,32 +35,163 @@ pub fn min_worker_ports(cpus: u32) -> u32 {
     (2 * cpus).max(4)
 }
 
-/// Container name of the head.
+/// Worker ports a node gets when neither `worker_ports` nor
+/// `worker_ports_per_node` is written: the seed's 11000-11020 for one node.
+pub fn default_slice(cpus: u32) -> u32 {
+    min_worker_ports(cpus).max(21)
+}
+
+/// First worker port seedcore hands out when a group writes no range.
+pub const WORKER_PORTS_BASE: u16 = 11000;
+
+/// Container (and Ray node) name of the head.
 pub fn head_name(cluster: &str) -> NodeName {
     NodeName(format!("{cluster}-ray-head"))
 }
 
-/// Container name of worker `n` (1-based) of a group.
-pub fn worker_name(cluster: &str, group: &str, n: u32) -> NodeName {
-    NodeName(format!("{cluster}-ray-worker-{group}-{n}"))
+/// Container (and Ray node) name of a worker: its identity spelled out.
+pub fn worker_name(cluster: &str, group: &str, host: &HostName, index: u32) -> NodeName {
+    NodeName(format!("{cluster}-ray-{group}-{host}-{index}"))
 }
 
-/// One port claim, for overlap checks and firewall listings.
+/// Ports of the nodes that run now, by host and node name: what a plan keeps.
+pub type KeptPorts = BTreeMap<(HostName, NodeName), NodePorts>;
+
+/// One claimed port range on a host.
 #[derive(Debug, Clone)]
 struct Claim {
+    first: u16,
+    last: u16,
     node: NodeName,
-    what: String,
-    key: String,
+    what: &'static str,
+    /// The configuration key that chose it; `None` when seedcore did.
+    key: Option<String>,
 }
 
-/// Lowers the configuration into nodes, or explains every port problem.
-pub fn lower(config: &Config) -> Result<DesiredState, Vec<KeyError>> {
-    let cluster = &config.cluster.name;
+/// The claims on every host.
+#[derive(Default)]
+struct Ledger {
+    hosts: BTreeMap<HostName, Vec<Claim>>,
+}
+
+impl Ledger {
+    fn is_free(&self, host: &HostName, first: u32, last: u32) -> bool {
+        last <= 65535
+            && self.hosts.get(host).is_none_or(|claims| {
+                claims
+                    .iter()
+                    .all(|c| last < u32::from(c.first) || first > u32::from(c.last))
+            })
+    }
+
+    fn claim(&mut self, host: &HostName, claim: Claim) {
+        self.hosts.entry(host.clone()).or_default().push(claim);
+    }
+
+    /// The first of `candidates` (first ports) whose `width` ports are free.
+    fn first_free(
+        &self,
+        host: &HostName,
+        candidates: impl Iterator<Item = u32>,
+        width: u32,
+    ) -> Option<u16> {
+        candidates
+            .take_while(|p| p + width - 1 <= 65535)
+            .find(|p| self.is_free(host, *p, p + width - 1))
+            .map(|p| p as u16)
+    }
+}
+
+/// Which part of a node's ports seedcore chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Auto {
+    ObjectManager,
+    NodeManager,
+    WorkerSlice(u32),
+    Agents,
+}
+
+impl Auto {
+    fn what(self) -> &'static str {
+        match self {
+            Auto::ObjectManager => "object manager",
+            Auto::NodeManager => "node manager",
+            Auto::WorkerSlice(_) => "worker ports",
+            Auto::Agents => "agents and metrics",
+        }
+    }
+
+    fn width(self) -> u32 {
+        match self {
+            Auto::WorkerSlice(w) => w,
+            Auto::Agents => 4,
+            _ => 1,
+        }
+    }
+
+    /// Candidate first ports, lowest first.
+    fn candidates(self, agents: PortRange) -> Box<dyn Iterator<Item = u32>> {
+        match self {
+            Auto::ObjectManager => {
+                Box::new((u32::from(defaults::OBJECT_MANAGER_PORT)..).step_by(2))
+            }
+            Auto::NodeManager => Box::new((u32::from(defaults::NODE_MANAGER_PORT)..).step_by(2)),
+            Auto::WorkerSlice(w) => Box::new((u32::from(WORKER_PORTS_BASE)..).step_by(w as usize)),
+            Auto::Agents => Box::new(
+                (u32::from(agents.first)..=u32::from(agents.last).saturating_sub(3)).step_by(4),
+            ),
+        }
+    }
+
+    /// The kept value of this part, if the recorded ports still fit it.
+    fn kept(self, ports: &NodePorts, agents: PortRange) -> Option<u16> {
+        match self {
+            Auto::ObjectManager => Some(ports.object_manager),
+            Auto::NodeManager => Some(ports.node_manager),
+            Auto::WorkerSlice(w) => (u32::from(ports.max_worker) + 1
+                == u32::from(ports.min_worker) + w)
+                .then_some(ports.min_worker),
+            Auto::Agents => {
+                let a = ports.dashboard_agent_listen;
+                let fits = u32::from(a) >= u32::from(agents.first)
+                    && u32::from(a) + 3 <= u32::from(agents.last)
+                    && ports.dashboard_agent_grpc == a + 1
+                    && ports.runtime_env_agent == a + 2
+                    && ports.metrics_export == a + 3;
+                fits.then_some(a)
+            }
+        }
+    }
+}
+
+/// A node before its seedcore-chosen ports are known.
+struct Draft {
+    spec: NodeSpec,
+    /// Parts still to choose.
+    auto: Vec<Auto>,
+    /// The group's key prefix (`head` or `workers.G`), for error messages.
+    prefix: String,
+}
+
+/// Lowers the configuration into nodes with a fresh identity and no kept
+/// ports (for `validate`, and before the hosts are observed).
+pub fn lower_fresh(config: &Config) -> Result<DesiredState, Vec<KeyError>> {
+    let identity = crate::ownership::configured(config);
+    lower(config, &identity, &KeptPorts::new())
+}
+
+/// Lowers the configuration into nodes, keeping the ports of nodes that run
+/// (`kept`) where they are still free, or explains every port problem.
+pub fn lower(
+    config: &Config,
+    identity: &ClusterIdentity,
+    kept: &KeptPorts,
+) -> Result<DesiredState, Vec<KeyError>> {
+    let cluster = config.cluster.name.as_str();
+    let agents = config.cluster.agent_ports;
     let mut errors = Vec::new();
-    let mut nodes = Vec::new();
-    // Next free node slot on each host.
-    let mut slots: BTreeMap<HostName, u32> = BTreeMap::new();
-    let mut claims: BTreeMap<HostName, BTreeMap<u16, Vec<Claim>>> = BTreeMap::new();
+    let mut ledger = Ledger::default();
+    let mut drafts: Vec<Draft> = Vec::new();
 
     let mut env = BTreeMap::new();
     if !config.cluster.usage_stats {
@@ -56,19 +201,18 @@ pub fn lower(config: &Config) -> Result<DesiredState, Vec<KeyError>> {
         env.insert(k.clone(), v.clone());
     }
 
-    // The head.
+    // The head: every port but its agents is written (or a documented default).
     let h = &config.head;
-    let head_slot = next_slot(&mut slots, &h.host);
-    let agent = agent_ports(config.cluster.agent_ports, head_slot);
+    let head_name = head_name(cluster);
     let head_ports = NodePorts {
-        object_manager: offset(h.object_manager_port, 2 * head_slot),
-        node_manager: offset(h.node_manager_port, 2 * head_slot),
+        object_manager: h.object_manager_port,
+        node_manager: h.node_manager_port,
         min_worker: h.worker_ports.first,
         max_worker: h.worker_ports.last,
-        dashboard_agent_listen: agent[0],
-        dashboard_agent_grpc: agent[1],
-        runtime_env_agent: agent[2],
-        metrics_export: agent[3],
+        dashboard_agent_listen: 0,
+        dashboard_agent_grpc: 0,
+        runtime_env_agent: 0,
+        metrics_export: 0,
         head: Some(HeadPorts {
             gcs: h.gcs_port,
             client_server: h.client_server_port,
@@ -76,12 +220,6 @@ pub fn lower(config: &Config) -> Result<DesiredState, Vec<KeyError>> {
             serve: h.serve.then_some(h.serve_port),
         }),
     };
-    for (key, base) in [
-        ("head.object_manager_port", h.object_manager_port),
-        ("head.node_manager_port", h.node_manager_port),
-    ] {
-        overflow(&mut errors, key, base, 2 * head_slot, &h.host);
-    }
     if h.worker_ports.len() < min_worker_ports(h.cpus) {
         errors.push(KeyError {
             key: "head.worker_ports".to_string(),
@@ -94,358 +232,505 @@ pub fn lower(config: &Config) -> Result<DesiredState, Vec<KeyError>> {
             hint: Some(format!(
                 "widen the range, e.g. `worker_ports = \"{}-{}\"`",
                 h.worker_ports.first,
-                u32::from(h.worker_ports.first) + 4 * min_worker_ports(h.cpus)
+                (u32::from(h.worker_ports.first) + 4 * min_worker_ports(h.cpus)).min(65535)
             )),
         });
     }
-    let head_name = head_name(cluster);
-    let head_keys = [
-        ("head.gcs_port", "GCS"),
-        ("head.client_server_port", "Ray client server"),
-        ("head.dashboard_port", "dashboard"),
-        ("head.serve_port", "Serve HTTP"),
-        ("head.object_manager_port", "object manager"),
-        ("head.node_manager_port", "node manager"),
-        ("head.worker_ports", "worker ports"),
+    let head_keys: [(u16, u16, &str, &str); 7] = [
+        (h.gcs_port, h.gcs_port, "GCS", "head.gcs_port"),
+        (
+            h.client_server_port,
+            h.client_server_port,
+            "Ray client server",
+            "head.client_server_port",
+        ),
+        (
+            h.dashboard_port,
+            h.dashboard_port,
+            "dashboard",
+            "head.dashboard_port",
+        ),
+        (h.serve_port, h.serve_port, "Serve HTTP", "head.serve_port"),
+        (
+            h.object_manager_port,
+            h.object_manager_port,
+            "object manager",
+            "head.object_manager_port",
+        ),
+        (
+            h.node_manager_port,
+            h.node_manager_port,
+            "node manager",
+            "head.node_manager_port",
+        ),
+        (
+            h.worker_ports.first,
+            h.worker_ports.last,
+            "worker ports",
+            "head.worker_ports",
+        ),
     ];
-    claim_all(&mut claims, &h.host, &head_name, &head_ports, |what| {
-        head_keys
-            .iter()
-            .find(|(_, w)| *w == what)
-            .map(|(k, _)| k.to_string())
-            .unwrap_or_else(|| "cluster.agent_ports".to_string())
-    });
-    let head_ray = head_ray_start(config, &head_ports);
-    nodes.push(NodeSpec {
-        name: head_name.clone(),
-        host: h.host.clone(),
-        role: Role::Head,
-        group: None,
-        ordinal: 0,
-        image: h
-            .image
-            .clone()
-            .unwrap_or_else(|| config.cluster.image.clone()),
-        node_ip: node_ip(&h.host),
-        cpus: h.cpus,
-        shm_size_bytes: h.shm_size_bytes,
-        command: head_command(config, &head_ray),
-        ray_start: head_ray,
-        env: env.clone(),
-        ports: head_ports,
-        network_mode: "host".to_string(),
-        restart_policy: "unless-stopped".to_string(),
-        init: true,
+    for (first, last, what, key) in head_keys {
+        if what == "Serve HTTP" && !h.serve {
+            continue;
+        }
+        ledger.claim(
+            &h.host,
+            Claim {
+                first,
+                last,
+                node: head_name.clone(),
+                what,
+                key: Some(key.to_string()),
+            },
+        );
+    }
+    drafts.push(Draft {
+        spec: NodeSpec {
+            name: head_name.clone(),
+            host: h.host.clone(),
+            role: Role::Head,
+            group: None,
+            index: 0,
+            image: h
+                .image
+                .clone()
+                .unwrap_or_else(|| config.cluster.image.clone()),
+            node_ip: node_ip(&h.host),
+            cpus: h.cpus,
+            shm_size_bytes: h.shm_size_bytes,
+            ray_start: Vec::new(),
+            command: Vec::new(),
+            env: env.clone(),
+            ports: head_ports,
+            network_mode: "host".to_string(),
+            restart_policy: "unless-stopped".to_string(),
+            init: true,
+        },
+        auto: vec![Auto::Agents],
+        prefix: "head".to_string(),
     });
 
-    // Workers: groups by name, hosts in declared order.
-    let gcs_address = format!("{}:{}", node_ip(&h.host), h.gcs_port);
+    // Workers: groups by name, hosts in declared order, index 1..=count.
     for (gname, g) in &config.workers {
         let p = format!("workers.{gname}");
-        let mut n = 0;
-        let slice = match g.worker_ports_per_node {
-            Some(k) => k,
-            None if g.count == 0 => 0,
-            None => g.worker_ports.len() / g.count,
+        let Some(slice) = slice_width(&p, g, &mut errors) else {
+            continue;
         };
-        if g.count > 0
-            && g.worker_ports_per_node.is_some()
-            && slice * g.count > g.worker_ports.len()
-        {
+        for host in &g.hosts {
+            for index in 1..=g.count {
+                let name = worker_name(cluster, gname, host, index);
+                let step = index - 1;
+                let mut auto = Vec::new();
+                let mut ports = NodePorts {
+                    object_manager: 0,
+                    node_manager: 0,
+                    min_worker: 0,
+                    max_worker: 0,
+                    dashboard_agent_listen: 0,
+                    dashboard_agent_grpc: 0,
+                    runtime_env_agent: 0,
+                    metrics_export: 0,
+                    head: None,
+                };
+                for (written, part, key, what) in [
+                    (
+                        g.object_manager_port,
+                        Auto::ObjectManager,
+                        "object_manager_port",
+                        "object manager",
+                    ),
+                    (
+                        g.node_manager_port,
+                        Auto::NodeManager,
+                        "node_manager_port",
+                        "node manager",
+                    ),
+                ] {
+                    let Some(base) = written else {
+                        auto.push(part);
+                        continue;
+                    };
+                    let port = u32::from(base) + 2 * step;
+                    let key = format!("{p}.{key}");
+                    if port > 65535 {
+                        if !errors.iter().any(|e| e.key == key) {
+                            errors.push(KeyError {
+                                message: format!(
+                                    "`{key}` is {base}, and node {index} of the group on `{host}` would need port {port} (further nodes on a host take +2, +4...), past 65535"
+                                ),
+                                hint: Some(format!(
+                                    "choose a lower port, e.g. `{} = {}`",
+                                    key.rsplit('.').next().unwrap_or(&key),
+                                    65535u32.saturating_sub(2 * step + 100).max(1024)
+                                )),
+                                key,
+                            });
+                        }
+                        continue;
+                    }
+                    let port = port as u16;
+                    match part {
+                        Auto::ObjectManager => ports.object_manager = port,
+                        _ => ports.node_manager = port,
+                    }
+                    ledger.claim(
+                        host,
+                        Claim {
+                            first: port,
+                            last: port,
+                            node: name.clone(),
+                            what,
+                            key: Some(key),
+                        },
+                    );
+                }
+                match g.worker_ports {
+                    Some(range) => {
+                        let first = u32::from(range.first) + step * slice;
+                        let last = first + slice - 1;
+                        ports.min_worker = first as u16;
+                        ports.max_worker = last.min(65535) as u16;
+                        ledger.claim(
+                            host,
+                            Claim {
+                                first: ports.min_worker,
+                                last: ports.max_worker,
+                                node: name.clone(),
+                                what: "worker ports",
+                                key: Some(format!("{p}.worker_ports")),
+                            },
+                        );
+                    }
+                    None => auto.push(Auto::WorkerSlice(slice)),
+                }
+                auto.push(Auto::Agents);
+                drafts.push(Draft {
+                    spec: NodeSpec {
+                        name,
+                        host: host.clone(),
+                        role: Role::Worker,
+                        group: Some(gname.clone()),
+                        index,
+                        image: g
+                            .image
+                            .clone()
+                            .unwrap_or_else(|| config.cluster.image.clone()),
+                        node_ip: node_ip(host),
+                        cpus: g.cpus,
+                        shm_size_bytes: g.shm_size_bytes,
+                        ray_start: Vec::new(),
+                        command: Vec::new(),
+                        env: env.clone(),
+                        ports,
+                        network_mode: "host".to_string(),
+                        restart_policy: "unless-stopped".to_string(),
+                        init: true,
+                    },
+                    auto,
+                    prefix: p.clone(),
+                });
+            }
+        }
+    }
+
+    // Written ports claimed once per host.
+    report_overlaps(&ledger, config, &mut errors);
+
+    // Ports seedcore chooses: kept ones first, then new ones, topology order.
+    for keep in [true, false] {
+        for d in &mut drafts {
+            let host = d.spec.host.clone();
+            let recorded = kept.get(&(host.clone(), d.spec.name.clone()));
+            let mut still = Vec::new();
+            for part in std::mem::take(&mut d.auto) {
+                let width = part.width();
+                let chosen = if keep {
+                    recorded
+                        .and_then(|r| part.kept(r, agents))
+                        .filter(|p| ledger.is_free(&host, u32::from(*p), u32::from(*p) + width - 1))
+                } else {
+                    ledger.first_free(&host, part.candidates(agents), width)
+                };
+                let Some(first) = chosen else {
+                    if keep {
+                        still.push(part);
+                    } else {
+                        errors.push(no_room(part, &d.spec, &d.prefix, config));
+                    }
+                    continue;
+                };
+                set_part(&mut d.spec.ports, part, first);
+                ledger.claim(
+                    &host,
+                    Claim {
+                        first,
+                        last: (u32::from(first) + width - 1) as u16,
+                        node: d.spec.name.clone(),
+                        what: part.what(),
+                        key: None,
+                    },
+                );
+            }
+            d.auto = still;
+        }
+    }
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let gcs_address = format!("{}:{}", node_ip(&h.host), h.gcs_port);
+    let nodes = drafts
+        .into_iter()
+        .map(|d| {
+            let mut spec = d.spec;
+            match spec.role {
+                Role::Head => {
+                    spec.ray_start = head_ray_start(config, &spec.ports);
+                    spec.command = head_command(config, &spec.ray_start);
+                }
+                Role::Worker => {
+                    spec.ray_start = worker_ray_start(
+                        &gcs_address,
+                        &spec.name,
+                        &spec.host,
+                        spec.cpus,
+                        &spec.ports,
+                    );
+                    spec.command = spec.ray_start.clone();
+                    spec.command.push("--block".to_string());
+                }
+            }
+            spec
+        })
+        .collect();
+    Ok(DesiredState {
+        cluster: identity.clone(),
+        nodes,
+    })
+}
+
+/// Worker ports per node of a group, or `None` after reporting why not.
+fn slice_width(p: &str, g: &crate::config::WorkerGroup, errors: &mut Vec<KeyError>) -> Option<u32> {
+    if g.count == 0 {
+        return Some(1);
+    }
+    let min = min_worker_ports(g.cpus);
+    let Some(range) = g.worker_ports else {
+        let slice = g
+            .worker_ports_per_node
+            .unwrap_or_else(|| default_slice(g.cpus));
+        if slice < min {
             errors.push(KeyError {
                 key: format!("{p}.worker_ports_per_node"),
                 message: format!(
-                    "`{p}` needs {} worker ports per host ({} nodes x {slice}), but `worker_ports` ({}) has {}",
-                    slice * g.count,
-                    g.count,
-                    g.worker_ports,
-                    g.worker_ports.len()
+                    "`{p}.worker_ports_per_node` is {slice}; a worker with {} CPU(s) needs at least {min}",
+                    g.cpus
                 ),
-                hint: Some(format!(
-                    "widen the range, e.g. `worker_ports = \"{}-{}\"`, or lower `count`",
-                    g.worker_ports.first,
-                    (u32::from(g.worker_ports.first) + slice * g.count - 1).min(65535)
-                )),
+                hint: Some(format!("set `worker_ports_per_node = {min}` or more")),
             });
-            continue;
+            return None;
         }
-        if g.count > 0 && slice < min_worker_ports(g.cpus) {
-            let min = min_worker_ports(g.cpus);
-            let need = min * g.count;
-            let last = u32::from(g.worker_ports.first) + need - 1;
-            let workers = if g.count == 1 {
-                "its worker".to_string()
-            } else {
-                format!("each of its {} workers per host", g.count)
-            };
-            errors.push(if g.worker_ports_per_node.is_some() {
-                KeyError {
-                    key: format!("{p}.worker_ports_per_node"),
-                    message: format!(
-                        "`{p}.worker_ports_per_node` is {slice}; a worker with {} CPU(s) needs at least {min}",
-                        g.cpus
-                    ),
-                    hint: Some(format!("set `worker_ports_per_node = {min}` or more")),
-                }
-            } else {
-                KeyError {
-                    key: format!("{p}.worker_ports"),
-                    message: format!(
-                        "`{p}.worker_ports` ({}) gives {workers} {slice} ports; each needs at least {min}",
-                        g.worker_ports
-                    ),
-                    hint: Some(if last <= 65535 {
-                        format!(
-                            "widen the range to {need} ports, e.g. `worker_ports = \"{}-{last}\"`, or lower `count`",
-                            g.worker_ports.first
-                        )
-                    } else {
-                        format!("use a range of {need} ports below 65536, or lower `count`")
-                    }),
-                }
-            });
-            continue;
-        }
-        // Numbered round-robin over the hosts, so that changing `count` adds or
-        // removes the highest-numbered nodes and leaves the others alone.
-        for i in 0..g.count {
-            for host in &g.hosts {
-                n += 1;
-                let slot = next_slot(&mut slots, host);
-                for (key, base) in [
-                    ("object_manager_port", g.object_manager_port),
-                    ("node_manager_port", g.node_manager_port),
-                ] {
-                    overflow(&mut errors, &format!("{p}.{key}"), base, 2 * slot, host);
-                }
-                let agent = agent_ports(config.cluster.agent_ports, slot);
-                let first = u32::from(g.worker_ports.first) + i * slice;
-                let ports = NodePorts {
-                    object_manager: offset(g.object_manager_port, 2 * slot),
-                    node_manager: offset(g.node_manager_port, 2 * slot),
-                    min_worker: first as u16,
-                    max_worker: (first + slice - 1) as u16,
-                    dashboard_agent_listen: agent[0],
-                    dashboard_agent_grpc: agent[1],
-                    runtime_env_agent: agent[2],
-                    metrics_export: agent[3],
-                    head: None,
-                };
-                let name = worker_name(cluster, gname, n);
-                claim_all(&mut claims, host, &name, &ports, |what| match what {
-                    "object manager" => format!("{p}.object_manager_port"),
-                    "node manager" => format!("{p}.node_manager_port"),
-                    "worker ports" => format!("{p}.worker_ports"),
-                    _ => "cluster.agent_ports".to_string(),
-                });
-                let ray_start = worker_ray_start(&gcs_address, &name, host, g.cpus, &ports);
-                let mut command = ray_start.clone();
-                command.push("--block".to_string());
-                nodes.push(NodeSpec {
-                    name,
-                    host: host.clone(),
-                    role: Role::Worker,
-                    group: Some(gname.clone()),
-                    ordinal: n,
-                    image: g
-                        .image
-                        .clone()
-                        .unwrap_or_else(|| config.cluster.image.clone()),
-                    node_ip: node_ip(host),
-                    cpus: g.cpus,
-                    shm_size_bytes: g.shm_size_bytes,
-                    ray_start,
-                    command,
-                    env: env.clone(),
-                    ports,
-                    network_mode: "host".to_string(),
-                    restart_policy: "unless-stopped".to_string(),
-                    init: true,
-                });
+        return Some(slice);
+    };
+    let slice = g.worker_ports_per_node.unwrap_or(range.len() / g.count);
+    if g.worker_ports_per_node.is_some()
+        && u64::from(slice) * u64::from(g.count) > u64::from(range.len())
+    {
+        errors.push(KeyError {
+            key: format!("{p}.worker_ports_per_node"),
+            message: format!(
+                "`{p}` needs {} worker ports per host ({} nodes x {slice}), but `worker_ports` ({range}) has {}",
+                u64::from(slice) * u64::from(g.count),
+                g.count,
+                range.len()
+            ),
+            hint: Some(format!(
+                "widen the range, e.g. `worker_ports = \"{}-{}\"`, or lower `count`",
+                range.first,
+                (u64::from(range.first) + u64::from(slice) * u64::from(g.count) - 1).min(65535)
+            )),
+        });
+        return None;
+    }
+    if slice < min {
+        let need = u64::from(min) * u64::from(g.count);
+        let last = u64::from(range.first) + need - 1;
+        let workers = if g.count == 1 {
+            "its worker".to_string()
+        } else {
+            format!("each of its {} workers per host", g.count)
+        };
+        errors.push(if g.worker_ports_per_node.is_some() {
+            KeyError {
+                key: format!("{p}.worker_ports_per_node"),
+                message: format!(
+                    "`{p}.worker_ports_per_node` is {slice}; a worker with {} CPU(s) needs at least {min}",
+                    g.cpus
+                ),
+                hint: Some(format!("set `worker_ports_per_node = {min}` or more")),
             }
+        } else {
+            KeyError {
+                key: format!("{p}.worker_ports"),
+                message: format!(
+                    "`{p}.worker_ports` ({range}) gives {workers} {slice} ports; each needs at least {min}"
+                ),
+                hint: Some(if last <= 65535 {
+                    format!(
+                        "widen the range to {need} ports, e.g. `worker_ports = \"{}-{last}\"`, or lower `count`",
+                        range.first
+                    )
+                } else {
+                    format!("use a range of {need} ports below 65536, or lower `count`")
+                }),
+            }
+        });
+        return None;
+    }
+    Some(slice)
+}
+
+fn set_part(ports: &mut NodePorts, part: Auto, first: u16) {
+    match part {
+        Auto::ObjectManager => ports.object_manager = first,
+        Auto::NodeManager => ports.node_manager = first,
+        Auto::WorkerSlice(w) => {
+            ports.min_worker = first;
+            ports.max_worker = (u32::from(first) + w - 1) as u16;
+        }
+        Auto::Agents => {
+            ports.dashboard_agent_listen = first;
+            ports.dashboard_agent_grpc = first + 1;
+            ports.runtime_env_agent = first + 2;
+            ports.metrics_export = first + 3;
         }
     }
+}
 
-    // Agent range large enough for every node on each host.
-    for (host, used) in &slots {
-        let need = 4 * used;
-        if need > config.cluster.agent_ports.len() {
-            errors.push(KeyError {
+/// No free candidate left for a part seedcore chooses.
+fn no_room(part: Auto, spec: &NodeSpec, prefix: &str, config: &Config) -> KeyError {
+    let host = &spec.host;
+    match part {
+        Auto::Agents => {
+            let range = config.cluster.agent_ports;
+            KeyError {
                 key: "cluster.agent_ports".to_string(),
                 message: format!(
-                    "`cluster.agent_ports` ({}) has room for {} nodes per host, but `{host}` runs {used}",
-                    config.cluster.agent_ports,
-                    config.cluster.agent_ports.len() / 4
+                    "`cluster.agent_ports` ({range}) has room for {} nodes per host, and no free block of 4 is left for `{}` on `{host}`",
+                    range.len() / 4,
+                    spec.name
                 ),
-                hint: Some({
-                    let mut first = u32::from(config.cluster.agent_ports.first);
-                    if first + need - 1 > 65535 {
-                        first = 65536 - need;
-                    }
-                    format!(
-                        "widen it to at least {need} ports, e.g. `agent_ports = \"{first}-{}\"`",
-                        first + need - 1
-                    )
-                }),
-            });
+                hint: Some("widen it, e.g. `agent_ports = \"52365-52764\"` (4 ports per node on the busiest host)".to_string()),
+            }
         }
-    }
-
-    // Every port claimed once per host.
-    for (host, ports) in &claims {
-        let mut reported: Vec<(String, String)> = Vec::new();
-        for (port, who) in ports {
-            if who.len() < 2 {
-                continue;
-            }
-            let (a, b) = (&who[0], &who[1]);
-            let pair = (a.key.clone(), b.key.clone());
-            if reported.contains(&pair) {
-                continue;
-            }
-            reported.push(pair);
-            let width = claim_width(b, config);
-            let free = if b.what.ends_with("manager") {
-                // Node i on the host takes base + 2i: every one must be free.
-                let nodes = slots.get(host).copied().unwrap_or(1);
-                find_free_stride(ports, nodes, *port).map(|p| PortRange { first: p, last: p })
-            } else {
-                find_free(ports, width, *port)
+        other => {
+            let key = match other {
+                Auto::ObjectManager => "object_manager_port",
+                Auto::NodeManager => "node_manager_port",
+                _ => "worker_ports",
             };
-            errors.push(KeyError {
-                key: b.key.clone(),
+            KeyError {
+                key: format!("{prefix}.{key}"),
                 message: format!(
-                    "port {port} on `{host}` is claimed twice: by `{}` ({}, `{}`) and by `{}` ({}, `{}`)",
-                    a.node, a.what, a.key, b.node, b.what, b.key
+                    "no free {} port is left on `{host}` for `{}`",
+                    other.what(),
+                    spec.name
                 ),
-                hint: Some(match free {
-                    Some(r) if width > 1 => format!(
-                        "ports {r} are free on `{host}`: set `{}` to a free range such as `\"{r}\"`",
-                        b.key
+                hint: Some(format!(
+                    "write `{prefix}.{key}` with free ports, or run fewer nodes on `{host}`"
+                )),
+            }
+        }
+    }
+}
+
+/// Reports each pair of written claims that share a port on a host (once per
+/// pair of keys), with a free alternative for the second.
+fn report_overlaps(ledger: &Ledger, config: &Config, errors: &mut Vec<KeyError>) {
+    for (host, claims) in &ledger.hosts {
+        let mut reported: Vec<(String, String)> = Vec::new();
+        for (i, b) in claims.iter().enumerate() {
+            for a in &claims[..i] {
+                let overlap = !(b.last < a.first || b.first > a.last);
+                let (Some(ka), Some(kb)) = (&a.key, &b.key) else {
+                    continue;
+                };
+                if !overlap || reported.contains(&(ka.clone(), kb.clone())) {
+                    continue;
+                }
+                reported.push((ka.clone(), kb.clone()));
+                let port = a.first.max(b.first);
+                let width = key_width(kb, config).unwrap_or(u32::from(b.last - b.first) + 1);
+                let stride_nodes = if b.what.ends_with("manager") {
+                    group_of(kb)
+                        .and_then(|g| config.workers.get(g))
+                        .map_or(1, |g| g.count.max(1))
+                } else {
+                    1
+                };
+                let free = free_alternative(claims, kb, b.first, width, stride_nodes);
+                errors.push(KeyError {
+                    key: kb.clone(),
+                    message: format!(
+                        "port {port} on `{host}` is claimed twice: by `{}` ({}, `{ka}`) and by `{}` ({}, `{kb}`)",
+                        a.node, a.what, b.node, b.what
                     ),
-                    Some(r) => format!(
-                        "port {} is free on `{host}`: set `{}` to a free port such as {}",
-                        r.first, b.key, r.first
-                    ),
-                    None => format!("move `{}` to a free port on `{host}`", b.key),
-                }),
-            });
-        }
-    }
-
-    if errors.is_empty() {
-        Ok(DesiredState {
-            cluster: cluster.clone(),
-            nodes,
-        })
-    } else {
-        Err(errors)
-    }
-}
-
-fn next_slot(slots: &mut BTreeMap<HostName, u32>, host: &HostName) -> u32 {
-    let s = slots.entry(host.clone()).or_insert(0);
-    let slot = *s;
-    *s += 1;
-    slot
-}
-
-/// Reports a node's port that would run past 65535 (once per key).
-fn overflow(errors: &mut Vec<KeyError>, key: &str, base: u16, by: u32, host: &HostName) {
-    let port = u32::from(base) + by;
-    if port > 65535 && !errors.iter().any(|e| e.key == key) {
-        errors.push(KeyError {
-            key: key.to_string(),
-            message: format!(
-                "`{key}` is {base}, and a node on `{host}` would need port {port} (nodes on a host take base, base+2, base+4...), past 65535"
-            ),
-            hint: Some(format!("choose a lower base, e.g. `{} = {}`", key.rsplit('.').next().unwrap_or(key), 65535u32.saturating_sub(by + 100).max(1024))),
-        });
-    }
-}
-
-fn offset(base: u16, by: u32) -> u16 {
-    (u32::from(base) + by).min(65535) as u16
-}
-
-fn agent_ports(range: PortRange, slot: u32) -> [u16; 4] {
-    let base = u32::from(range.first) + 4 * slot;
-    [0, 1, 2, 3].map(|i| (base + i).min(65535) as u16)
-}
-
-fn claim_all(
-    claims: &mut BTreeMap<HostName, BTreeMap<u16, Vec<Claim>>>,
-    host: &HostName,
-    node: &NodeName,
-    ports: &NodePorts,
-    key_of: impl Fn(&str) -> String,
-) {
-    let host_claims = claims.entry(host.clone()).or_default();
-    for (port, what) in ports.all() {
-        let list = host_claims.entry(port).or_default();
-        // A range is one claim, not one per port, for the messages.
-        if list.iter().any(|c| c.node == *node && c.what == what) {
-            continue;
-        }
-        list.push(Claim {
-            node: node.clone(),
-            key: key_of(&what),
-            what,
-        });
-    }
-}
-
-fn claim_width(claim: &Claim, config: &Config) -> u32 {
-    if claim.what == "worker ports" {
-        if claim.key == "head.worker_ports" {
-            return config.head.worker_ports.len();
-        }
-        let group = claim
-            .key
-            .strip_prefix("workers.")
-            .and_then(|k| k.strip_suffix(".worker_ports"));
-        if let Some(g) = group.and_then(|g| config.workers.get(g)) {
-            return g.worker_ports.len();
-        }
-    }
-    if claim.key == "cluster.agent_ports" {
-        return config.cluster.agent_ports.len();
-    }
-    1
-}
-
-/// First base at or after `from` with `base + 2i` unclaimed for every node i.
-fn find_free_stride(claimed: &BTreeMap<u16, Vec<Claim>>, nodes: u32, from: u16) -> Option<u16> {
-    (u32::from(from)..=65535)
-        .chain(1024..u32::from(from))
-        .find(|base| {
-            (0..nodes).all(|i| {
-                let p = base + 2 * i;
-                p <= 65535 && !claimed.contains_key(&(p as u16))
-            })
-        })
-        .map(|b| b as u16)
-}
-
-/// First run of `width` unclaimed ports at or after `from` (wrapping to 10000).
-fn find_free(claimed: &BTreeMap<u16, Vec<Claim>>, width: u32, from: u16) -> Option<PortRange> {
-    let starts = [u32::from(from), 10000, 1024];
-    for start in starts {
-        let mut first = start;
-        let mut p = start;
-        while p <= 65535 {
-            if claimed.contains_key(&(p as u16)) {
-                first = p + 1;
-            } else if p + 1 - first >= width {
-                return Some(PortRange {
-                    first: first as u16,
-                    last: p as u16,
+                    hint: Some(match free {
+                        Some(f) if width > 1 => format!(
+                            "ports {f}-{} are free on `{host}`: set `{kb}` to a free range such as `\"{f}-{}\"`",
+                            u32::from(f) + width - 1,
+                            u32::from(f) + width - 1
+                        ),
+                        Some(f) => format!(
+                            "port {f} is free on `{host}`: set `{kb}` to a free port such as {f}"
+                        ),
+                        None => format!("move `{kb}` to a free port on `{host}`"),
+                    }),
                 });
             }
-            p += 1;
         }
     }
-    None
+}
+
+/// The width of a written range key.
+fn key_width(key: &str, config: &Config) -> Option<u32> {
+    if key == "head.worker_ports" {
+        return Some(config.head.worker_ports.len());
+    }
+    let range = group_of(key)
+        .and_then(|g| config.workers.get(g))
+        .and_then(|g| g.worker_ports)?;
+    key.ends_with(".worker_ports").then(|| range.len())
+}
+
+fn group_of(key: &str) -> Option<&str> {
+    key.strip_prefix("workers.")
+        .and_then(|k| k.split('.').next())
+}
+
+/// A first port for `key` at or after `from` whose claims (one node, or
+/// `nodes` nodes 2 apart for manager ports) touch no other key's claims.
+fn free_alternative(claims: &[Claim], key: &str, from: u16, width: u32, nodes: u32) -> Option<u16> {
+    let others: Vec<&Claim> = claims
+        .iter()
+        .filter(|c| c.key.as_deref() != Some(key))
+        .collect();
+    let free = |first: u32, last: u32| {
+        last <= 65535
+            && others
+                .iter()
+                .all(|c| last < u32::from(c.first) || first > u32::from(c.last))
+    };
+    let (stride, count) = if width == 1 { (2, nodes) } else { (width, 1) };
+    let fits =
+        |base: u32| (0..count).all(|i| free(base + stride * i, base + stride * i + width - 1));
+    // Past the other claims around `from`, then from 10000, then 1024.
+    (u32::from(from)..=65535)
+        .chain(10000..u32::from(from).min(65535))
+        .chain(1024..10000)
+        .find(|b| fits(*b))
+        .map(|b| b as u16)
 }
 
 /// The address Ray advertises for a node on `host`.
@@ -538,7 +823,7 @@ fn head_command(config: &Config, ray_start: &[String]) -> Vec<String> {
 }
 
 /// A port range a host must accept from the other cluster hosts.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Opening {
     pub first: u16,
     pub last: u16,
@@ -546,7 +831,7 @@ pub struct Opening {
 }
 
 /// What one host's firewall must open.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HostFirewall {
     pub host: HostName,
     pub openings: Vec<Opening>,

@@ -9,8 +9,8 @@
 //! commands; checking is never disabled), missing or forbidden Docker socket,
 //! engine too old.
 
-use crate::backend::{DockerBackend, EngineBackend};
 use crate::config::{KnownHostsPolicy, SshConfig};
+use crate::engine::{DockerBackend, EngineBackend};
 use crate::model::{EngineInfo, HostName};
 use futures_util::stream::{self, StreamExt};
 use openssh::{ForwardType, KnownHosts, Session, SessionBuilder};
@@ -192,9 +192,34 @@ impl Connection {
     }
 
     /// Runs a shell command on the host itself (for probes), if over SSH.
-    pub async fn run_on_host(&self, command: &str) -> Option<std::process::Output> {
+    /// Runs a program on the host (not in a container) as an argument
+    /// vector: every argument is quoted for the remote shell, never
+    /// interpolated. `stdin` is fed to it. `None` for the `local` host or when
+    /// the command could not be run.
+    pub async fn run_on_host(
+        &self,
+        argv: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> Option<std::process::Output> {
         let s = self.session.as_ref()?;
-        s.shell(command).output().await.ok()
+        let (program, args) = argv.split_first()?;
+        let mut cmd = s.command(*program);
+        cmd.args(args.iter().copied());
+        match stdin {
+            None => cmd.output().await.ok(),
+            Some(bytes) => {
+                use tokio::io::AsyncWriteExt;
+                cmd.stdin(openssh::Stdio::piped())
+                    .stdout(openssh::Stdio::piped())
+                    .stderr(openssh::Stdio::piped());
+                let mut child = cmd.spawn().await.ok()?;
+                if let Some(mut input) = child.stdin().take() {
+                    input.write_all(bytes).await.ok()?;
+                    input.shutdown().await.ok()?;
+                }
+                child.wait_with_output().await.ok()
+            }
+        }
     }
 }
 

@@ -2,8 +2,8 @@
 //! handling, the parallelism bound and convergence.
 
 use seedcore::apply::{self, ApplyOptions, Event, Outcome, RecordingReporter};
-use seedcore::backend::fake::{FakeBackend, FakeCluster};
 use seedcore::config::{self, Override};
+use seedcore::engine::fake::{FakeBackend, FakeCluster};
 use seedcore::model::{DesiredState, HostName};
 use seedcore::observe;
 use seedcore::plan::{self, Action, DiffOptions, Plan, Step};
@@ -32,7 +32,7 @@ fn desired(overrides: &[&str]) -> DesiredState {
         .map(|s| Override::parse_flag(s).unwrap())
         .collect();
     let loaded = config::parse("fake.toml", CONFIG, &o).unwrap();
-    topology::lower(&loaded.config).unwrap()
+    topology::lower_fresh(&loaded.config).unwrap()
 }
 
 fn cluster() -> FakeCluster {
@@ -207,8 +207,10 @@ async fn a_second_apply_is_a_no_op() {
     assert!(second.summary().is_empty(), "{:?}", second.summary());
     assert!(report.outcomes.is_empty());
     assert_eq!(c.container_ids(), ids, "containers were recreated");
+    let head_id = report.containers[&d.head().name].clone();
     let nodes = apply::wait_whole(
         &d,
+        &head_id,
         &backends(&c),
         &Default::default(),
         Duration::from_secs(1),
@@ -229,7 +231,7 @@ async fn drift_is_repaired_in_order() {
     let plan = plan_for(&c, &d).await;
     let change = plan.effective().next().unwrap();
     assert_eq!(change.action, Action::Start);
-    assert_eq!(change.cause, "container exited (code 137)");
+    assert_eq!(change.cause(), "container exited (code 137)");
     // Changing the head's image replaces the head, then every worker, and converges.
     let d2 = desired(&["head.image=ray:new"]);
     c.add_host("10.0.0.1", &["ray:test", "ray:new"]);
@@ -276,7 +278,7 @@ async fn scale_down_drains_then_removes_the_highest_numbered_nodes() {
                 "{} {:?}: {}",
                 c.node,
                 c.action,
-                c.cause
+                c.cause()
             );
             c.node.0.clone()
         })

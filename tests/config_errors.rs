@@ -56,7 +56,7 @@ fn structured_errors(path: &Path) -> config::ConfigErrors {
         Err(e) => return e,
         Ok(loaded) => loaded,
     };
-    match topology::lower(&loaded.config) {
+    match topology::lower_fresh(&loaded.config) {
         Err(e) => loaded.source.errors(e),
         Ok(_) => panic!("`{}` should be rejected", path.display()),
     }
@@ -281,7 +281,7 @@ fn a_minimal_config_takes_every_default() {
     assert_eq!(c.head.serve_port, 8000);
     let g = &c.workers["remote"];
     assert_eq!((g.count, g.cpus), (1, 1));
-    assert_eq!(g.worker_ports.to_string(), "11000-11020");
+    assert_eq!(g.worker_ports, None);
 
     let names: Vec<&str> = desired.nodes.iter().map(|n| n.name.as_str()).collect();
     assert_eq!(names, ["seedcore-ray-head", "seedcore-ray-worker-remote-1"]);
@@ -456,7 +456,7 @@ fn head_ip_override_acts_like_set_head_host() {
         loaded.source.overrides()[0].describe(),
         "head.host = 10.9.9.9 (from $HEAD_IP_OVERRIDE)"
     );
-    let desired = topology::lower(&loaded.config).unwrap();
+    let desired = topology::lower_fresh(&loaded.config).unwrap();
     for w in desired.workers() {
         assert!(
             w.ray_start.contains(&"--address=10.9.9.9:6380".to_string()),
@@ -501,7 +501,7 @@ fn a_topology_error_caused_by_set_points_at_the_flag() {
     // squeezing their range through `--set` must blame the flag, not the file.
     let o = [flag("workers.local.worker_ports=11000-11005")];
     let loaded = config::parse(EXAMPLE, &example_text(), &o).unwrap();
-    let errors = topology::lower(&loaded.config).unwrap_err();
+    let errors = topology::lower_fresh(&loaded.config).unwrap_err();
     let shown = loaded.source.errors(errors).to_string();
     assert!(
         shown.contains("--> --set workers.local.worker_ports=11000-11005"),

@@ -10,7 +10,7 @@ use std::path::Path;
 
 fn example() -> seedcore::model::DesiredState {
     let loaded = config::load(Path::new("examples/seedcore.toml"), &[]).unwrap();
-    topology::lower(&loaded.config).unwrap()
+    topology::lower_fresh(&loaded.config).unwrap()
 }
 
 fn host(containers: Vec<ObservedContainer>) -> HostObservation {

@@ -15,7 +15,7 @@ use seedcore::model::{
     hex, DesiredState, EngineInfo, HostName, HostObservation, NodeName, NodeSpec,
     ObservedContainer, ObservedState, LABEL_CLUSTER, LABEL_SPEC, LABEL_SPEC_HASH,
 };
-use seedcore::plan::{self, Action, DiffOptions, Plan, PlanError, Step};
+use seedcore::plan::{self, Action, ConflictOwner, DiffOptions, Plan, PlanError, Step};
 use seedcore::render::{self, Style};
 use seedcore::topology;
 use sha2::{Digest, Sha256};
@@ -110,7 +110,7 @@ fn empty(desired: &DesiredState) -> ObservedState {
 /// The container seedcore would have created for `node`, in `state`.
 fn container(
     node: &NodeSpec,
-    cluster: &str,
+    cluster: &seedcore::model::ClusterIdentity,
     state: &str,
     exit_code: Option<i64>,
 ) -> ObservedContainer {
@@ -878,10 +878,12 @@ fn diff_cases() {
         (case.mutate)(&mut observed);
         let changes = plan::diff(&wanted, &observed, DiffOptions::default())
             .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let causes: Vec<String> = changes.iter().map(|c| c.cause()).collect();
         let got: Vec<(&str, Action, &str)> = changes
             .iter()
-            .filter(|c| c.action != Action::NoOp)
-            .map(|c| (c.node.as_str(), c.action, c.cause.as_str()))
+            .zip(&causes)
+            .filter(|(c, _)| c.action != Action::NoOp)
+            .map(|(c, cause)| (c.node.as_str(), c.action, cause.as_str()))
             .collect();
         assert_eq!(got, case.expect, "case `{}`", case.name);
 
@@ -903,7 +905,7 @@ fn diff_cases() {
         }
         for c in &changes {
             match c.action {
-                Action::NoOp => assert!(c.cause.starts_with("container "), "{c:?}"),
+                Action::NoOp => assert!(c.cause().starts_with("container "), "{c:?}"),
                 Action::Remove => assert!(c.after.is_none() && c.before.is_some()),
                 Action::Create => assert!(c.before.is_none() && c.after.is_some()),
                 Action::Start | Action::Replace => {
@@ -954,7 +956,7 @@ fn an_unlabelled_container_holding_our_name_is_a_conflict() {
     };
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].name, REMOTE_1);
-    assert_eq!(list[0].owner, None);
+    assert_eq!(list[0].owner, ConflictOwner::Unlabelled);
     insta::assert_snapshot!("conflict_unlabelled", e.to_string());
 }
 
@@ -969,7 +971,7 @@ fn another_clusters_container_holding_our_name_is_a_conflict() {
     let PlanError::Conflicts(list) = &e else {
         panic!("expected conflicts, got {e:?}");
     };
-    assert_eq!(list[0].owner.as_deref(), Some("staging"));
+    assert_eq!(list[0].owner, ConflictOwner::Cluster("staging".to_string()));
     insta::assert_snapshot!("conflict_other_cluster", e.to_string());
 }
 
@@ -1222,7 +1224,8 @@ fn restart_replaces_the_chosen_nodes_and_a_head_takes_its_workers() {
             .unwrap()
             .into_iter()
             .filter(|c| c.action != Action::NoOp)
-            .map(|c| (c.node.0, c.action, c.cause))
+            .map(|c| (c.cause(), c.node.0, c.action))
+            .map(|(cause, n, a)| (n, a, cause))
             .collect()
     };
     assert_eq!(
@@ -1280,7 +1283,7 @@ fn a_moved_head_removes_the_old_one_after_its_workers() {
         .find(|c| c.action == Action::Remove)
         .unwrap();
     assert_eq!(
-        (c.node.as_str(), c.cause.as_str()),
+        (c.node.as_str(), c.cause().as_str()),
         (HEAD, "moved to `10.9.9.9`")
     );
 }
@@ -1344,7 +1347,7 @@ fn markdown_of_a_huge_plan_is_truncated_below_the_comment_limit() {
         hosts.join(", ")
     );
     let loaded = config::parse("big.toml", &text, &[]).unwrap();
-    let wanted = topology::lower(&loaded.config).unwrap();
+    let wanted = topology::lower_fresh(&loaded.config).unwrap();
     assert_eq!(wanted.nodes.len(), 201);
     let p = build(&wanted, &empty(&wanted));
     let md = render::markdown(&p);
@@ -1378,7 +1381,7 @@ fn markdown_stays_below_the_limit_even_when_the_summary_table_is_huge() {
         hosts.join(", ")
     );
     let loaded = config::parse("huge.toml", &text, &[]).unwrap();
-    let wanted = topology::lower(&loaded.config).unwrap();
+    let wanted = topology::lower_fresh(&loaded.config).unwrap();
     let md = render::markdown(&build(&wanted, &empty(&wanted)));
     assert!(
         md.chars().count() < render::MARKDOWN_LIMIT,

@@ -244,7 +244,7 @@ fn outcome(text: &str) -> Outcome {
         Ok(l) => l,
         Err(e) => return Outcome::Invalid(e),
     };
-    match topology::lower(&loaded.config) {
+    match topology::lower_fresh(&loaded.config) {
         Ok(d) => Outcome::Accepted(d),
         Err(errors) => Outcome::Unlowerable(
             errors
@@ -266,7 +266,12 @@ fn check_accepted(
     // No port bound twice on one host, whichever nodes bind it.
     let mut bound: BTreeMap<(&HostName, u16), (&str, String)> = BTreeMap::new();
     for n in &desired.nodes {
-        for (port, what) in n.ports.all() {
+        for (port, what) in n
+            .ports
+            .all()
+            .into_iter()
+            .flat_map(|(a, b, what)| (a..=b).map(move |p| (p, what.to_string())))
+        {
             prop_assert!(port >= 1, "{}: port 0 for {what}\n{text}", n.name);
             if let Some((other, other_what)) =
                 bound.insert((&n.host, port), (n.name.as_str(), what.clone()))

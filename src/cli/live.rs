@@ -3,15 +3,18 @@
 
 use super::progress::CliReporter;
 use super::{
-    config_identity, exit, make_plan, print_plan, user, ApplyArgs, OutputFormat, Result, UserError,
+    config_digest, exit, make_plan, print_plan, user, ApplyArgs, OutputFormat, Result, UserError,
 };
 use crate::apply::{self, ApplyOptions, Outcome};
-use crate::backend::EngineBackend;
 use crate::config::Loaded;
+use crate::engine::EngineBackend;
+use crate::memory;
 use crate::model::{DesiredState, HostName, ObservedState};
 use crate::observe;
-use crate::plan::{Plan, Step};
-use crate::render::{self, Style};
+use crate::ownership;
+use crate::plan::{self, artifact::SavedPlan, Plan, Step};
+use crate::render::Style;
+use crate::topology;
 use crate::transport::{Connection, Transport, TransportError};
 use futures_util::stream::{self, StreamExt};
 use std::collections::BTreeMap;
@@ -83,121 +86,75 @@ impl Hosts {
     }
 }
 
-/// Where the head host remembers which hosts ran this cluster's nodes, so a
-/// host dropped from the configuration is still visited to remove its nodes.
-fn memory_path(cluster: &str) -> String {
-    format!(".seedcore/{cluster}/hosts")
-}
-
-async fn remembered_hosts(conn: &Connection, cluster: &str) -> Vec<HostName> {
-    let text = if conn.host.is_local() {
-        std::env::var_os("HOME")
-            .and_then(|h| {
-                std::fs::read_to_string(std::path::Path::new(&h).join(memory_path(cluster))).ok()
-            })
-            .unwrap_or_default()
-    } else {
-        conn.run_on_host(&format!("cat {} 2>/dev/null", memory_path(cluster)))
-            .await
-            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-            .unwrap_or_default()
-    };
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && crate::config::check_host(l).is_ok())
-        .map(|l| HostName(l.to_string()))
-        .collect()
-}
-
-async fn remember_hosts(conn: &Connection, cluster: &str, hosts: &[HostName]) {
-    let body: String = hosts.iter().map(|h| format!("{h}\n")).collect();
-    let path = memory_path(cluster);
-    if conn.host.is_local() {
-        if let Some(home) = std::env::var_os("HOME") {
-            let p = std::path::Path::new(&home).join(&path);
-            if let Some(dir) = p.parent() {
-                let _ = std::fs::create_dir_all(dir);
+/// Connects to every host of `hosts` not connected yet.
+async fn connect_more(all: &mut Hosts, hosts: &[HostName], parallel: usize) {
+    let todo: Vec<HostName> = hosts
+        .iter()
+        .filter(|h| !all.connections.contains_key(*h) && !all.failures.contains_key(*h))
+        .cloned()
+        .collect();
+    if todo.is_empty() {
+        return;
+    }
+    for (h, r) in all.transport.connect_all(&todo, parallel).await {
+        match r {
+            Ok(c) => {
+                all.connections.insert(h, c);
             }
-            let _ = std::fs::write(p, body);
+            Err(e) => {
+                all.failures.insert(h, e);
+            }
         }
-    } else {
-        let dir = path.rsplit_once('/').map(|(d, _)| d).unwrap_or(".");
-        let _ = conn
-            .run_on_host(&format!("mkdir -p {dir} && printf '%s' '{body}' > {path}"))
-            .await;
     }
 }
 
-/// Connects to every declared host (and the hosts the head remembers).
-pub async fn connect(
-    loaded: &Loaded,
+/// Observes the connected hosts among `hosts` (unreachable ones recorded as such).
+async fn observe_some(
+    all: &Hosts,
+    hosts: &[HostName],
     desired: &DesiredState,
+    parallel: usize,
+) -> ObservedState {
+    let mut view: BTreeMap<HostName, std::result::Result<&EngineBackend, String>> = BTreeMap::new();
+    for h in hosts {
+        match (all.connections.get(h), all.failures.get(h)) {
+            (Some(c), _) => {
+                view.insert(h.clone(), Ok(&c.backend));
+            }
+            (None, Some(e)) => {
+                view.insert(h.clone(), Err(e.summary()));
+            }
+            (None, None) => {}
+        }
+    }
+    observe::observe(&view, desired, parallel).await
+}
+
+/// Connects to the declared hosts, observes them, settles the cluster's
+/// identity (see `ownership`), then visits the hosts that the hosts remember
+/// for that identity. Returns the connections, the observation and the
+/// desired state lowered with the identity and the ports running nodes keep.
+/// With `partial`, unreachable declared hosts are warned about and left out
+/// (for `destroy`); otherwise they are an error naming each with its fix.
+pub async fn observe_hosts(
+    loaded: &Loaded,
+    fresh: &DesiredState,
     parallel: Option<usize>,
-) -> Result<Hosts> {
+    partial: bool,
+) -> Result<(Hosts, ObservedState, DesiredState)> {
     let transport = Transport::new(&loaded.config.ssh).await.map_err(|e| {
         UserError(format!(
             "error: cannot create the SSH control directory: {e}\nhint: seedcore keeps its SSH sockets in `$XDG_RUNTIME_DIR/seedcore` or `/tmp/seedcore-<uid>`; make that place writable for your user"
         ))
     })?;
     let parallel = parallel.unwrap_or(loaded.config.ssh.max_parallel).max(1);
-    let mut hosts = desired.hosts();
-    let mut results = transport.connect_all(&hosts, parallel).await;
-    // Every host keeps the list, so a moved head or a dropped host is
-    // still found through the others.
-    let lists: Vec<Vec<HostName>> = stream::iter(results.values().flatten())
-        .map(|conn| remembered_hosts(conn, &desired.cluster))
-        .buffer_unordered(parallel)
-        .collect()
-        .await;
-    let mut extra: Vec<HostName> = Vec::new();
-    for h in lists.into_iter().flatten() {
-        if !hosts.contains(&h) && !extra.contains(&h) {
-            extra.push(h);
-        }
-    }
-    extra.sort();
-    if !extra.is_empty() {
-        results.extend(transport.connect_all(&extra, parallel).await);
-        hosts.extend(extra);
-    }
-    let mut connections = BTreeMap::new();
-    let mut failures = BTreeMap::new();
-    for (h, r) in results {
-        match r {
-            Ok(c) => {
-                connections.insert(h, c);
-            }
-            Err(e) => {
-                failures.insert(h, e);
-            }
-        }
-    }
-    Ok(Hosts {
+    let mut hosts = Hosts {
+        connections: BTreeMap::new(),
+        failures: BTreeMap::new(),
         transport,
-        connections,
-        failures,
-    })
-}
-
-/// Connects and observes; fails (naming each host with its fix) when a
-/// declared host cannot be reached.
-pub async fn connect_and_observe(
-    loaded: &Loaded,
-    desired: &DesiredState,
-    parallel: Option<usize>,
-) -> Result<(Hosts, ObservedState)> {
-    observe_hosts(loaded, desired, parallel, false).await
-}
-
-/// Connects and observes. With `partial`, unreachable declared hosts are
-/// warned about and left out (for `destroy`: tear down what can be reached).
-pub async fn observe_hosts(
-    loaded: &Loaded,
-    desired: &DesiredState,
-    parallel: Option<usize>,
-    partial: bool,
-) -> Result<(Hosts, ObservedState)> {
-    let hosts = connect(loaded, desired, parallel).await?;
+    };
+    let declared = fresh.hosts();
+    connect_more(&mut hosts, &declared, parallel).await;
     // One machine under two names would see the other name's nodes as
     // orphans and remove them.
     let mut by_engine: BTreeMap<&str, Vec<&HostName>> = BTreeMap::new();
@@ -215,7 +172,6 @@ pub async fn observe_hosts(
         hosts.close().await;
         return Err(UserError(text));
     }
-    let declared = desired.hosts();
     let blocking: Vec<&TransportError> = hosts
         .failures
         .iter()
@@ -234,35 +190,58 @@ pub async fn observe_hosts(
             "{text}\nerror: the plan is incomplete: {n} host(s) could not be observed"
         )));
     }
+    let lists: Vec<BTreeMap<String, Vec<HostName>>> = stream::iter(hosts.connections.values())
+        .map(|conn| memory::read(conn, &fresh.cluster.name))
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    let mut observed = observe_some(&hosts, &declared, fresh, parallel).await;
+    let identity = ownership::resolve(&loaded.config, &observed);
+    // Hosts this cluster ran on that the configuration no longer names.
+    let mut extra: Vec<HostName> = lists
+        .iter()
+        .filter_map(|l| l.get(&identity.id))
+        .flatten()
+        .filter(|h| !declared.contains(h))
+        .cloned()
+        .collect();
+    extra.sort();
+    extra.dedup();
+    if !extra.is_empty() {
+        connect_more(&mut hosts, &extra, parallel).await;
+        let more = observe_some(&hosts, &extra, fresh, parallel).await;
+        observed.hosts.extend(more.hosts);
+    }
     for (h, e) in &hosts.failures {
         eprintln!(
             "warning: `{h}` is unreachable ({}): nodes left there cannot be removed now",
             e.summary()
         );
     }
-    let backends = hosts.backends();
-    let mut view: BTreeMap<HostName, std::result::Result<&EngineBackend, String>> = BTreeMap::new();
-    for (h, b) in &backends {
-        view.insert(h.clone(), Ok(b));
-    }
-    let parallel = parallel.unwrap_or(loaded.config.ssh.max_parallel);
-    let observed = observe::observe(&view, desired, parallel).await;
-    Ok((hosts, observed))
+    let kept = ownership::kept_ports(&identity, &observed);
+    let desired = match topology::lower(&loaded.config, &identity, &kept) {
+        Ok(d) => d,
+        Err(errors) => {
+            hosts.close().await;
+            return Err(user(loaded.source.errors(errors)));
+        }
+    };
+    Ok((hosts, observed, desired))
 }
 
 /// `seedcore observe` / `plan` without `--observed`.
 pub async fn observe_only(
     loaded: &Loaded,
-    desired: &DesiredState,
+    fresh: &DesiredState,
     parallel: Option<usize>,
-) -> Result<ObservedState> {
-    let (hosts, observed) = connect_and_observe(loaded, desired, parallel).await?;
+) -> Result<(ObservedState, DesiredState)> {
+    let (hosts, observed, desired) = observe_hosts(loaded, fresh, parallel, false).await?;
     hosts.close().await;
-    Ok(observed)
+    Ok((observed, desired))
 }
 
 /// Reads a saved plan and checks it was made from this configuration.
-fn read_saved_plan(path: &std::path::Path, loaded: &Loaded) -> Result<serde_json::Value> {
+fn read_saved_plan(path: &std::path::Path, loaded: &Loaded) -> Result<SavedPlan> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         UserError(format!(
             "error: cannot read the plan `{}`: {e}\nhint: save a plan with `seedcore plan --out {}`, then apply that file",
@@ -270,30 +249,20 @@ fn read_saved_plan(path: &std::path::Path, loaded: &Loaded) -> Result<serde_json
             path.display()
         ))
     })?;
-    let saved: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+    let saved = SavedPlan::from_json(&text).map_err(|e| {
         UserError(format!(
-            "error: `{}` is not a saved seedcore plan: {e}\nhint: save one with `seedcore plan --out {}`",
+            "error: cannot apply `{}`: {e}\nhint: save a plan with this seedcore: `seedcore plan --out {}`",
             path.display(),
             path.display()
         ))
     })?;
-    if saved["format_version"] != render::JSON_FORMAT || saved.get("config").is_none() {
-        return Err(UserError(format!(
-            "error: `{}` is not a saved seedcore plan of this version\nhint: save one with `seedcore plan --out {}`",
+    saved.check_config(&config_digest(loaded)).map_err(|e| {
+        UserError(format!(
+            "error: cannot apply `{}`: {e}\nhint: run `seedcore plan --out {}` again and review it",
             path.display(),
             path.display()
-        )));
-    }
-    let now = config_identity(loaded);
-    if saved["config"]["sha256"] != now["sha256"]
-        || saved["config"]["overrides"] != now["overrides"]
-    {
-        return Err(UserError(format!(
-            "error: the configuration or its overrides changed since `{}` was saved\nhint: run `seedcore plan --out {}` again and review it",
-            path.display(),
-            path.display()
-        )));
-    }
+        ))
+    })?;
     Ok(saved)
 }
 
@@ -315,7 +284,7 @@ fn confirm() -> Result<bool> {
 /// `seedcore apply`.
 pub async fn apply(
     loaded: &Loaded,
-    desired: &DesiredState,
+    fresh: &DesiredState,
     args: &ApplyArgs,
     style: Style,
 ) -> Result<u8> {
@@ -328,56 +297,49 @@ pub async fn apply(
             "error: refusing to apply without confirmation: stdin is not a terminal\nhint: review `seedcore plan`, then run `seedcore apply --auto-approve` (or save the plan with `seedcore plan --out FILE` and apply that file)".to_string(),
         ));
     }
-    let (hosts, observed) = connect_and_observe(loaded, desired, args.parallel).await?;
-    let result = apply_observed(
-        loaded,
-        desired,
-        args,
-        style,
-        &hosts,
-        &observed,
-        saved.as_ref(),
-    )
-    .await;
+    let (hosts, observed, desired) = observe_hosts(loaded, fresh, args.parallel, false).await?;
+    let result = match saved {
+        Some(saved) => {
+            // Exactly the saved steps, for exactly the saved desired state,
+            // if the hosts still look as they did.
+            let desired = saved.plan.desired();
+            let now = plan::fingerprint(&observed, &desired);
+            match saved.check_hosts(&now) {
+                Ok(()) => {
+                    let run = Run {
+                        loaded,
+                        desired: &desired,
+                        hosts: &hosts,
+                        style,
+                        approved: true,
+                        parallel: args.parallel,
+                        kind: RunKind::Apply,
+                    };
+                    run.execute(saved.plan).await
+                }
+                Err(e) => Err(UserError(format!(
+                    "error: the saved plan is stale: {e}\nnothing was changed\nhint: run `seedcore plan --out FILE` again, review it, and apply the new file"
+                ))),
+            }
+        }
+        None => match make_plan(loaded, &desired, &observed) {
+            Ok(plan) => {
+                let run = Run {
+                    loaded,
+                    desired: &desired,
+                    hosts: &hosts,
+                    style,
+                    approved: args.auto_approve,
+                    parallel: args.parallel,
+                    kind: RunKind::Apply,
+                };
+                run.execute(plan).await
+            }
+            Err(e) => Err(e),
+        },
+    };
     hosts.close().await;
     result
-}
-
-async fn apply_observed(
-    loaded: &Loaded,
-    desired: &DesiredState,
-    args: &ApplyArgs,
-    style: Style,
-    hosts: &Hosts,
-    observed: &ObservedState,
-    saved: Option<&serde_json::Value>,
-) -> Result<u8> {
-    let plan = make_plan(loaded, desired, observed)?;
-    if let Some(saved) = saved {
-        let now = serde_json::to_value(&plan.fingerprint).expect("fingerprint serializes");
-        if saved["fingerprint"] != now {
-            let changed: Vec<String> = plan
-                .fingerprint
-                .iter()
-                .filter(|(h, f)| saved["fingerprint"][h.as_str()] != serde_json::json!(f))
-                .map(|(h, _)| format!("`{h}`"))
-                .collect();
-            return Err(UserError(format!(
-                "error: the plan is stale: {} changed since it was made\nhint: run `seedcore plan --out FILE` again, review it, and apply the new file",
-                changed.join(", ")
-            )));
-        }
-    }
-    let run = Run {
-        loaded,
-        desired,
-        hosts,
-        style,
-        approved: saved.is_some() || args.auto_approve,
-        parallel: args.parallel,
-        kind: RunKind::Apply,
-    };
-    run.execute(plan).await
 }
 
 /// What a run of the executor is for: it changes the last words and checks.
@@ -404,7 +366,7 @@ impl Run<'_> {
         print_plan(&plan, OutputFormat::Text, self.style)?;
         if plan.summary().is_empty() {
             if self.kind == RunKind::Apply {
-                self.warn_ray_gaps().await;
+                self.warn_ray_gaps(&plan).await;
                 print_access(desired)?;
             }
             return Ok(exit::OK);
@@ -428,12 +390,20 @@ impl Run<'_> {
 
     /// With nothing for Docker to change, Ray may still miss a node (wedged
     /// raylet): say so, since no plan step can show it.
-    async fn warn_ray_gaps(&self) {
+    async fn warn_ray_gaps(&self, plan: &Plan) {
         let head = self.desired.head();
         let Some(conn) = self.hosts.connections.get(&head.host) else {
             return;
         };
-        if let Ok(nodes) = apply::ray_nodes(&conn.backend, head).await {
+        let Some(id) = plan
+            .changes
+            .iter()
+            .find(|c| c.node == head.name)
+            .and_then(|c| c.container())
+        else {
+            return;
+        };
+        if let Ok(nodes) = apply::ray_nodes(&conn.backend, &id, head).await {
             for (node, why) in apply::missing_nodes(self.desired, &nodes) {
                 eprintln!(
                     "warning: `{node}` runs, but Ray does not list it ALIVE ({why})\nhint: `seedcore logs {node}` shows why; `seedcore restart {node}` replaces it"
@@ -468,7 +438,7 @@ impl Run<'_> {
         }
         stream::iter(hosts.connections.values())
             .for_each_concurrent(options.max_parallel, |conn| {
-                remember_hosts(conn, &desired.cluster, &remember)
+                memory::write(conn, &desired.cluster, &remember)
             })
             .await;
 
@@ -521,8 +491,14 @@ impl Run<'_> {
             desired.nodes.len(),
             options.nodes_alive_timeout.as_secs()
         );
+        let head_container = report
+            .containers
+            .get(&desired.head().name)
+            .cloned()
+            .unwrap_or_default();
         let missing = apply::wait_whole(
             desired,
+            &head_container,
             &backends,
             &report.stale_node_ids,
             options.nodes_alive_timeout,

@@ -233,11 +233,12 @@ pub fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Validate => validate(&cli.config, &overrides),
         Command::Plan(args) => {
-            let (loaded, desired) = load(&cli.config, &overrides)?;
-            let observed = match &args.observed {
-                Some(path) => read_observation(path)?,
-                None => live::block_on(live::observe_only(&loaded, &desired, args.parallel))??,
-            };
+            let (loaded, fresh) = load(&cli.config, &overrides)?;
+            if let Some(out) = &args.out {
+                refuse_config_path(out, &cli.config)?;
+            }
+            let (observed, desired) =
+                observe_or_read(&loaded, &fresh, args.observed.as_deref(), args.parallel)?;
             let plan = make_plan(&loaded, &desired, &observed)?;
             print_plan(&plan, args.output, style)?;
             if let Some(out) = &args.out {
@@ -254,11 +255,9 @@ pub fn run(cli: Cli) -> Result<u8> {
             format,
             parallel,
         } => {
-            let (loaded, desired) = load(&cli.config, &overrides)?;
-            let observed = match &observed {
-                Some(path) => read_observation(path)?,
-                None => live::block_on(live::observe_only(&loaded, &desired, parallel))??,
-            };
+            let (loaded, fresh) = load(&cli.config, &overrides)?;
+            let (observed, desired) =
+                observe_or_read(&loaded, &fresh, observed.as_deref(), parallel)?;
             let plan = make_plan(&loaded, &desired, &observed)?;
             write_stdout(&match format {
                 GraphFormat::Dot => render::dot(&plan),
@@ -267,8 +266,8 @@ pub fn run(cli: Cli) -> Result<u8> {
             Ok(exit::OK)
         }
         Command::Observe { out, parallel } => {
-            let (loaded, desired) = load(&cli.config, &overrides)?;
-            let observed = live::block_on(live::observe_only(&loaded, &desired, parallel))??;
+            let (loaded, fresh) = load(&cli.config, &overrides)?;
+            let (observed, _) = live::block_on(live::observe_only(&loaded, &fresh, parallel))??;
             let text =
                 serde_json::to_string_pretty(&observed).expect("observation serializes") + "\n";
             match out {
@@ -364,15 +363,56 @@ pub fn overrides(set: &[String]) -> Result<Vec<Override>> {
 /// Loads, validates and lowers the configuration.
 pub fn load(path: &Path, overrides: &[Override]) -> Result<(Loaded, DesiredState)> {
     let loaded = config::load(path, overrides).map_err(user)?;
-    let desired = topology::lower(&loaded.config).map_err(|e| user(loaded.source.errors(e)))?;
+    let desired =
+        topology::lower_fresh(&loaded.config).map_err(|e| user(loaded.source.errors(e)))?;
     Ok((loaded, desired))
+}
+
+/// The observation (live, or recorded in `path`) and the desired state
+/// settled against it: the cluster's identity, and the ports running nodes keep.
+fn observe_or_read(
+    loaded: &Loaded,
+    fresh: &DesiredState,
+    path: Option<&Path>,
+    parallel: Option<usize>,
+) -> Result<(ObservedState, DesiredState)> {
+    match path {
+        Some(path) => {
+            let observed = read_observation(path)?;
+            let desired = settle(loaded, &observed)?;
+            Ok((observed, desired))
+        }
+        None => live::block_on(live::observe_only(loaded, fresh, parallel))?,
+    }
+}
+
+/// Lowers the configuration for what was observed: identity and kept ports.
+pub fn settle(loaded: &Loaded, observed: &ObservedState) -> Result<DesiredState> {
+    let identity = crate::ownership::resolve(&loaded.config, observed);
+    let kept = crate::ownership::kept_ports(&identity, observed);
+    topology::lower(&loaded.config, &identity, &kept).map_err(|e| user(loaded.source.errors(e)))
+}
+
+/// `--out` must never overwrite the configuration it was read from.
+fn refuse_config_path(out: &Path, config: &Path) -> Result<()> {
+    let same = match (std::fs::canonicalize(out), std::fs::canonicalize(config)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => out == config,
+    };
+    if same {
+        return Err(UserError(format!(
+            "error: `--out {}` is the configuration file itself\nhint: save the plan elsewhere, e.g. `--out plan.json`",
+            out.display()
+        )));
+    }
+    Ok(())
 }
 
 fn validate(path: &Path, overrides: &[Override]) -> Result<u8> {
     let (loaded, desired) = load(path, overrides)?;
     let mut out = format!(
         "The configuration is valid: cluster `{}`, {} node(s) on {} host(s).\n",
-        desired.cluster,
+        desired.cluster.name,
         desired.nodes.len(),
         desired.hosts().len()
     );
@@ -461,12 +501,22 @@ pub(crate) fn print_plan(plan: &Plan, format: OutputFormat, style: Style) -> Res
     })
 }
 
-/// Writes a saved plan: the plan's JSON plus what it was made from.
+/// Writes a saved plan (the typed plan and what it was made from), mode 0600.
 fn save_plan(path: &Path, loaded: &Loaded, plan: &Plan) -> Result<()> {
-    let mut v = render::json_value(plan);
-    v["config"] = config_identity(loaded);
-    let text = serde_json::to_string_pretty(&v).expect("plan JSON serializes");
-    std::fs::write(path, text + "\n").map_err(|e| {
+    use std::os::unix::fs::OpenOptionsExt;
+    let saved = crate::plan::artifact::SavedPlan::new(plan.clone(), config_digest(loaded));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
+        // An existing file keeps its mode on open: make it private too.
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        f.write_all(saved.to_json().as_bytes())
+    };
+    write().map_err(|e| {
         UserError(format!(
             "error: cannot write the plan to `{}`: {e}",
             path.display()
@@ -491,12 +541,19 @@ pub fn write_stdout(text: &str) -> Result<()> {
 }
 
 /// What a saved plan was made from: the configuration's text and overrides.
-pub(crate) fn config_identity(loaded: &Loaded) -> serde_json::Value {
-    serde_json::json!({
-        "path": loaded.source.path,
-        "sha256": crate::model::hex(&<sha2::Sha256 as sha2::Digest>::digest(loaded.source.text.as_bytes())),
-        "overrides": loaded.source.overrides().iter().map(|o| format!("{}={}", o.key, o.value)).collect::<Vec<_>>(),
-    })
+pub(crate) fn config_digest(loaded: &Loaded) -> crate::plan::artifact::ConfigDigest {
+    crate::plan::artifact::ConfigDigest {
+        path: loaded.source.path.clone(),
+        sha256: crate::model::hex(&<sha2::Sha256 as sha2::Digest>::digest(
+            loaded.source.text.as_bytes(),
+        )),
+        overrides: loaded
+            .source
+            .overrides()
+            .iter()
+            .map(|o| format!("{}={}", o.key, o.value))
+            .collect(),
+    }
 }
 
 mod live;

@@ -4,8 +4,8 @@
 use super::live::{self, access_lines, Run, RunKind};
 use super::{exit, make_plan_with, write_stdout, OutputFormat, Result, UserError};
 use crate::apply::{self, RayNode};
-use crate::backend::{DockerBackend, LogOptions};
 use crate::config::Loaded;
+use crate::engine::{DockerBackend, LogOptions};
 use crate::model::{DesiredState, NodeName, NodeSpec, Role};
 use crate::plan;
 use crate::render::Style;
@@ -76,35 +76,31 @@ fn uptime(started_at: &str) -> String {
 /// `seedcore status`: containers per host and Ray's own view.
 pub async fn status(
     loaded: &Loaded,
-    desired: &DesiredState,
+    fresh: &DesiredState,
     output: OutputFormat,
     parallel: Option<usize>,
 ) -> Result<u8> {
-    let hosts = live::connect(loaded, desired, parallel).await?;
-    let names: Vec<String> = desired.nodes.iter().map(|n| n.name.0.clone()).collect();
+    let (hosts, observed, desired) = live::observe_hosts(loaded, fresh, parallel, true).await?;
+    let desired = &desired;
     let head = desired.head();
-    let ray: std::result::Result<Vec<RayNode>, String> = match hosts.connections.get(&head.host) {
-        Some(c) => apply::ray_nodes(&c.backend, head).await,
-        None => Err(format!("head host `{}` unreachable", head.host)),
-    };
+    let head_container = observed
+        .hosts
+        .get(&head.host)
+        .and_then(|o| o.containers.iter().find(|c| c.name == head.name.0))
+        .map(|c| c.id.clone());
+    let ray: std::result::Result<Vec<RayNode>, String> =
+        match (hosts.connections.get(&head.host), head_container) {
+            (Some(c), Some(id)) => apply::ray_nodes(&c.backend, &id, head).await,
+            (Some(_), None) => Err(format!("`{}` has no container", head.name)),
+            (None, _) => Err(format!("head host `{}` unreachable", head.host)),
+        };
     let parallel = parallel.unwrap_or(loaded.config.ssh.max_parallel).max(1);
-    // One listing per host; then one inspect per node (uptime, restarts).
-    let listings: std::collections::BTreeMap<&crate::model::HostName, Vec<_>> =
-        stream::iter(hosts.connections.iter())
-            .map(|(h, c)| {
-                let names = &names;
-                async move {
-                    let list = c
-                        .backend
-                        .list_containers(&desired.cluster, names)
-                        .await
-                        .unwrap_or_default();
-                    (h, list)
-                }
-            })
-            .buffer_unordered(parallel)
-            .collect()
-            .await;
+    // One listing per host (the observation); then one inspect per node.
+    let listings: std::collections::BTreeMap<&crate::model::HostName, &Vec<_>> = observed
+        .hosts
+        .iter()
+        .map(|(h, o)| (h, &o.containers))
+        .collect();
     let statuses: Vec<NodeStatus> = stream::iter(desired.nodes.iter())
         .map(|spec| {
             let conn = hosts.connections.get(&spec.host);
@@ -118,19 +114,18 @@ pub async fn status(
                             .get(&spec.host)
                             .and_then(|l| l.iter().find(|x| x.name == spec.name.0))
                             .cloned();
-                        let details = c
-                            .backend
-                            .inspect_container(spec.name.as_str())
-                            .await
-                            .ok()
-                            .flatten();
+                        let details = match &listed {
+                            Some(l) => c.backend.inspect_container(&l.id).await.ok().flatten(),
+                            None => None,
+                        };
                         match (listed, details) {
                             (Some(l), Some(d)) => {
                                 let state = match (l.state.as_str(), l.exit_code) {
                                     ("exited", Some(code)) => format!("exited ({code})"),
                                     (s, _) => s.to_string(),
                                 };
-                                let foreign = l.cluster() != Some(desired.cluster.as_str());
+                                let foreign = crate::ownership::owner(&desired.cluster, &l)
+                                    != crate::ownership::Owner::Ours;
                                 (
                                     if foreign {
                                         format!("{state}, NOT seedcore's")
@@ -199,7 +194,10 @@ pub async fn status(
             serde_json::to_string_pretty(&v).expect("status serializes") + "\n"
         }
         _ => {
-            let mut out = format!("Cluster `{}`\n\n", desired.cluster);
+            let mut out = format!(
+                "Cluster `{}` (id `{}`)\n\n",
+                desired.cluster.name, desired.cluster.id
+            );
             let w = statuses
                 .iter()
                 .map(|s| s.node.len())
@@ -340,14 +338,14 @@ pub fn parse_duration(text: &str) -> Option<i64> {
 /// `seedcore logs`: every selected node's log at once, prefixed.
 pub async fn logs(
     loaded: &Loaded,
-    desired: &DesiredState,
+    fresh: &DesiredState,
     selection: &[String],
     follow: bool,
     tail: Option<u64>,
     since: Option<&str>,
     color: bool,
 ) -> Result<u8> {
-    let nodes = select_nodes(desired, selection)?;
+    select_nodes(fresh, selection)?;
     let since = match since {
         Some(s) => Some(parse_duration(s).ok_or_else(|| {
             UserError(format!(
@@ -360,15 +358,29 @@ pub async fn logs(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let hosts = live::connect(loaded, desired, None).await?;
-    for (h, e) in &hosts.failures {
-        eprintln!("warning: `{h}`: {}", e.summary());
+    let (hosts, observed, desired) = live::observe_hosts(loaded, fresh, None, true).await?;
+    let nodes = select_nodes(&desired, selection)?;
+    let mut code = exit::OK;
+    if !hosts.failures.is_empty() {
+        code = exit::ERROR;
     }
     let width = nodes.iter().map(|n| n.name.0.len()).max().unwrap_or(0);
     const COLORS: [&str; 6] = ["36", "33", "35", "32", "34", "31"];
     let mut streams = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
         let Some(conn) = hosts.connections.get(&n.host) else {
+            continue;
+        };
+        // The container observed as this node's, by ID.
+        let Some(id) = observed.hosts.get(&n.host).and_then(|o| {
+            crate::ownership::ours(&desired.cluster, &o.containers)
+                .find(|c| c.name == n.name.0)
+                .map(|c| c.id.clone())
+        }) else {
+            eprintln!(
+                "warning: `{}` has no container (run `seedcore apply`)",
+                n.name
+            );
             continue;
         };
         let prefix = if color {
@@ -384,7 +396,7 @@ pub async fn logs(
         let s = conn
             .backend
             .logs(
-                &name,
+                &id,
                 LogOptions {
                     follow,
                     tail,
@@ -396,7 +408,6 @@ pub async fn logs(
     }
     let mut merged = stream::select_all(streams);
     let mut pending: std::collections::BTreeMap<String, String> = Default::default();
-    let mut code = exit::OK;
     let stop = async {
         if follow {
             let _ = tokio::signal::ctrl_c().await;
@@ -433,7 +444,7 @@ pub async fn logs(
                             }
                         }
                     }
-                    Err(e) if e.kind == crate::backend::ErrorKind::NotFound => {
+                    Err(e) if e.kind == crate::engine::ErrorKind::NotFound => {
                         eprintln!("warning: `{name}` has no container (run `seedcore apply`)");
                     }
                     Err(e) => {
@@ -475,7 +486,7 @@ pub fn strip_ansi(line: &str) -> String {
 /// `seedcore destroy`: removes every container of this cluster.
 pub async fn destroy(
     loaded: &Loaded,
-    desired: &DesiredState,
+    fresh: &DesiredState,
     workers_only: bool,
     auto_approve: bool,
     parallel: Option<usize>,
@@ -486,7 +497,8 @@ pub async fn destroy(
             "error: refusing to destroy without confirmation: stdin is not a terminal\nhint: review `seedcore status`, then run `seedcore destroy --auto-approve`".to_string(),
         ));
     }
-    let (hosts, observed) = live::observe_hosts(loaded, desired, parallel, true).await?;
+    let (hosts, observed, desired) = live::observe_hosts(loaded, fresh, parallel, true).await?;
+    let desired = &desired;
     let plan = plan::destroy(desired, &observed, workers_only);
     let unreachable: Vec<String> = hosts.failures.keys().map(|h| format!("`{h}`")).collect();
     let run = Run {
@@ -512,7 +524,7 @@ pub async fn destroy(
 /// `seedcore restart`: replaces the named nodes (a head takes its workers).
 pub async fn restart(
     loaded: &Loaded,
-    desired: &DesiredState,
+    fresh: &DesiredState,
     selection: &[String],
     all: bool,
     auto_approve: bool,
@@ -525,9 +537,9 @@ pub async fn restart(
         ));
     }
     let chosen: BTreeSet<NodeName> = if all {
-        desired.nodes.iter().map(|n| n.name.clone()).collect()
+        fresh.nodes.iter().map(|n| n.name.clone()).collect()
     } else {
-        select_nodes(desired, selection)?
+        select_nodes(fresh, selection)?
             .into_iter()
             .map(|n| n.name.clone())
             .collect()
@@ -537,7 +549,8 @@ pub async fn restart(
             "error: refusing to restart without confirmation: stdin is not a terminal\nhint: run `seedcore restart ... --auto-approve`".to_string(),
         ));
     }
-    let (hosts, observed) = live::connect_and_observe(loaded, desired, parallel).await?;
+    let (hosts, observed, desired) = live::observe_hosts(loaded, fresh, parallel, false).await?;
+    let desired = &desired;
     let result = match make_plan_with(loaded, desired, &observed, chosen) {
         Ok(plan) => {
             let run = Run {

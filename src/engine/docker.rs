@@ -1,0 +1,298 @@
+//! The bollard implementation of [`DockerBackend`], on a local socket or one
+//! forwarded over SSH.
+
+use super::*;
+use bollard::Docker;
+use futures_util::stream::{BoxStream, StreamExt};
+use std::collections::HashMap;
+
+/// The bollard implementation, on a local socket or one forwarded over SSH.
+#[derive(Debug, Clone)]
+pub struct EngineBackend {
+    pub docker: Docker,
+}
+
+impl DockerBackend for EngineBackend {
+    async fn describe(&self) -> Result<EngineInfo> {
+        let version = self.docker.version().await?;
+        let info = self.docker.info().await?;
+        Ok(EngineInfo {
+            id: info.id.unwrap_or_default(),
+            version: version.version.unwrap_or_default(),
+            api_version: version.api_version.unwrap_or_default(),
+            cpus: info.ncpu.unwrap_or(0).max(0) as u32,
+            memory_bytes: info.mem_total.unwrap_or(0).max(0) as u64,
+        })
+    }
+
+    async fn list_containers(
+        &self,
+        cluster: &str,
+        names: &[String],
+    ) -> Result<Vec<ObservedContainer>> {
+        use bollard::query_parameters::ListContainersOptions;
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                ..Default::default()
+            }))
+            .await?;
+        let mut out = Vec::new();
+        for c in list {
+            let name = c
+                .names
+                .as_ref()
+                .and_then(|n| n.first())
+                .map(|n| n.trim_start_matches('/').to_string())
+                .unwrap_or_default();
+            let labels: BTreeMap<String, String> =
+                c.labels.clone().unwrap_or_default().into_iter().collect();
+            let ours = labels.get(crate::model::LABEL_CLUSTER).map(String::as_str) == Some(cluster);
+            if !ours && !names.contains(&name) {
+                continue;
+            }
+            let state = c.state.map(|s| s.to_string()).unwrap_or_default();
+            let exit_code = c.status.as_deref().and_then(exit_code_from_status);
+            out.push(ObservedContainer {
+                name,
+                id: c.id.unwrap_or_default(),
+                image: c.image.unwrap_or_default(),
+                state,
+                exit_code,
+                labels,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn image_id(&self, image: &str) -> Result<Option<String>> {
+        match self.docker.inspect_image(image).await {
+            Ok(i) => Ok(i.id),
+            Err(e) => {
+                let e = BackendError::from(e);
+                if e.kind == ErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    async fn pull_image(&self, image: &str) -> Result<()> {
+        use bollard::query_parameters::CreateImageOptions;
+        // A reference without a tag would pull every tag of the repository.
+        let last = image.rsplit('/').next().unwrap_or(image);
+        let tag = (!last.contains(':') && !image.contains('@')).then(|| "latest".to_string());
+        let mut stream = self.docker.create_image(
+            Some(CreateImageOptions {
+                from_image: Some(image.to_string()),
+                tag,
+                ..Default::default()
+            }),
+            None,
+            None,
+        );
+        while let Some(item) = stream.next().await {
+            item?;
+        }
+        Ok(())
+    }
+
+    async fn create_container(
+        &self,
+        spec: &NodeSpec,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<String> {
+        use bollard::models::{
+            ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum,
+        };
+        use bollard::query_parameters::CreateContainerOptions;
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: Some(spec.command.clone()),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            labels: Some(labels.clone().into_iter().collect::<HashMap<_, _>>()),
+            hostname: None,
+            host_config: Some(HostConfig {
+                network_mode: Some(spec.network_mode.clone()),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                    maximum_retry_count: None,
+                }),
+                init: Some(spec.init),
+                nano_cpus: Some(i64::from(spec.cpus) * 1_000_000_000),
+                shm_size: Some(spec.shm_size_bytes as i64),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(spec.name.0.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await?;
+        Ok(created.id)
+    }
+
+    async fn start_container(&self, name: &str) -> Result<()> {
+        self.docker
+            .start_container(
+                name,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn stop_container(&self, name: &str, timeout_secs: u64) -> Result<()> {
+        use bollard::query_parameters::StopContainerOptions;
+        match self
+            .docker
+            .stop_container(
+                name,
+                Some(StopContainerOptions {
+                    t: Some(timeout_secs as i32),
+                    signal: None,
+                }),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            // 304: already stopped.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn remove_container(&self, name: &str) -> Result<()> {
+        use bollard::query_parameters::RemoveContainerOptions;
+        self.docker
+            .remove_container(
+                name,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: false,
+                    link: false,
+                }),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn inspect_container(&self, name: &str) -> Result<Option<ContainerDetails>> {
+        match self
+            .docker
+            .inspect_container(
+                name,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+        {
+            Ok(c) => {
+                let state = c.state.unwrap_or_default();
+                Ok(Some(ContainerDetails {
+                    state: state.status.map(|s| s.to_string()).unwrap_or_default(),
+                    exit_code: state.exit_code,
+                    started_at: state.started_at,
+                    restart_count: c.restart_count.unwrap_or(0),
+                }))
+            }
+            Err(e) => {
+                let e = BackendError::from(e);
+                if e.kind == ErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    async fn exec(&self, container: &str, cmd: &[String]) -> Result<ExecOutput> {
+        use bollard::exec::{StartExecOptions, StartExecResults};
+        use bollard::models::ExecConfig;
+        let exec = self
+            .docker
+            .create_exec(
+                container,
+                ExecConfig {
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    cmd: Some(cmd.to_vec()),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let (mut stdout, mut stderr) = (String::new(), String::new());
+        if let StartExecResults::Attached {
+            output: mut out, ..
+        } = self
+            .docker
+            .start_exec(
+                &exec.id,
+                Some(StartExecOptions {
+                    detach: false,
+                    tty: false,
+                    output_capacity: Some(1 << 20),
+                }),
+            )
+            .await?
+        {
+            while let Some(chunk) = out.next().await {
+                match chunk? {
+                    bollard::container::LogOutput::StdErr { message } => {
+                        stderr.push_str(&String::from_utf8_lossy(&message))
+                    }
+                    other => stdout.push_str(&other.to_string()),
+                }
+            }
+        }
+        let inspect = self.docker.inspect_exec(&exec.id).await?;
+        Ok(ExecOutput {
+            exit_code: inspect.exit_code.unwrap_or(-1),
+            stdout,
+            stderr,
+        })
+    }
+
+    fn logs(&self, container: &str, options: LogOptions) -> BoxStream<'static, Result<String>> {
+        let docker = self.docker.clone();
+        let container = container.to_string();
+        let stream = async_stream_logs(docker, container, options);
+        stream.boxed()
+    }
+}
+
+fn async_stream_logs(
+    docker: Docker,
+    container: String,
+    options: LogOptions,
+) -> impl futures_util::Stream<Item = Result<String>> + Send + 'static {
+    use bollard::query_parameters::LogsOptions;
+    let opts = LogsOptions {
+        follow: options.follow,
+        stdout: true,
+        stderr: true,
+        since: options.since.unwrap_or(0).clamp(0, i64::from(i32::MAX)) as i32,
+        until: 0,
+        timestamps: false,
+        tail: options
+            .tail
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "all".to_string()),
+    };
+    // The docker handle must live as long as the stream: move it in.
+    futures_util::stream::once(async move { docker })
+        .flat_map(move |docker| docker.logs(&container, Some(opts.clone())))
+        .map(|item| item.map(|o| o.to_string()).map_err(BackendError::from))
+}

@@ -1,0 +1,165 @@
+//! One host's Docker engine, behind [`DockerBackend`]: the bollard
+//! implementation ([`docker::EngineBackend`]) used for real hosts, and, with
+//! the `test-support` feature, an in-memory [`fake::FakeCluster`] that
+//! journals calls, holds state and speaks Ray (GCS probe, membership, drain)
+//! from a script, for executor tests.
+
+pub mod docker;
+#[cfg(any(test, feature = "test-support"))]
+pub mod fake;
+
+pub use docker::EngineBackend;
+
+use crate::model::{EngineInfo, NodeSpec, ObservedContainer};
+use futures_util::stream::BoxStream;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+
+/// What went wrong talking to an engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    NotFound,
+    Conflict,
+    /// The engine or the tunnel to it went away.
+    Unreachable,
+    Other,
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for BackendError {}
+
+impl BackendError {
+    pub fn other(message: impl Into<String>) -> Self {
+        BackendError {
+            kind: ErrorKind::Other,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<bollard::errors::Error> for BackendError {
+    fn from(e: bollard::errors::Error) -> Self {
+        use bollard::errors::Error as E;
+        match e {
+            E::DockerResponseServerError {
+                status_code,
+                message,
+            } => BackendError {
+                kind: match status_code {
+                    404 => ErrorKind::NotFound,
+                    409 => ErrorKind::Conflict,
+                    _ => ErrorKind::Other,
+                },
+                message: format!("Docker engine: {} ({status_code})", message.trim()),
+            },
+            E::HyperResponseError { .. } | E::IOError { .. } | E::RequestTimeoutError => {
+                BackendError {
+                    kind: ErrorKind::Unreachable,
+                    message: format!("lost the Docker engine: {e}"),
+                }
+            }
+            other => BackendError::other(other.to_string()),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, BackendError>;
+
+/// Output of a command run inside a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub exit_code: i64,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Container details beyond the listing (for status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerDetails {
+    pub state: String,
+    pub exit_code: Option<i64>,
+    pub started_at: Option<String>,
+    pub restart_count: i64,
+}
+
+/// Which log lines to fetch.
+#[derive(Debug, Clone, Default)]
+pub struct LogOptions {
+    pub follow: bool,
+    /// Last N lines; `None` for all.
+    pub tail: Option<u64>,
+    /// Unix seconds.
+    pub since: Option<i64>,
+}
+
+/// One host's Docker engine.
+pub trait DockerBackend: Send + Sync {
+    /// Engine version, API version, CPUs and memory.
+    fn describe(&self) -> impl Future<Output = Result<EngineInfo>> + Send;
+    /// Containers labelled with `cluster`, and any container named in `names`.
+    fn list_containers(
+        &self,
+        cluster: &str,
+        names: &[String],
+    ) -> impl Future<Output = Result<Vec<ObservedContainer>>> + Send;
+    /// The image's ID, or `None` when the host lacks it.
+    fn image_id(&self, image: &str) -> impl Future<Output = Result<Option<String>>> + Send;
+    fn pull_image(&self, image: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Creates (not starts) a node's container; returns its ID.
+    fn create_container(
+        &self,
+        spec: &NodeSpec,
+        labels: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<String>> + Send;
+    fn start_container(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
+    fn stop_container(
+        &self,
+        name: &str,
+        timeout_secs: u64,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn remove_container(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
+    fn inspect_container(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<ContainerDetails>>> + Send;
+    /// Runs a command in a running container and collects its output.
+    fn exec(
+        &self,
+        container: &str,
+        cmd: &[String],
+    ) -> impl Future<Output = Result<ExecOutput>> + Send;
+    /// A container's log lines (stdout and stderr interleaved).
+    fn logs(&self, container: &str, options: LogOptions) -> BoxStream<'static, Result<String>>;
+}
+
+/// Parses the exit code from Docker's status text, e.g. `Exited (137) 5 minutes ago`.
+pub fn exit_code_from_status(status: &str) -> Option<i64> {
+    let rest = status.strip_prefix("Exited (")?;
+    rest.split(')').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_come_from_the_status_text() {
+        assert_eq!(
+            exit_code_from_status("Exited (137) 5 minutes ago"),
+            Some(137)
+        );
+        assert_eq!(exit_code_from_status("Up 3 hours"), None);
+    }
+}

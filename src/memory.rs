@@ -1,0 +1,133 @@
+//! What each host remembers of the clusters it ran: for every cluster
+//! identity, the hosts that ran its nodes, so a host dropped from the
+//! configuration (or a moved head) is still visited to remove its nodes.
+//!
+//! Stored in the SSH user's home, `~/.seedcore/NAME/ID.hosts`, one host per
+//! line. `local` is never remembered: a remote host's file must not make
+//! seedcore act on the operator's own engine. Every command is an argument
+//! vector; nothing from the configuration is pasted into a shell script.
+
+use crate::model::{ClusterIdentity, HostName};
+use crate::transport::Connection;
+use std::collections::BTreeMap;
+
+/// The directory of a cluster name's lists, relative to the home directory.
+fn dir(name: &str) -> String {
+    format!(".seedcore/{name}")
+}
+
+/// Reads one list: host names, one per line; invalid lines and `local` dropped.
+pub fn parse(text: &str) -> Vec<HostName> {
+    let mut out: Vec<HostName> = Vec::new();
+    for line in text.lines().map(str::trim).take(10_000) {
+        if line.is_empty() || line == "local" || crate::config::check_host(line).is_err() {
+            continue;
+        }
+        let h = HostName(line.to_string());
+        if !out.contains(&h) {
+            out.push(h);
+        }
+    }
+    out
+}
+
+/// Every list one host keeps for a cluster name, by identity.
+pub async fn read(conn: &Connection, name: &str) -> BTreeMap<String, Vec<HostName>> {
+    // Prints `== ID` before each file's lines.
+    const SCRIPT: &str = "cd \"$HOME\" 2>/dev/null || exit 0; for f in \"$1\"/*.hosts; do [ -f \"$f\" ] || continue; b=${f##*/}; printf '== %s\\n' \"${b%.hosts}\"; head -c 65536 \"$f\"; echo; done";
+    let text = if conn.host.is_local() {
+        read_local(name)
+    } else {
+        conn.run_on_host(&["sh", "-c", SCRIPT, "sh", &dir(name)], None)
+            .await
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default()
+    };
+    let mut out: BTreeMap<String, Vec<HostName>> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    let mut body = String::new();
+    for line in text.lines().chain(std::iter::once("== ")) {
+        if let Some(id) = line.strip_prefix("== ") {
+            if let Some(prev) = current.take() {
+                out.insert(prev, parse(&body));
+            }
+            body.clear();
+            current = Some(id.trim().to_string()).filter(|s| !s.is_empty());
+        } else {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    out
+}
+
+fn read_local(name: &str) -> String {
+    let Some(home) = std::env::var_os("HOME") else {
+        return String::new();
+    };
+    let dir = std::path::Path::new(&home).join(dir(name));
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return String::new();
+    };
+    let mut files: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    files.sort();
+    let mut out = String::new();
+    for f in files {
+        let Some(id) = f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".hosts"))
+        else {
+            continue;
+        };
+        out.push_str(&format!("== {id}\n"));
+        out.push_str(&std::fs::read_to_string(&f).unwrap_or_default());
+        out.push('\n');
+    }
+    out
+}
+
+/// Writes this cluster's list on one host (best effort: a host that cannot
+/// store it is still planned from the configuration).
+pub async fn write(conn: &Connection, cluster: &ClusterIdentity, hosts: &[HostName]) {
+    let body: String = hosts
+        .iter()
+        .filter(|h| !h.is_local())
+        .map(|h| format!("{h}\n"))
+        .collect();
+    let file = format!("{}/{}.hosts", dir(&cluster.name), cluster.id);
+    if conn.host.is_local() {
+        if let Some(home) = std::env::var_os("HOME") {
+            let p = std::path::Path::new(&home).join(&file);
+            if let Some(d) = p.parent() {
+                let _ = std::fs::create_dir_all(d);
+            }
+            let _ = std::fs::write(p, body);
+        }
+    } else {
+        const SCRIPT: &str = "cd \"$HOME\" && mkdir -p \"$1\" && cat > \"$2\"";
+        let _ = conn
+            .run_on_host(
+                &["sh", "-c", SCRIPT, "sh", &dir(&cluster.name), &file],
+                Some(body.as_bytes()),
+            )
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_and_invalid_lines_are_never_remembered() {
+        let hosts = parse("10.0.0.5\nlocal\n;rm -rf /\n10.0.0.5\nnode-2.example\n");
+        assert_eq!(
+            hosts,
+            vec![
+                HostName("10.0.0.5".to_string()),
+                HostName("node-2.example".to_string())
+            ]
+        );
+    }
+}

@@ -1,0 +1,197 @@
+//! The saved plan: `plan --out FILE` writes the typed [`Plan`] itself with
+//! what it was made from; `apply FILE` re-observes, refuses naming each host
+//! and what differs when anything it depended on changed, and otherwise
+//! executes exactly the saved steps.
+//!
+//! Format versions are `MAJOR.MINOR`: a minor bump only adds fields (older
+//! readers ignore them); a major bump means readers of another major refuse.
+
+use super::{HostFingerprint, Plan};
+use crate::model::{excerpt, HostName};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// What a saved plan file holds.
+pub const KIND: &str = "seedcore-plan";
+/// Major version of the saved-plan format this seedcore reads and writes.
+pub const FORMAT_MAJOR: u32 = 1;
+/// Minor version written.
+pub const FORMAT_MINOR: u32 = 0;
+
+/// The configuration a plan was made from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigDigest {
+    pub path: String,
+    /// sha256 of the file's text.
+    pub sha256: String,
+    /// `KEY=VALUE` of every override in force.
+    pub overrides: Vec<String>,
+}
+
+/// A saved plan, as written to disk (JSON, mode 0600).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedPlan {
+    pub kind: String,
+    pub format_version: String,
+    pub seedcore_version: String,
+    pub config: ConfigDigest,
+    pub plan: Plan,
+}
+
+/// Why a saved plan cannot be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SavedPlanError {
+    #[error("it is not a saved seedcore plan: {0}")]
+    NotAPlan(String),
+    #[error("it has format {found}, and this seedcore ({ours}) reads format {FORMAT_MAJOR}.x")]
+    Format { found: String, ours: String },
+    #[error("the configuration or its overrides changed since it was saved")]
+    ConfigChanged,
+    #[error("the hosts changed since it was made:\n{}", describe(.0))]
+    Stale(Vec<(HostName, Vec<String>)>),
+}
+
+fn describe(hosts: &[(HostName, Vec<String>)]) -> String {
+    let mut out = Vec::new();
+    for (host, diffs) in hosts {
+        out.push(format!("  - `{host}`:"));
+        for d in diffs.iter().take(20) {
+            out.push(format!("      {d}"));
+        }
+        if diffs.len() > 20 {
+            out.push(format!("      ... and {} more", diffs.len() - 20));
+        }
+    }
+    out.join("\n")
+}
+
+impl SavedPlan {
+    pub fn new(plan: Plan, config: ConfigDigest) -> Self {
+        SavedPlan {
+            kind: KIND.to_string(),
+            format_version: format!("{FORMAT_MAJOR}.{FORMAT_MINOR}"),
+            seedcore_version: env!("CARGO_PKG_VERSION").to_string(),
+            config,
+            plan,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a plan serializes") + "\n"
+    }
+
+    /// Reads a saved plan, refusing other kinds and other major versions.
+    pub fn from_json(text: &str) -> Result<SavedPlan, SavedPlanError> {
+        #[derive(Deserialize)]
+        struct Head {
+            kind: Option<String>,
+            format_version: Option<String>,
+            seedcore_version: Option<String>,
+        }
+        let head: Head = serde_json::from_str(text)
+            .map_err(|e| SavedPlanError::NotAPlan(excerpt(&e.to_string(), 200)))?;
+        if head.kind.as_deref() != Some(KIND) {
+            return Err(SavedPlanError::NotAPlan(
+                "its `kind` is not `seedcore-plan`".to_string(),
+            ));
+        }
+        let found = head.format_version.unwrap_or_default();
+        let major = found.split('.').next().and_then(|m| m.parse::<u32>().ok());
+        if major != Some(FORMAT_MAJOR) {
+            return Err(SavedPlanError::Format {
+                found: format!(
+                    "{} (written by seedcore {})",
+                    excerpt(&found, 20),
+                    excerpt(head.seedcore_version.as_deref().unwrap_or("unknown"), 20)
+                ),
+                ours: env!("CARGO_PKG_VERSION").to_string(),
+            });
+        }
+        serde_json::from_str(text)
+            .map_err(|e| SavedPlanError::NotAPlan(excerpt(&e.to_string(), 200)))
+    }
+
+    /// Checks that the plan was made from this configuration.
+    pub fn check_config(&self, now: &ConfigDigest) -> Result<(), SavedPlanError> {
+        if self.config.sha256 != now.sha256 || self.config.overrides != now.overrides {
+            return Err(SavedPlanError::ConfigChanged);
+        }
+        Ok(())
+    }
+
+    /// Checks the hosts still look as they did; names each difference.
+    pub fn check_hosts(
+        &self,
+        now: &BTreeMap<HostName, HostFingerprint>,
+    ) -> Result<(), SavedPlanError> {
+        let stale = differences(&self.plan.fingerprint, now);
+        if stale.is_empty() {
+            Ok(())
+        } else {
+            Err(SavedPlanError::Stale(stale))
+        }
+    }
+}
+
+/// Per host, what differs between two fingerprints, worded.
+pub fn differences(
+    then: &BTreeMap<HostName, HostFingerprint>,
+    now: &BTreeMap<HostName, HostFingerprint>,
+) -> Vec<(HostName, Vec<String>)> {
+    let mut out = Vec::new();
+    let empty = HostFingerprint { lines: Vec::new() };
+    let hosts: std::collections::BTreeSet<&HostName> = then.keys().chain(now.keys()).collect();
+    for host in hosts {
+        let a = then.get(host).unwrap_or(&empty);
+        let b = now.get(host).unwrap_or(&empty);
+        if a == b {
+            continue;
+        }
+        // Lines are keyed by their first two words (`container NAME`, `image REF`).
+        let key = |l: &str| -> String { l.splitn(3, ' ').take(2).collect::<Vec<_>>().join(" ") };
+        let index = |fp: &HostFingerprint| -> BTreeMap<String, String> {
+            fp.lines.iter().map(|l| (key(l), l.clone())).collect()
+        };
+        let (ia, ib) = (index(a), index(b));
+        let mut diffs = Vec::new();
+        for (k, la) in &ia {
+            match ib.get(k) {
+                None => diffs.push(format!("{}: gone (was {})", excerpt(k, 160), rest(la))),
+                Some(lb) if lb != la => diffs.push(format!(
+                    "{}: was {}, now {}",
+                    excerpt(k, 160),
+                    rest(la),
+                    rest(lb)
+                )),
+                Some(_) => {}
+            }
+        }
+        for (k, lb) in &ib {
+            if !ia.contains_key(k) {
+                diffs.push(format!("{}: new ({})", excerpt(k, 160), rest(lb)));
+            }
+        }
+        if diffs.is_empty() {
+            diffs.push("changed".to_string());
+        }
+        out.push((host.clone(), diffs));
+    }
+    out
+}
+
+/// A fingerprint line after its key, shortened for reading: IDs to 12 characters.
+fn rest(line: &str) -> String {
+    let words: Vec<String> = line
+        .split(' ')
+        .skip(2)
+        .map(|w| {
+            let w = w.strip_prefix("sha256:").unwrap_or(w);
+            if w.len() > 12 && w.chars().all(|c| c.is_ascii_hexdigit()) {
+                w[..12].to_string()
+            } else {
+                w.to_string()
+            }
+        })
+        .collect();
+    excerpt(&words.join(" "), 200)
+}

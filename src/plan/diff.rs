@@ -1,0 +1,607 @@
+//! The diff: desired nodes against observed containers, one [`Change`] per
+//! node (and per container of ours no longer declared), each with a typed
+//! [`Reason`] that the renderers word. Pure and deterministic.
+
+use crate::model::{
+    excerpt, DesiredState, EngineInfo, HostName, NodeName, NodeSpec, ObservedContainer,
+    ObservedState, Role,
+};
+use crate::ownership::{self, Owner};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// What happens to one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    NoOp,
+    Create,
+    Start,
+    Replace,
+    Remove,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::NoOp => "no-op",
+            Action::Create => "create",
+            Action::Start => "start",
+            Action::Replace => "replace",
+            Action::Remove => "remove",
+        }
+    }
+}
+
+/// Why a node's action was chosen: decided by the planner, worded by
+/// [`Change::cause`]. Reasons explain; they never steer apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Reason {
+    /// No container of this node on its host.
+    Missing,
+    /// Its container runs and matches (no-op).
+    Running { state: String },
+    /// Its container exited.
+    Exited { exit_code: Option<i64> },
+    /// Its container was created but never started.
+    NeverStarted,
+    /// Its container is in a state that only a new container fixes.
+    BadState { state: String },
+    /// Settings changed: the change's `fields` name them.
+    SpecChanged,
+    /// The spec hash differs and the old spec is not recorded.
+    SpecUnrecorded,
+    /// The container runs another image than declared.
+    ImageDiffers { running: String, expected: String },
+    /// The head is replaced, created or started: workers must rejoin.
+    HeadReplaced { head: Action },
+    /// `seedcore restart` asked for it.
+    RestartRequested,
+    /// Ours, but no longer declared on its host.
+    NotDeclared,
+    /// Ours, but now declared on another host.
+    MovedTo { host: HostName },
+    /// `seedcore destroy`.
+    Destroy { workers_only: bool },
+    /// Kept by `destroy --workers-only`.
+    KeptByWorkersOnly,
+}
+
+/// One changed field of a replaced node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldChange {
+    pub field: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+}
+
+/// The container that exists now: the one every step of this change acts on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Before {
+    pub id: String,
+    pub image: String,
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+}
+
+/// One node's change, with its reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub node: NodeName,
+    pub host: HostName,
+    pub role: Role,
+    pub action: Action,
+    pub reason: Reason,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Before>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<NodeSpec>,
+    /// Field-level differences, for replacements whose old spec is known.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldChange>,
+}
+
+impl Change {
+    /// The reason as a sentence for people (values bounded and escaped).
+    pub fn cause(&self) -> String {
+        match &self.reason {
+            Reason::Missing => format!("no container `{}` on `{}`", self.node, self.host),
+            Reason::Running { state } => format!("container {}", excerpt(state, 40)),
+            Reason::Exited {
+                exit_code: Some(code),
+            } => format!("container exited (code {code})"),
+            Reason::Exited { exit_code: None } => "container exited".to_string(),
+            Reason::NeverStarted => "container created but never started".to_string(),
+            Reason::BadState { state } => format!("container is {}", excerpt(state, 40)),
+            Reason::SpecChanged if self.fields.is_empty() => {
+                "spec changed (label schema or defaults)".to_string()
+            }
+            Reason::SpecChanged => {
+                // Name the settings that changed; the flags they imply show
+                // in the field diff. Flags alone are named when nothing else
+                // changed (ports moved, for example).
+                let settings: Vec<&FieldChange> = self
+                    .fields
+                    .iter()
+                    .filter(|f| !crate::model::is_ray_flag(&f.field))
+                    .collect();
+                let named: Vec<&FieldChange> = if settings.is_empty() {
+                    self.fields.iter().collect()
+                } else {
+                    settings
+                };
+                named
+                    .iter()
+                    .map(|f| match (&f.before, &f.after) {
+                        (Some(b), Some(a)) => {
+                            format!("{} {} -> {}", f.field, excerpt(b, 80), excerpt(a, 80))
+                        }
+                        (None, Some(a)) => format!("{} {} added", f.field, excerpt(a, 80)),
+                        (Some(_), None) => format!("{} removed", f.field),
+                        (None, None) => f.field.clone(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+            Reason::SpecUnrecorded => {
+                "spec hash differs and the old spec is not recorded".to_string()
+            }
+            Reason::ImageDiffers { running, expected } => format!(
+                "runs image `{}`, expected `{}`",
+                excerpt(running, 120),
+                excerpt(expected, 120)
+            ),
+            Reason::HeadReplaced { head } => format!(
+                "head {}: workers must rejoin the new cluster",
+                match head {
+                    Action::Replace => "replaced",
+                    Action::Create => "created",
+                    _ => "restarted",
+                }
+            ),
+            Reason::RestartRequested => "restart requested".to_string(),
+            Reason::NotDeclared => "not in configuration".to_string(),
+            Reason::MovedTo { host } => format!("moved to `{host}`"),
+            Reason::Destroy {
+                workers_only: false,
+            } => "destroy".to_string(),
+            Reason::Destroy { workers_only: true } => "destroy --workers-only".to_string(),
+            Reason::KeptByWorkersOnly => "kept (--workers-only)".to_string(),
+        }
+    }
+
+    /// The ID of the container this change acts on, if one exists.
+    pub fn container(&self) -> Option<&str> {
+        self.before.as_ref().map(|b| b.id.as_str())
+    }
+}
+
+/// Why a plan cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlanError {
+    /// Hosts missing from the observation or unreachable.
+    Incomplete(Vec<(HostName, String)>),
+    /// Containers we need the names of, held by something not ours.
+    Conflicts(Vec<Conflict>),
+    /// A host lacks CPUs for what is declared on it.
+    Cpus(Vec<(HostName, u32, u32)>),
+}
+
+/// A container that is not ours holding a name seedcore needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub host: HostName,
+    pub name: String,
+    pub id: String,
+    pub owner: ConflictOwner,
+}
+
+/// Who holds a name we need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConflictOwner {
+    /// No seedcore labels.
+    Unlabelled,
+    /// Labelled for another cluster name.
+    Cluster(String),
+    /// Another cluster of our name (its identity and head).
+    SameName { id: String, head: Option<String> },
+    /// Our labels, but they name another node.
+    Mislabelled(String),
+}
+
+impl std::error::Error for PlanError {}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PlanError::Incomplete(hosts) => {
+                writeln!(
+                    f,
+                    "error: the plan is incomplete: {} host(s) could not be observed",
+                    hosts.len()
+                )?;
+                for (h, why) in hosts {
+                    writeln!(f, "  - `{h}`: {}", excerpt(why, 400))?;
+                }
+                write!(
+                    f,
+                    "hint: seedcore plans only from a complete view; make every host reachable (or remove it from the configuration) and plan again"
+                )
+            }
+            PlanError::Conflicts(list) => {
+                writeln!(
+                    f,
+                    "error: {} container(s) hold names this cluster needs but are not its own",
+                    list.len()
+                )?;
+                for c in list {
+                    let owner = match &c.owner {
+                        ConflictOwner::Unlabelled => "no seedcore labels".to_string(),
+                        ConflictOwner::Cluster(o) => {
+                            format!("labelled for cluster `{}`", excerpt(o, 80))
+                        }
+                        ConflictOwner::SameName { id, head } => format!(
+                            "another cluster of this name, id `{}`{}",
+                            excerpt(id, 64),
+                            head.as_ref()
+                                .map(|h| format!(", head on `{}`", excerpt(h, 80)))
+                                .unwrap_or_default()
+                        ),
+                        ConflictOwner::Mislabelled(node) => {
+                            format!("its labels name another node, `{}`", excerpt(node, 120))
+                        }
+                    };
+                    let short: String = c.id.chars().take(12).collect();
+                    writeln!(
+                        f,
+                        "  - `{}` on `{}` (id {}, {owner})",
+                        excerpt(&c.name, 120),
+                        c.host,
+                        excerpt(&short, 12)
+                    )?;
+                }
+                write!(
+                    f,
+                    "hint: seedcore never touches containers that are not its own; remove or rename them yourself (`docker rm -f NAME` on the host), or choose another `cluster.name`"
+                )
+            }
+            PlanError::Cpus(list) => {
+                writeln!(f, "error: more CPUs are declared than some hosts have")?;
+                for (h, declared, has) in list {
+                    writeln!(f, "  - `{h}`: {declared} declared, the host has {has}")?;
+                }
+                write!(
+                    f,
+                    "hint: lower `cpus` or `count` for the nodes on these hosts, or set `cluster.oversubscribe_cpus = true` to let nodes share CPUs (one node can never have more than its host)"
+                )
+            }
+        }
+    }
+}
+
+/// Options that change how the diff judges what it sees.
+#[derive(Debug, Clone, Default)]
+pub struct DiffOptions {
+    pub oversubscribe_cpus: bool,
+    /// Nodes to replace even when they match (`seedcore restart`).
+    pub restart: BTreeSet<NodeName>,
+}
+
+fn containers_on<'a>(observed: &'a ObservedState, host: &HostName) -> &'a [ObservedContainer] {
+    observed
+        .hosts
+        .get(host)
+        .map(|o| o.containers.as_slice())
+        .unwrap_or(&[])
+}
+
+/// Compares desired with observed. Returns one change per desired node (in
+/// topology order, including no-ops) followed by removals.
+pub fn diff(
+    desired: &DesiredState,
+    observed: &ObservedState,
+    options: DiffOptions,
+) -> Result<Vec<Change>, PlanError> {
+    let identity = &desired.cluster;
+
+    // Every host we must see.
+    let mut missing = Vec::new();
+    for host in desired.hosts() {
+        match observed.hosts.get(&host) {
+            None => missing.push((host, "not in the observation".to_string())),
+            Some(o) if !o.reachable => missing.push((
+                host,
+                o.error.clone().unwrap_or_else(|| "unreachable".to_string()),
+            )),
+            Some(_) => {}
+        }
+    }
+    if !missing.is_empty() {
+        return Err(PlanError::Incomplete(missing));
+    }
+
+    // Conflicts: a name we need, held by a container that is not ours.
+    let mut conflicts = Vec::new();
+    for node in &desired.nodes {
+        for c in containers_on(observed, &node.host) {
+            if c.name != node.name.0 {
+                continue;
+            }
+            let owner = match ownership::owner(identity, c) {
+                Owner::Ours => continue,
+                Owner::Foreign => match c.cluster() {
+                    Some(name) => ConflictOwner::Cluster(name.to_string()),
+                    None => ConflictOwner::Unlabelled,
+                },
+                Owner::OtherCluster(id) => ConflictOwner::SameName {
+                    id,
+                    head: c.labels.get(crate::model::LABEL_HEAD).cloned(),
+                },
+                Owner::Mislabelled => {
+                    ConflictOwner::Mislabelled(c.node_label().unwrap_or_default().to_string())
+                }
+            };
+            conflicts.push(Conflict {
+                host: node.host.clone(),
+                name: c.name.clone(),
+                id: c.id.clone(),
+                owner,
+            });
+        }
+    }
+    if !conflicts.is_empty() {
+        return Err(PlanError::Conflicts(conflicts));
+    }
+
+    // Declared CPUs must fit the host: all together, unless oversubscribing
+    // is allowed, and each node alone always (Docker refuses a CPU limit
+    // above the host's count).
+    let mut short = Vec::new();
+    for host in desired.hosts() {
+        let on_host = desired.nodes.iter().filter(|n| n.host == host);
+        let declared: u64 = if options.oversubscribe_cpus {
+            on_host.map(|n| u64::from(n.cpus)).max().unwrap_or(0)
+        } else {
+            on_host.map(|n| u64::from(n.cpus)).sum()
+        };
+        if let Some(EngineInfo { cpus, .. }) = observed.hosts[&host].engine {
+            if cpus > 0 && declared > u64::from(cpus) {
+                short.push((host.clone(), declared.min(u64::from(u32::MAX)) as u32, cpus));
+            }
+        }
+    }
+    if !short.is_empty() {
+        return Err(PlanError::Cpus(short));
+    }
+
+    let mut changes = Vec::new();
+    for node in &desired.nodes {
+        let existing = ownership::ours(identity, containers_on(observed, &node.host))
+            .find(|c| c.name == node.name.0);
+        let mut change = node_change(node, existing);
+        if options.restart.contains(&node.name)
+            && matches!(change.action, Action::NoOp | Action::Start)
+        {
+            change.action = if existing.is_some() {
+                Action::Replace
+            } else {
+                Action::Create
+            };
+            change.reason = Reason::RestartRequested;
+        }
+        changes.push(change);
+    }
+
+    // A head that is not simply left running takes every worker with it:
+    // a new GCS is a new cluster, and the old workers cannot rejoin it.
+    let head_action = changes
+        .iter()
+        .find(|c| c.role == Role::Head)
+        .map(|c| c.action);
+    if let Some(head @ (Action::Replace | Action::Create | Action::Start)) = head_action {
+        for c in changes.iter_mut().filter(|c| c.role == Role::Worker) {
+            if matches!(c.action, Action::NoOp | Action::Start) {
+                c.action = Action::Replace;
+                c.reason = Reason::HeadReplaced { head };
+                c.fields.clear();
+            }
+        }
+    }
+
+    // Orphans: ours, on any observed host, but not declared there.
+    let declared: BTreeSet<(&HostName, &str)> = desired
+        .nodes
+        .iter()
+        .map(|n| (&n.host, n.name.as_str()))
+        .collect();
+    let mut orphans = Vec::new();
+    for (host, obs) in &observed.hosts {
+        for c in ownership::ours(identity, &obs.containers) {
+            if !declared.contains(&(host, c.name.as_str())) {
+                let reason = desired
+                    .nodes
+                    .iter()
+                    .find(|n| n.name.0 == c.name)
+                    .map(|n| Reason::MovedTo {
+                        host: n.host.clone(),
+                    })
+                    .unwrap_or(Reason::NotDeclared);
+                orphans.push(removal(host, c, reason));
+            }
+        }
+    }
+    sort_removals(&mut orphans);
+    changes.extend(orphans);
+    Ok(changes)
+}
+
+/// Removals in order: workers first, by host, highest index first; the head last.
+pub(crate) fn sort_removals(changes: &mut [Change]) {
+    changes.sort_by(|a, b| {
+        let key = |c: &Change| {
+            (
+                c.role == Role::Head,
+                c.host.clone(),
+                std::cmp::Reverse(ordinal_key(&c.node)),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+}
+
+/// Sort key that orders `x-10` after `x-9`.
+fn ordinal_key(name: &NodeName) -> (String, u64) {
+    let s = name.as_str();
+    match s.rsplit_once('-') {
+        Some((stem, n)) if n.chars().all(|c| c.is_ascii_digit()) => {
+            (stem.to_string(), n.parse().unwrap_or(0))
+        }
+        _ => (s.to_string(), 0),
+    }
+}
+
+/// The removal of one of our containers.
+pub(crate) fn removal(host: &HostName, c: &ObservedContainer, reason: Reason) -> Change {
+    Change {
+        node: NodeName(c.name.clone()),
+        host: host.clone(),
+        role: c.role(),
+        action: Action::Remove,
+        reason,
+        before: Some(before(c)),
+        after: None,
+        fields: Vec::new(),
+    }
+}
+
+fn before(c: &ObservedContainer) -> Before {
+    Before {
+        id: c.id.clone(),
+        image: c.image.clone(),
+        state: c.state.clone(),
+        exit_code: c.exit_code,
+    }
+}
+
+fn node_change(node: &NodeSpec, existing: Option<&ObservedContainer>) -> Change {
+    let mut change = Change {
+        node: node.name.clone(),
+        host: node.host.clone(),
+        role: node.role,
+        action: Action::NoOp,
+        reason: Reason::Missing,
+        before: existing.map(before),
+        after: Some(node.clone()),
+        fields: Vec::new(),
+    };
+    let Some(c) = existing else {
+        change.action = Action::Create;
+        return change;
+    };
+    let want_hash = node.spec_hash();
+    if c.spec_hash() != Some(want_hash.as_str()) {
+        change.action = Action::Replace;
+        match c.recorded_spec() {
+            Some(old) => {
+                change.fields = field_changes(&old, node);
+                change.reason = Reason::SpecChanged;
+            }
+            None => change.reason = Reason::SpecUnrecorded,
+        }
+        return change;
+    }
+    if c.image != node.image && !c.image.starts_with("sha256:") {
+        change.action = Action::Replace;
+        change.reason = Reason::ImageDiffers {
+            running: c.image.clone(),
+            expected: node.image.clone(),
+        };
+        return change;
+    }
+    match c.state.as_str() {
+        "running" | "restarting" => {
+            change.reason = Reason::Running {
+                state: c.state.clone(),
+            };
+        }
+        "exited" => {
+            change.action = Action::Start;
+            change.reason = Reason::Exited {
+                exit_code: c.exit_code,
+            };
+        }
+        "created" => {
+            change.action = Action::Start;
+            change.reason = Reason::NeverStarted;
+        }
+        other => {
+            change.action = Action::Replace;
+            change.reason = Reason::BadState {
+                state: other.to_string(),
+            };
+        }
+    }
+    change
+}
+
+/// Field-level differences between two specs, by their review lines.
+pub fn field_changes(old: &NodeSpec, new: &NodeSpec) -> Vec<FieldChange> {
+    let old_lines: BTreeMap<String, String> = old.review_lines().into_iter().collect();
+    let new_lines = new.review_lines();
+    let new_keys: BTreeSet<&str> = new_lines.iter().map(|(k, _)| k.as_str()).collect();
+    let mut out = Vec::new();
+    for (k, v) in &new_lines {
+        match old_lines.get(k) {
+            Some(o) if o == v => {}
+            o => out.push(FieldChange {
+                field: k.clone(),
+                before: o.cloned(),
+                after: Some(v.clone()),
+            }),
+        }
+    }
+    for (k, v) in &old_lines {
+        if !new_keys.contains(k.as_str()) {
+            out.push(FieldChange {
+                field: k.clone(),
+                before: Some(v.clone()),
+                after: None,
+            });
+        }
+    }
+    out
+}
+
+/// Sums for the plan's last line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Summary {
+    pub add: usize,
+    pub change: usize,
+    pub destroy: usize,
+}
+
+impl Summary {
+    pub fn of(changes: &[Change]) -> Summary {
+        let mut s = Summary::default();
+        for c in changes {
+            match c.action {
+                Action::Create => s.add += 1,
+                Action::Start => s.change += 1,
+                Action::Replace => {
+                    s.add += 1;
+                    s.destroy += 1
+                }
+                Action::Remove => s.destroy += 1,
+                Action::NoOp => {}
+            }
+        }
+        s
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.add == 0 && self.change == 0 && self.destroy == 0
+    }
+}

@@ -1,0 +1,272 @@
+//! The plan: what must change for the hosts to match the configuration.
+//!
+//! [`diff`] compares the desired nodes with what was observed and returns one
+//! [`Change`] per node (and per container of ours no longer declared), each
+//! with a typed [`Reason`]. [`schedule`] turns the changes into a dependency
+//! graph of [`Step`]s that apply walks. [`fingerprint`] records what the plan
+//! was made from, so a saved plan ([`artifact`]) is refused once the hosts
+//! changed. All of it is pure and deterministic.
+
+pub mod artifact;
+pub mod diff;
+pub mod schedule;
+
+pub use diff::{
+    diff, field_changes, Action, Before, Change, Conflict, ConflictOwner, DiffOptions, FieldChange,
+    PlanError, Reason, Summary,
+};
+pub use schedule::{schedule, NumberedStep, PlanGraph, Step};
+
+use crate::model::{hex, ClusterIdentity, DesiredState, EngineInfo, HostName, ObservedState, Role};
+use crate::ownership::{self, OtherCluster, Owner};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What was observed on one host that the plan depends on: our containers,
+/// those of another cluster of our name, any holding a name we need, and the
+/// presence of each image we need. One line each, sorted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFingerprint {
+    pub lines: Vec<String>,
+}
+
+impl HostFingerprint {
+    /// A short digest of the lines, for display.
+    pub fn digest(&self) -> String {
+        let mut hasher = Sha256::new();
+        for l in &self.lines {
+            hasher.update(l.as_bytes());
+            hasher.update(b"\n");
+        }
+        hex(&hasher.finalize())[..16].to_string()
+    }
+}
+
+/// The fingerprint of every host the plan touches or observed.
+pub fn fingerprint(
+    observed: &ObservedState,
+    desired: &DesiredState,
+) -> BTreeMap<HostName, HostFingerprint> {
+    let names: BTreeSet<&str> = desired.nodes.iter().map(|n| n.name.as_str()).collect();
+    let images = desired.images_by_host();
+    let mut hosts: BTreeSet<HostName> = desired.hosts().into_iter().collect();
+    hosts.extend(observed.hosts.keys().cloned());
+    let mut out = BTreeMap::new();
+    for h in hosts {
+        let mut lines = Vec::new();
+        match observed.hosts.get(&h) {
+            Some(o) if o.reachable => {
+                for c in &o.containers {
+                    let relevant = names.contains(c.name.as_str())
+                        || ownership::owner(&desired.cluster, c) != Owner::Foreign;
+                    if relevant {
+                        lines.push(format!(
+                            "container {} {} {} {} {}",
+                            c.name,
+                            c.id,
+                            c.state,
+                            c.image,
+                            c.spec_hash().unwrap_or("-")
+                        ));
+                    }
+                }
+                if let (Some(known), Some(needed)) = (&o.images, images.get(&h)) {
+                    for image in needed {
+                        let id = known.get(image).cloned().flatten();
+                        lines.push(format!(
+                            "image {image} {}",
+                            id.as_deref().unwrap_or("missing")
+                        ));
+                    }
+                }
+            }
+            Some(_) => lines.push("host unreachable".to_string()),
+            None => lines.push("host not observed".to_string()),
+        }
+        lines.sort();
+        out.insert(h, HostFingerprint { lines });
+    }
+    out
+}
+
+/// Facts about a host shown in the plan header.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostFacts {
+    pub host: HostName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<EngineInfo>,
+    /// Images the configuration needs that the host lacks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_images: Vec<String>,
+}
+
+/// A complete plan: data first, rendered and applied later.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub cluster: ClusterIdentity,
+    /// Overrides in force, as the header names them.
+    pub overrides: Vec<String>,
+    pub hosts: Vec<HostFacts>,
+    /// One per declared node (no-ops included), then removals.
+    pub changes: Vec<Change>,
+    /// Remarks for reviewers (head-only cluster, images to pull...).
+    pub notes: Vec<String>,
+    /// Other clusters of this name on these hosts: left alone.
+    #[serde(default)]
+    pub others: Vec<OtherCluster>,
+    pub graph: PlanGraph,
+    pub fingerprint: BTreeMap<HostName, HostFingerprint>,
+    /// Ports each host must accept from the other hosts.
+    pub firewall: Vec<crate::topology::HostFirewall>,
+}
+
+impl Plan {
+    pub fn summary(&self) -> Summary {
+        Summary::of(&self.changes)
+    }
+
+    /// Changes that do something.
+    pub fn effective(&self) -> impl Iterator<Item = &Change> {
+        self.changes.iter().filter(|c| c.action != Action::NoOp)
+    }
+
+    /// The desired state the plan was made for: every node it keeps or
+    /// brings up, in topology order.
+    pub fn desired(&self) -> DesiredState {
+        DesiredState {
+            cluster: self.cluster.clone(),
+            nodes: self
+                .changes
+                .iter()
+                .filter(|c| c.action != Action::Remove)
+                .filter_map(|c| c.after.clone())
+                .collect(),
+        }
+    }
+}
+
+/// Diffs, schedules and fingerprints: the whole planning core in one call.
+pub fn build(
+    desired: &DesiredState,
+    observed: &ObservedState,
+    options: DiffOptions,
+    overrides: Vec<String>,
+) -> Result<Plan, PlanError> {
+    let changes = diff(desired, observed, options)?;
+    Ok(assemble(desired, observed, changes, overrides))
+}
+
+/// A plan that removes this cluster's containers from every observed host:
+/// the workers first, the head last (kept with `workers_only`).
+pub fn destroy(desired: &DesiredState, observed: &ObservedState, workers_only: bool) -> Plan {
+    let mut changes = Vec::new();
+    for (host, obs) in &observed.hosts {
+        for c in ownership::ours(&desired.cluster, &obs.containers) {
+            let change = diff::removal(host, c, Reason::Destroy { workers_only });
+            if !(workers_only && change.role == Role::Head) {
+                changes.push(change);
+            }
+        }
+    }
+    diff::sort_removals(&mut changes);
+    if workers_only {
+        // The head stays: mark it as such so the schedule drains workers first.
+        let head = desired.head();
+        changes.insert(
+            0,
+            Change {
+                node: head.name.clone(),
+                host: head.host.clone(),
+                role: Role::Head,
+                action: Action::NoOp,
+                reason: Reason::KeptByWorkersOnly,
+                before: None,
+                after: Some(head.clone()),
+                fields: Vec::new(),
+            },
+        );
+    }
+    assemble(desired, observed, changes, Vec::new())
+}
+
+fn assemble(
+    desired: &DesiredState,
+    observed: &ObservedState,
+    changes: Vec<Change>,
+    overrides: Vec<String>,
+) -> Plan {
+    let mut missing: BTreeSet<(HostName, String)> = BTreeSet::new();
+    let mut hosts = Vec::new();
+    for (host, images) in desired.images_by_host() {
+        let Some(obs) = observed.hosts.get(&host) else {
+            continue;
+        };
+        let mut lacking = Vec::new();
+        if let Some(known) = &obs.images {
+            for image in images {
+                if !matches!(known.get(&image), Some(Some(_))) {
+                    lacking.push(image.clone());
+                }
+            }
+        }
+        for image in &lacking {
+            missing.insert((host.clone(), image.clone()));
+        }
+        hosts.push(HostFacts {
+            host: host.clone(),
+            engine: obs.engine.clone(),
+            missing_images: lacking,
+        });
+    }
+    // Keep the topology order of hosts.
+    let order = desired.hosts();
+    hosts.sort_by_key(|h| order.iter().position(|o| *o == h.host));
+
+    let graph = schedule(&changes, &missing);
+    let mut notes = Vec::new();
+    if desired.workers().next().is_none() {
+        notes.push(
+            "This cluster has no workers: only the head will run (add a `[workers.NAME]` group to add some)."
+                .to_string(),
+        );
+    }
+    for h in &hosts {
+        for image in &h.missing_images {
+            let used = graph
+                .graph
+                .node_weights()
+                .any(|s| matches!(s, Step::PullImage { host, image: i } if *host == h.host && i == image));
+            if used {
+                notes.push(format!(
+                    "Image `{}` is missing on `{}`: apply will pull it there.",
+                    crate::model::excerpt(image, 200),
+                    h.host
+                ));
+            }
+        }
+    }
+    let others = ownership::others(&desired.cluster, observed);
+    for o in &others {
+        let hosts: Vec<String> = o.hosts.iter().map(|h| format!("`{h}`")).collect();
+        notes.push(format!(
+            "Another cluster `{}` (id `{}`) with its head on `{}` runs {} node(s) on {}: seedcore leaves them alone.",
+            desired.cluster.name,
+            crate::model::excerpt(&o.id, 64),
+            crate::model::excerpt(o.head.as_deref().unwrap_or("an unknown host"), 80),
+            o.nodes,
+            hosts.join(", ")
+        ));
+    }
+    Plan {
+        cluster: desired.cluster.clone(),
+        overrides,
+        hosts,
+        fingerprint: fingerprint(observed, desired),
+        firewall: crate::topology::firewall(desired),
+        changes,
+        notes,
+        others,
+        graph,
+    }
+}

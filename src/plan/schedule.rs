@@ -1,0 +1,412 @@
+//! The schedule: a plan's changes as a dependency graph of [`Step`]s that
+//! apply walks. After observation every step that touches an existing
+//! container names it by ID. Pure and deterministic.
+
+use super::diff::{Action, Change};
+use crate::model::{HostName, NodeName, Role};
+use petgraph::graph::{DiGraph, NodeIndex};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// One unit of work for apply.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "kebab-case")]
+pub enum Step {
+    /// Fetch an image missing on a host.
+    PullImage {
+        host: HostName,
+        image: String,
+    },
+    /// Let Ray move work off a worker before its container (by ID) goes.
+    Drain {
+        host: HostName,
+        node: NodeName,
+        container: String,
+    },
+    /// Stop and remove a container.
+    Remove {
+        host: HostName,
+        node: NodeName,
+        container: String,
+    },
+    Create {
+        host: HostName,
+        node: NodeName,
+    },
+    /// Start a container: the observed one (by ID), or the one this apply
+    /// created (`None`).
+    Start {
+        host: HostName,
+        node: NodeName,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        container: Option<String>,
+    },
+    /// Head: GCS (and Serve) answer. Worker: Ray lists it ALIVE.
+    WaitReady {
+        host: HostName,
+        node: NodeName,
+    },
+}
+
+impl Step {
+    pub fn host(&self) -> &HostName {
+        match self {
+            Step::PullImage { host, .. }
+            | Step::Drain { host, .. }
+            | Step::Remove { host, .. }
+            | Step::Create { host, .. }
+            | Step::Start { host, .. }
+            | Step::WaitReady { host, .. } => host,
+        }
+    }
+
+    pub fn node(&self) -> Option<&NodeName> {
+        match self {
+            Step::PullImage { .. } => None,
+            Step::Drain { node, .. }
+            | Step::Remove { node, .. }
+            | Step::Create { node, .. }
+            | Step::Start { node, .. }
+            | Step::WaitReady { node, .. } => Some(node),
+        }
+    }
+
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Step::PullImage { .. } => "pull",
+            Step::Drain { .. } => "drain",
+            Step::Remove { .. } => "remove",
+            Step::Create { .. } => "create",
+            Step::Start { .. } => "start",
+            Step::WaitReady { .. } => "wait-ready",
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::PullImage { host, image } => write!(f, "pull {image} on {host}"),
+            other => write!(
+                f,
+                "{} {}",
+                other.verb(),
+                other.node().map(|n| n.as_str()).unwrap_or("")
+            ),
+        }
+    }
+}
+
+/// A step with its place in the order and the places of its prerequisites.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumberedStep<'a> {
+    pub number: usize,
+    pub step: &'a Step,
+    pub after: Vec<usize>,
+}
+
+/// The steps and their order: an edge `a -> b` means `a` must finish first.
+#[derive(Debug, Clone)]
+pub struct PlanGraph {
+    pub graph: DiGraph<Step, ()>,
+}
+
+/// A graph as saved: steps in order, edges as pairs of positions.
+#[derive(Serialize, Deserialize)]
+struct SavedGraph {
+    steps: Vec<Step>,
+    edges: Vec<(usize, usize)>,
+}
+
+impl Serialize for PlanGraph {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let order = self.ordered();
+        let position: BTreeMap<NodeIndex, usize> =
+            order.iter().enumerate().map(|(n, i)| (*i, n)).collect();
+        let mut edges: Vec<(usize, usize)> = self
+            .graph
+            .edge_indices()
+            .filter_map(|e| self.graph.edge_endpoints(e))
+            .map(|(a, b)| (position[&a], position[&b]))
+            .collect();
+        edges.sort();
+        edges.dedup();
+        SavedGraph {
+            steps: order.iter().map(|i| self.graph[*i].clone()).collect(),
+            edges,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for PlanGraph {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let saved = SavedGraph::deserialize(d)?;
+        let mut graph = DiGraph::new();
+        let idx: Vec<NodeIndex> = saved.steps.into_iter().map(|s| graph.add_node(s)).collect();
+        for (a, b) in saved.edges {
+            let (Some(a), Some(b)) = (idx.get(a), idx.get(b)) else {
+                return Err(serde::de::Error::custom(
+                    "an edge names a step that does not exist",
+                ));
+            };
+            if a == b {
+                return Err(serde::de::Error::custom("a step waits for itself"));
+            }
+            graph.add_edge(*a, *b, ());
+        }
+        if petgraph::algo::is_cyclic_directed(&graph) {
+            return Err(serde::de::Error::custom(
+                "the steps wait for each other in a cycle",
+            ));
+        }
+        Ok(PlanGraph { graph })
+    }
+}
+
+impl PartialEq for PlanGraph {
+    fn eq(&self, other: &Self) -> bool {
+        let edges = |g: &PlanGraph| -> Vec<(Step, Step)> {
+            let mut v: Vec<(Step, Step)> = g
+                .graph
+                .edge_indices()
+                .filter_map(|e| g.graph.edge_endpoints(e))
+                .map(|(a, b)| (g.graph[a].clone(), g.graph[b].clone()))
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let steps = |g: &PlanGraph| -> Vec<Step> {
+            let mut v: Vec<Step> = g.graph.node_weights().cloned().collect();
+            v.sort();
+            v
+        };
+        steps(self) == steps(other) && edges(self) == edges(other)
+    }
+}
+
+impl PlanGraph {
+    /// Steps in a deterministic topological order: among ready steps, the
+    /// smallest by `Step`'s ordering goes first.
+    pub fn ordered(&self) -> Vec<NodeIndex> {
+        let g = &self.graph;
+        let mut indegree: BTreeMap<NodeIndex, usize> = g
+            .node_indices()
+            .map(|i| {
+                (
+                    i,
+                    g.neighbors_directed(i, petgraph::Direction::Incoming)
+                        .count(),
+                )
+            })
+            .collect();
+        let mut ready: BTreeSet<(Step, NodeIndex)> = indegree
+            .iter()
+            .filter(|(_, d)| **d == 0)
+            .map(|(i, _)| (g[*i].clone(), *i))
+            .collect();
+        let mut out = Vec::new();
+        while let Some(first) = ready.iter().next().cloned() {
+            ready.remove(&first);
+            out.push(first.1);
+            let mut next: Vec<NodeIndex> = g.neighbors(first.1).collect();
+            next.sort();
+            next.dedup();
+            for n in next {
+                let d = indegree.get_mut(&n).expect("every node has a degree");
+                *d -= 1;
+                if *d == 0 {
+                    ready.insert((g[n].clone(), n));
+                }
+            }
+        }
+        out
+    }
+
+    /// The steps in order, numbered from 1, each with the numbers of the
+    /// steps it waits for (ascending): what every renderer shows.
+    pub fn numbered(&self) -> Vec<NumberedStep<'_>> {
+        let order = self.ordered();
+        let number: BTreeMap<NodeIndex, usize> =
+            order.iter().enumerate().map(|(n, i)| (*i, n + 1)).collect();
+        order
+            .iter()
+            .map(|i| {
+                let mut after: Vec<usize> =
+                    self.dependencies(*i).iter().map(|d| number[d]).collect();
+                after.sort();
+                NumberedStep {
+                    number: number[i],
+                    step: &self.graph[*i],
+                    after,
+                }
+            })
+            .collect()
+    }
+
+    /// Direct prerequisites of a step.
+    pub fn dependencies(&self, i: NodeIndex) -> Vec<NodeIndex> {
+        let mut v: Vec<NodeIndex> = self
+            .graph
+            .neighbors_directed(i, petgraph::Direction::Incoming)
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    pub fn len(&self) -> usize {
+        self.graph.node_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.graph.node_count() == 0
+    }
+}
+
+/// Builds the step graph for a list of changes.
+///
+/// `missing_images` are `(host, image)` pairs known to be absent.
+pub fn schedule(changes: &[Change], missing_images: &BTreeSet<(HostName, String)>) -> PlanGraph {
+    let mut g: DiGraph<Step, ()> = DiGraph::new();
+    let mut idx: BTreeMap<Step, NodeIndex> = BTreeMap::new();
+    let mut add = |g: &mut DiGraph<Step, ()>, s: Step| -> NodeIndex {
+        *idx.entry(s.clone()).or_insert_with(|| g.add_node(s))
+    };
+
+    let head_running_after = changes
+        .iter()
+        .any(|c| c.role == Role::Head && c.action != Action::Remove);
+    let head_wait: Option<NodeIndex> = changes
+        .iter()
+        .find(|c| {
+            c.role == Role::Head
+                && matches!(c.action, Action::Create | Action::Start | Action::Replace)
+        })
+        .map(|c| {
+            add(
+                &mut g,
+                Step::WaitReady {
+                    host: c.host.clone(),
+                    node: c.node.clone(),
+                },
+            )
+        });
+
+    let mut removes_by_host: BTreeMap<HostName, Vec<NodeIndex>> = BTreeMap::new();
+    let mut creates_by_host: BTreeMap<HostName, Vec<NodeIndex>> = BTreeMap::new();
+    let mut worker_removes = Vec::new();
+    let mut head_remove = None;
+
+    for c in changes {
+        let host = c.host.clone();
+        let node = c.node.clone();
+        // The old container goes first, for removals and replacements alike.
+        let removal = matches!(c.action, Action::Remove | Action::Replace).then(|| {
+            let r = add(
+                &mut g,
+                Step::Remove {
+                    host: host.clone(),
+                    node: node.clone(),
+                    container: c.before.as_ref().map(|b| b.id.clone()).unwrap_or_default(),
+                },
+            );
+            // A worker leaving a cluster whose head stays hands its work off first.
+            if c.role == Role::Worker && head_running_after && head_wait.is_none() {
+                let d = add(
+                    &mut g,
+                    Step::Drain {
+                        host: host.clone(),
+                        node: node.clone(),
+                        container: c.container().unwrap_or_default().to_string(),
+                    },
+                );
+                g.add_edge(d, r, ());
+            }
+            removes_by_host.entry(host.clone()).or_default().push(r);
+            match c.role {
+                Role::Head => head_remove = Some(r),
+                Role::Worker => worker_removes.push(r),
+            }
+            r
+        });
+        match c.action {
+            Action::NoOp | Action::Remove => {}
+            Action::Create | Action::Replace | Action::Start => {
+                let start = add(
+                    &mut g,
+                    Step::Start {
+                        host: host.clone(),
+                        node: node.clone(),
+                        container: (c.action == Action::Start)
+                            .then(|| c.container().map(str::to_string))
+                            .flatten(),
+                    },
+                );
+                if c.action != Action::Start {
+                    let create = add(
+                        &mut g,
+                        Step::Create {
+                            host: host.clone(),
+                            node: node.clone(),
+                        },
+                    );
+                    g.add_edge(create, start, ());
+                    creates_by_host
+                        .entry(host.clone())
+                        .or_default()
+                        .push(create);
+                    if let Some(r) = removal {
+                        g.add_edge(r, create, ());
+                    }
+                    if let Some(image) = c.after.as_ref().map(|a| a.image.clone()) {
+                        if missing_images.contains(&(host.clone(), image.clone())) {
+                            let p = add(
+                                &mut g,
+                                Step::PullImage {
+                                    host: host.clone(),
+                                    image,
+                                },
+                            );
+                            g.add_edge(p, create, ());
+                        }
+                    }
+                }
+                let wait = add(
+                    &mut g,
+                    Step::WaitReady {
+                        host: host.clone(),
+                        node: node.clone(),
+                    },
+                );
+                g.add_edge(start, wait, ());
+                if c.role == Role::Worker {
+                    if let Some(hw) = head_wait {
+                        g.add_edge(hw, start, ());
+                    }
+                }
+            }
+        }
+    }
+    // On one host, removals free names and ports before anything is created.
+    for (host, removes) in &removes_by_host {
+        if let Some(creates) = creates_by_host.get(host) {
+            for r in removes {
+                for c in creates {
+                    if g.find_edge(*r, *c).is_none() {
+                        g.add_edge(*r, *c, ());
+                    }
+                }
+            }
+        }
+    }
+    // The head goes last: workers are removed before it.
+    if let Some(hr) = head_remove {
+        for w in &worker_removes {
+            g.add_edge(*w, hr, ());
+        }
+    }
+    PlanGraph { graph: g }
+}
