@@ -437,6 +437,10 @@ pub fn lower(
     // Written ports claimed once per host.
     report_overlaps(&ledger, config, &mut errors);
 
+    let mut per_host: BTreeMap<HostName, u32> = BTreeMap::new();
+    for d in &drafts {
+        *per_host.entry(d.spec.host.clone()).or_default() += 1;
+    }
     // Ports seedcore chooses: kept ones first, then new ones, topology order.
     for keep in [true, false] {
         for d in &mut drafts {
@@ -456,7 +460,8 @@ pub fn lower(
                     if keep {
                         still.push(part);
                     } else {
-                        errors.push(no_room(part, &d.spec, &d.prefix, config));
+                        let nodes = per_host.get(&host).copied().unwrap_or(1);
+                        errors.push(no_room(part, &d.spec, &d.prefix, config, nodes));
                     }
                     continue;
                 };
@@ -609,7 +614,7 @@ fn set_part(ports: &mut NodePorts, part: Auto, first: u16) {
 }
 
 /// No free candidate left for a part seedcore chooses.
-fn no_room(part: Auto, spec: &NodeSpec, prefix: &str, config: &Config) -> KeyError {
+fn no_room(part: Auto, spec: &NodeSpec, prefix: &str, config: &Config, nodes: u32) -> KeyError {
     let host = &spec.host;
     match part {
         Auto::Agents => {
@@ -621,7 +626,14 @@ fn no_room(part: Auto, spec: &NodeSpec, prefix: &str, config: &Config) -> KeyErr
                     range.len() / 4,
                     spec.name
                 ),
-                hint: Some("widen it, e.g. `agent_ports = \"52365-52764\"` (4 ports per node on the busiest host)".to_string()),
+                hint: Some({
+                    let need = 4 * nodes;
+                    let first = u32::from(range.first).min(65536 - need);
+                    format!(
+                        "`{host}` runs {nodes} node(s): widen it to at least {need} ports, e.g. `agent_ports = \"{first}-{}\"`",
+                        first + need - 1
+                    )
+                }),
             }
         }
         other => {

@@ -284,7 +284,10 @@ fn a_minimal_config_takes_every_default() {
     assert_eq!(g.worker_ports, None);
 
     let names: Vec<&str> = desired.nodes.iter().map(|n| n.name.as_str()).collect();
-    assert_eq!(names, ["seedcore-ray-head", "seedcore-ray-worker-remote-1"]);
+    assert_eq!(
+        names,
+        ["seedcore-ray-head", "seedcore-ray-remote-10.0.0.2-1"]
+    );
     let worker = &desired.nodes[1];
     assert!(worker
         .ray_start

@@ -20,6 +20,7 @@ use seedcore::render::{self, Style};
 use seedcore::topology;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 const EXAMPLE: &str = "examples/seedcore.toml";
@@ -27,18 +28,14 @@ const EMPTY: &str = "fixtures/observed/empty.json";
 const CONVERGED: &str = "fixtures/observed/converged.json";
 
 const HEAD: &str = "seedcore-ray-head";
-const LOCAL_1: &str = "seedcore-ray-worker-local-1";
-const LOCAL_2: &str = "seedcore-ray-worker-local-2";
-const LOCAL_3: &str = "seedcore-ray-worker-local-3";
-const REMOTE_1: &str = "seedcore-ray-worker-remote-1";
-const REMOTE_2: &str = "seedcore-ray-worker-remote-2";
-/// The example scaled to three local workers, with the worker-port range
-/// widened so that each keeps a 10-port slice: its first two local workers
-/// are then exactly the example's.
-const THREE_LOCAL: &[&str] = &[
-    "workers.local.count=3",
-    "workers.local.worker_ports=11000-11029",
-];
+const LOCAL_1: &str = "seedcore-ray-local-172.31.17.143-1";
+const LOCAL_2: &str = "seedcore-ray-local-172.31.17.143-2";
+const LOCAL_3: &str = "seedcore-ray-local-172.31.17.143-3";
+const REMOTE_1: &str = "seedcore-ray-remote-172.31.20.11-1";
+const REMOTE_2: &str = "seedcore-ray-remote-172.31.20.12-1";
+/// The example scaled to three local workers: its first two local workers
+/// are exactly the example's (seedcore-chosen ports are allocated in order).
+const THREE_LOCAL: &[&str] = &["workers.local.count=3"];
 const HEAD_HOST: &str = "172.31.17.143";
 const REMOTE_HOST_1: &str = "172.31.20.11";
 const REMOTE_HOST_2: &str = "172.31.20.12";
@@ -244,7 +241,7 @@ fn plan_as_json_is_versioned_and_carries_the_full_argv() {
     ]));
     assert_eq!(r.code, 0, "stderr: {}", r.stderr);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("valid JSON");
-    assert_eq!(v["format_version"], "1");
+    assert_eq!(v["format_version"], "2.0");
     assert_eq!(
         v["summary"],
         serde_json::json!({"add": 5, "change": 0, "destroy": 0})
@@ -378,8 +375,6 @@ fn set_overrides_are_named_in_the_plan_header() {
         CONVERGED,
         "--set",
         "workers.local.count=3",
-        "--set",
-        "workers.local.worker_ports=11000-11029",
         "--detailed-exitcode",
     ]));
     assert_eq!(r.code, 2, "stderr: {}", r.stderr);
@@ -387,7 +382,6 @@ fn set_overrides_are_named_in_the_plan_header() {
         r.stdout.contains(concat!(
             "Overrides in force:\n",
             "  workers.local.count = 3 (--set)\n",
-            "  workers.local.worker_ports = 11000-11029 (--set)\n"
         )),
         "{}",
         r.stdout
@@ -500,28 +494,80 @@ fn plan_out_writes_a_json_plan_file() {
         "{}",
         r.stderr
     );
-    let saved: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&out).expect("the plan file")).unwrap();
-    assert_eq!(saved["format_version"], "1");
-    assert_eq!(saved["summary"]["add"], 5);
+    let text = std::fs::read_to_string(&out).expect("the plan file");
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "a saved plan is private");
+    let saved: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(saved["kind"], "seedcore-plan");
+    assert_eq!(saved["format_version"], "1.0");
     assert_eq!(saved["config"]["path"], EXAMPLE);
     assert_eq!(saved["config"]["sha256"].as_str().unwrap().len(), 64);
-    let fingerprint = saved["fingerprint"].as_object().unwrap();
+    let fingerprint = saved["plan"]["fingerprint"].as_object().unwrap();
     let hosts: Vec<&str> = fingerprint.keys().map(String::as_str).collect();
     assert_eq!(hosts, [HEAD_HOST, REMOTE_HOST_1, REMOTE_HOST_2]);
-    // Everything but the config section is the `--output json` plan.
-    let printed = run(seedcore().args([
-        "plan",
-        "-c",
-        EXAMPLE,
-        "--observed",
-        EMPTY,
-        "--output",
-        "json",
-    ]));
-    let mut printed: serde_json::Value = serde_json::from_str(&printed.stdout).unwrap();
-    printed["config"] = saved["config"].clone();
-    assert_eq!(printed, saved);
+
+    // The file is the typed plan itself: it reads back into exactly the plan
+    // that was printed, steps and all.
+    let saved = plan::artifact::SavedPlan::from_json(&text).expect("a saved plan reads back");
+    let loaded = config::load(Path::new(EXAMPLE), &[]).unwrap();
+    let observed: ObservedState =
+        serde_json::from_str(&std::fs::read_to_string(EMPTY).unwrap()).unwrap();
+    let desired = topology::lower_fresh(&loaded.config).unwrap();
+    let again = build(&desired, &observed);
+    assert_eq!(saved.plan, again);
+    assert_eq!(saved.plan.graph.numbered(), again.graph.numbered());
+
+    // `--out` never overwrites the configuration it read.
+    let config_copy = dir.path().join("seedcore.toml");
+    std::fs::copy(EXAMPLE, &config_copy).unwrap();
+    let r = run(seedcore()
+        .arg("-c")
+        .arg(&config_copy)
+        .args(["plan", "--observed", EMPTY, "--out"])
+        .arg(&config_copy));
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        std::fs::read_to_string(&config_copy).unwrap(),
+        std::fs::read_to_string(EXAMPLE).unwrap()
+    );
+    assert_eq!(
+        r.stderr,
+        format!(
+            "error: `--out {}` is the configuration file itself\nhint: save the plan elsewhere, e.g. `--out plan.json`\n",
+            config_copy.display()
+        )
+    );
+}
+
+/// A saved plan of another major format, or not a plan at all, is refused
+/// with the reason; a newer minor version's extra fields are read.
+#[test]
+fn saved_plan_versions_follow_the_documented_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("p.json");
+    let r = run(seedcore()
+        .args(["plan", "-c", EXAMPLE, "--observed", EMPTY, "--out"])
+        .arg(&out));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["format_version"] = "1.7".into();
+    v["a_field_from_the_future"] = true.into();
+    assert!(plan::artifact::SavedPlan::from_json(&v.to_string()).is_ok());
+    v["format_version"] = "2.0".into();
+    let e = plan::artifact::SavedPlan::from_json(&v.to_string()).unwrap_err();
+    assert!(e.to_string().contains("format 2.0"), "{e}");
+    let e = plan::artifact::SavedPlan::from_json("{\"format_version\": \"1\"}").unwrap_err();
+    assert!(e.to_string().contains("not a saved seedcore plan"), "{e}");
+    // A step list that waits in a cycle is not a plan.
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let first = v["plan"]["graph"]["edges"][0].clone();
+    v["plan"]["graph"]["edges"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!([first[1], first[0]]));
+    let e = plan::artifact::SavedPlan::from_json(&v.to_string()).unwrap_err();
+    assert!(e.to_string().contains("cycle"), "{e}");
 }
 
 #[test]
@@ -603,7 +649,7 @@ const CASES: &[Case] = &[
         expect: &[(
             REMOTE_1,
             Action::Create,
-            "no container `seedcore-ray-worker-remote-1` on `172.31.20.11`",
+            "no container `seedcore-ray-remote-172.31.20.11-1` on `172.31.20.11`",
         )],
     },
     Case {
@@ -675,10 +721,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "scale down removes the highest ordinals first",
-        desired_sets: &[
-            "workers.local.count=1",
-            "workers.local.worker_ports=11000-11009",
-        ],
+        desired_sets: &["workers.local.count=1"],
         observed_sets: THREE_LOCAL,
         mutate: |_| {},
         expect: &[
@@ -696,14 +739,14 @@ const CASES: &[Case] = &[
         mutate: |_| {},
         expect: &[
             (
-                "seedcore-ray-worker-remote-3",
+                "seedcore-ray-remote-172.31.20.11-2",
                 Action::Create,
-                "no container `seedcore-ray-worker-remote-3` on `172.31.20.11`",
+                "no container `seedcore-ray-remote-172.31.20.11-2` on `172.31.20.11`",
             ),
             (
-                "seedcore-ray-worker-remote-4",
+                "seedcore-ray-remote-172.31.20.12-2",
                 Action::Create,
-                "no container `seedcore-ray-worker-remote-4` on `172.31.20.12`",
+                "no container `seedcore-ray-remote-172.31.20.12-2` on `172.31.20.12`",
             ),
         ],
     },
@@ -717,19 +760,19 @@ const CASES: &[Case] = &[
         mutate: |_| {},
         expect: &[
             (
-                "seedcore-ray-worker-remote-3",
+                "seedcore-ray-remote-172.31.20.11-2",
                 Action::Remove,
                 "not in configuration",
             ),
             (
-                "seedcore-ray-worker-remote-4",
+                "seedcore-ray-remote-172.31.20.12-2",
                 Action::Remove,
                 "not in configuration",
             ),
         ],
     },
     Case {
-        name: "a worker moved to another host",
+        name: "a host replaced in a group: its nodes go, the new host's come",
         desired_sets: &["workers.remote.hosts=172.31.20.11,172.31.20.13"],
         observed_sets: &[],
         mutate: |o| {
@@ -738,11 +781,11 @@ const CASES: &[Case] = &[
         },
         expect: &[
             (
-                REMOTE_2,
+                "seedcore-ray-remote-172.31.20.13-1",
                 Action::Create,
-                "no container `seedcore-ray-worker-remote-2` on `172.31.20.13`",
+                "no container `seedcore-ray-remote-172.31.20.13-1` on `172.31.20.13`",
             ),
-            (REMOTE_2, Action::Remove, "moved to `172.31.20.13`"),
+            (REMOTE_2, Action::Remove, "not in configuration"),
         ],
     },
     Case {
@@ -813,7 +856,7 @@ const CASES: &[Case] = &[
             (
                 LOCAL_1,
                 Action::Create,
-                "no container `seedcore-ray-worker-local-1` on `172.31.17.143`",
+                "no container `seedcore-ray-local-172.31.17.143-1` on `172.31.17.143`",
             ),
             (LOCAL_2, Action::Replace, HEAD_REPLACED),
             (REMOTE_1, Action::Replace, "cpus 4 -> 2"),
@@ -1257,10 +1300,13 @@ fn restart_replaces_the_chosen_nodes_and_a_head_takes_its_workers() {
 
 #[test]
 fn a_moved_head_removes_the_old_one_after_its_workers() {
-    // The head moves: the new one is created on 10.9.9.9, the old one on
-    // 172.31.17.143 is an orphan, and every worker is replaced.
-    let wanted = desired(&["head.host=10.9.9.9"]);
-    let mut observed = converged(&desired(&[]));
+    // The head moves and the configuration keeps the cluster's identity: the
+    // new head is created on 10.9.9.9, the old one on 172.31.17.143 is an
+    // orphan, and every worker is replaced.
+    let old = desired(&[]);
+    let pin = format!("cluster.id={}", old.cluster.id);
+    let wanted = desired(&["head.host=10.9.9.9", &pin]);
+    let mut observed = converged(&old);
     observed
         .hosts
         .insert(HostName("10.9.9.9".to_string()), reachable(Vec::new()));
@@ -1286,6 +1332,12 @@ fn a_moved_head_removes_the_old_one_after_its_workers() {
         (c.node.as_str(), c.cause().as_str()),
         (HEAD, "moved to `10.9.9.9`")
     );
+
+    // Without the pinned identity the old nodes are another cluster's: left
+    // alone, and the plan refuses to take their names, saying how to adopt them.
+    let unpinned = desired(&["head.host=10.9.9.9"]);
+    let e = plan::build(&unpinned, &observed, DiffOptions::default(), Vec::new()).unwrap_err();
+    insta::assert_snapshot!("moved_head_without_identity", e.to_string());
 }
 
 #[test]

@@ -263,10 +263,22 @@ impl fmt::Display for PlanError {
                         excerpt(&short, 12)
                     )?;
                 }
-                write!(
-                    f,
-                    "hint: seedcore never touches containers that are not its own; remove or rename them yourself (`docker rm -f NAME` on the host), or choose another `cluster.name`"
-                )
+                let same_name = list.iter().find_map(|c| match &c.owner {
+                    ConflictOwner::SameName { id, head } => Some((id, head)),
+                    _ => None,
+                });
+                match same_name {
+                    Some((id, head)) => write!(
+                        f,
+                        "hint: seedcore never touches another cluster's containers. If this configuration moved that cluster (its head was on `{}`), keep its identity with `id = \"{}\"` in `[cluster]`; otherwise choose another `cluster.name` or other group names",
+                        excerpt(head.as_deref().unwrap_or("another host"), 80),
+                        excerpt(id, 64)
+                    ),
+                    None => write!(
+                        f,
+                        "hint: seedcore never touches containers that are not its own; remove or rename them yourself (`docker rm -f NAME` on the host), or choose another `cluster.name`"
+                    ),
+                }
             }
             PlanError::Cpus(list) => {
                 writeln!(f, "error: more CPUs are declared than some hosts have")?;
