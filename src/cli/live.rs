@@ -403,7 +403,7 @@ impl Run<'_> {
         else {
             return;
         };
-        if let Ok(nodes) = apply::ray_nodes(&conn.backend, &id, head).await {
+        if let Ok(nodes) = apply::ray_nodes(&conn.backend, id, head).await {
             for (node, why) in apply::missing_nodes(self.desired, &nodes) {
                 eprintln!(
                     "warning: `{node}` runs, but Ray does not list it ALIVE ({why})\nhint: `seedcore logs {node}` shows why; `seedcore restart {node}` replaces it"

@@ -1,10 +1,16 @@
-//! An in-memory cluster of fake engines, for executor tests. It journals
-//! every call, holds container state, answers the Ray checks apply makes
-//! (GCS port, `ray list nodes`) from the containers it runs, injects
-//! failures and records the highest number of calls in flight.
+//! An in-memory cluster of fake engines that speaks Ray, for executor tests
+//! (behind the `test-support` feature).
+//!
+//! It journals every call (exec with its argv), holds container state, and
+//! answers what apply asks of Ray from a script: the head's GCS probe
+//! (answering after N probes, or never), `ray drain-node` (recorded; the node
+//! leaves Ray when its container stops), and the node list (`ray list nodes`
+//! or the state API) with each node's real address (`127.0.0.1` for
+//! `local`). Calls that name a container by name rather than by ID are marked
+//! `(by name)` in the journal, so a test can hold apply to acting by ID.
 
 use super::*;
-use crate::model::{LABEL_CLUSTER, LABEL_NODE};
+use crate::model::LABEL_CLUSTER;
 use futures_util::stream::{BoxStream, StreamExt};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +25,35 @@ struct FakeContainer {
     exit_code: Option<i64>,
     labels: BTreeMap<String, String>,
     cpus: u32,
+    command: Vec<String>,
+}
+
+impl FakeContainer {
+    /// The Ray node this container runs, if its command starts Ray.
+    fn ray_node_name(&self) -> Option<String> {
+        let joined = self.command.join(" ");
+        if !joined.contains("ray start") {
+            return None;
+        }
+        joined
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("--node-name="))
+            .map(str::to_string)
+    }
+}
+
+/// How the head's GCS answers probes.
+#[derive(Debug, Clone, Copy)]
+enum Gcs {
+    /// Refuses this many more probes, then answers.
+    After(usize),
+    Never,
+}
+
+impl Default for Gcs {
+    fn default() -> Self {
+        Gcs::After(0)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -28,9 +63,12 @@ struct State {
     journal: Vec<String>,
     /// Ray nodes listed ALIVE without a container: `(name, id, ip, cpus)`.
     ghosts: Vec<(String, String, String, u32)>,
-    /// Containers whose Ray node never joins.
+    /// Ray nodes that never join (by node name).
     unjoinable: Vec<String>,
-    /// `(host, operation, container-or-image)` -> message.
+    /// Ray node IDs asked to drain, in order.
+    drained: Vec<String>,
+    gcs: Gcs,
+    /// `(host, operation, container-or-image name)` -> message.
     failures: HashMap<(String, String, String), String>,
     next_id: u64,
 }
@@ -56,6 +94,15 @@ struct InFlight<'a>(&'a FakeCluster);
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The address Ray reports for nodes on `host`.
+fn address(host: &str) -> String {
+    if host == "local" {
+        "127.0.0.1".to_string()
+    } else {
+        host.to_string()
     }
 }
 
@@ -90,9 +137,25 @@ impl FakeCluster {
         );
     }
 
-    /// Every call made, as `host verb target` lines, in order.
+    /// The head's GCS refuses `n` probes before it answers.
+    pub fn gcs_ready_after(&self, n: usize) {
+        self.state.lock().unwrap().gcs = Gcs::After(n);
+    }
+
+    /// The head's GCS never answers.
+    pub fn gcs_never(&self) {
+        self.state.lock().unwrap().gcs = Gcs::Never;
+    }
+
+    /// Every call made, as `host verb target` lines, in order. Exec lines
+    /// carry the argv: `host exec target: ARGV`.
     pub fn journal(&self) -> Vec<String> {
         self.state.lock().unwrap().journal.clone()
+    }
+
+    /// Ray node IDs that `ray drain-node` was asked to drain, in order.
+    pub fn drained(&self) -> Vec<String> {
+        self.state.lock().unwrap().drained.clone()
     }
 
     /// Forgets the highest count so far (e.g. after observing).
@@ -111,6 +174,37 @@ impl FakeCluster {
         s.hosts.get_mut(host).and_then(|h| h.remove(name));
     }
 
+    /// Starts a container behind seedcore's back (`docker run` by hand), with
+    /// any labels; running Ray when `command` is a `ray start`. Returns its ID.
+    pub fn add_container(
+        &self,
+        host: &str,
+        name: &str,
+        image: &str,
+        labels: &[(&str, &str)],
+        command: &[&str],
+    ) -> String {
+        let mut s = self.state.lock().unwrap();
+        s.next_id += 1;
+        let id = format!("{:064x}", s.next_id + 0xf000);
+        s.hosts.entry(host.to_string()).or_default().insert(
+            name.to_string(),
+            FakeContainer {
+                id: id.clone(),
+                image: image.to_string(),
+                state: "running".to_string(),
+                exit_code: None,
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                cpus: 1,
+                command: command.iter().map(|c| c.to_string()).collect(),
+            },
+        );
+        id
+    }
+
     /// Makes Ray list a node ALIVE that has no container (a killed node
     /// Ray has not noticed yet).
     pub fn add_ghost(&self, name: &str, id: &str, ip: &str, cpus: u32) {
@@ -122,7 +216,7 @@ impl FakeCluster {
         ));
     }
 
-    /// Makes a container's Ray node never join (e.g. a firewall).
+    /// Makes a Ray node never join (e.g. a firewall), by node name.
     pub fn block_join(&self, name: &str) {
         self.state.lock().unwrap().unjoinable.push(name.to_string());
     }
@@ -148,6 +242,23 @@ impl FakeCluster {
         out
     }
 
+    /// A container's state (`running`, `exited`...), if it exists.
+    pub fn state_of(&self, host: &str, name: &str) -> Option<String> {
+        let s = self.state.lock().unwrap();
+        s.hosts
+            .get(host)
+            .and_then(|h| h.get(name))
+            .map(|c| c.state.clone())
+    }
+
+    /// The Ray node ID the fake reports for a container.
+    pub fn ray_node_id(container_id: &str) -> String {
+        format!(
+            "ray-{}",
+            &container_id[container_id.len().saturating_sub(12)..]
+        )
+    }
+
     fn enter(&self) -> InFlight<'_> {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
@@ -156,22 +267,38 @@ impl FakeCluster {
 }
 
 impl FakeBackend {
-    /// A container name for a name or an ID, as Docker accepts both.
-    fn resolve(&self, name_or_id: &str) -> String {
+    /// The container name for a name or an ID (as Docker accepts both), and
+    /// how it was named: `""` by ID, `" (by name)"`, or `" (no such container)"`.
+    fn resolve(&self, name_or_id: &str) -> (String, &'static str) {
         self.with(|s| {
-            s.hosts
-                .get(&self.host)
-                .and_then(|h| h.iter().find(|(_, c)| c.id == name_or_id))
-                .map(|(n, _)| n.clone())
-                .unwrap_or_else(|| name_or_id.to_string())
+            let host = s.hosts.get(&self.host);
+            if let Some((n, _)) = host.and_then(|h| h.iter().find(|(_, c)| c.id == name_or_id)) {
+                return (n.clone(), "");
+            }
+            if host.is_some_and(|h| h.contains_key(name_or_id)) {
+                return (name_or_id.to_string(), " (by name)");
+            }
+            (name_or_id.to_string(), " (no such container)")
         })
     }
 
-    async fn call(&self, verb: &str, target: &str) -> Result<()> {
+    /// Journals a call on a container and applies injected failures.
+    async fn call_on(&self, verb: &str, target: &str, extra: &str) -> Result<String> {
+        let (name, how) = if verb == "create" {
+            (target.to_string(), "")
+        } else {
+            self.resolve(target)
+        };
+        self.call(verb, &name, &format!("{how}{extra}")).await?;
+        Ok(name)
+    }
+
+    async fn call(&self, verb: &str, target: &str, suffix: &str) -> Result<()> {
         let _guard = self.cluster.enter();
         {
             let mut s = self.cluster.state.lock().unwrap();
-            s.journal.push(format!("{} {verb} {target}", self.host));
+            s.journal
+                .push(format!("{} {verb} {target}{suffix}", self.host));
             if let Some(msg) =
                 s.failures
                     .get(&(self.host.clone(), verb.to_string(), target.to_string()))
@@ -189,6 +316,13 @@ impl FakeBackend {
         f(&mut self.cluster.state.lock().unwrap())
     }
 
+    fn not_found(name: &str) -> BackendError {
+        BackendError {
+            kind: ErrorKind::NotFound,
+            message: format!("No such container: {name}"),
+        }
+    }
+
     fn ray_nodes_json(&self) -> String {
         self.with(|s| {
             let mut nodes = Vec::new();
@@ -202,16 +336,20 @@ impl FakeBackend {
                 }));
             }
             for (host, cs) in &s.hosts {
-                for (name, c) in cs {
-                    if c.labels.contains_key(LABEL_NODE) && !s.unjoinable.contains(name) {
-                        nodes.push(serde_json::json!({
-                            "node_id": c.id,
-                            "node_ip": host,
-                            "node_name": name,
-                            "state": if c.state == "running" { "ALIVE" } else { "DEAD" },
-                            "resources_total": {"CPU": f64::from(c.cpus)},
-                        }));
+                for c in cs.values() {
+                    let Some(node_name) = c.ray_node_name() else {
+                        continue;
+                    };
+                    if s.unjoinable.contains(&node_name) {
+                        continue;
                     }
+                    nodes.push(serde_json::json!({
+                        "node_id": FakeCluster::ray_node_id(&c.id),
+                        "node_ip": address(host),
+                        "node_name": node_name,
+                        "state": if c.state == "running" { "ALIVE" } else { "DEAD" },
+                        "resources_total": {"CPU": f64::from(c.cpus)},
+                    }));
                 }
             }
             serde_json::to_string(&nodes).unwrap()
@@ -221,7 +359,7 @@ impl FakeBackend {
 
 impl DockerBackend for FakeBackend {
     async fn describe(&self) -> Result<EngineInfo> {
-        self.call("describe", "-").await?;
+        self.call("describe", "-", "").await?;
         Ok(EngineInfo {
             id: format!("fake-{}", self.host),
             version: "fake".to_string(),
@@ -236,7 +374,7 @@ impl DockerBackend for FakeBackend {
         cluster: &str,
         names: &[String],
     ) -> Result<Vec<ObservedContainer>> {
-        self.call("list", "-").await?;
+        self.call("list", "-", "").await?;
         Ok(self.with(|s| {
             s.hosts
                 .get(&self.host)
@@ -261,7 +399,7 @@ impl DockerBackend for FakeBackend {
     }
 
     async fn image_id(&self, image: &str) -> Result<Option<String>> {
-        self.call("inspect-image", image).await?;
+        self.call("inspect-image", image, "").await?;
         Ok(self.with(|s| {
             s.images
                 .get(&self.host)
@@ -271,7 +409,7 @@ impl DockerBackend for FakeBackend {
     }
 
     async fn pull_image(&self, image: &str) -> Result<()> {
-        self.call("pull", image).await?;
+        self.call("pull", image, "").await?;
         self.with(|s| {
             s.images
                 .entry(self.host.clone())
@@ -286,7 +424,7 @@ impl DockerBackend for FakeBackend {
         spec: &NodeSpec,
         labels: &BTreeMap<String, String>,
     ) -> Result<String> {
-        self.call("create", spec.name.as_str()).await?;
+        self.call_on("create", spec.name.as_str(), "").await?;
         self.with(|s| {
             let has_image = s
                 .images
@@ -310,7 +448,6 @@ impl DockerBackend for FakeBackend {
             }
             s.next_id += 1;
             let id = format!("{:064x}", s.next_id);
-            let labels = labels.clone();
             s.hosts.get_mut(&self.host).unwrap().insert(
                 spec.name.0.clone(),
                 FakeContainer {
@@ -318,58 +455,60 @@ impl DockerBackend for FakeBackend {
                     image: spec.image.clone(),
                     state: "created".to_string(),
                     exit_code: None,
-                    labels,
+                    labels: labels.clone(),
                     cpus: spec.cpus,
+                    command: spec.command.clone(),
                 },
             );
             Ok(id)
         })
     }
 
-    async fn start_container(&self, name: &str) -> Result<()> {
-        self.call("start", name).await?;
+    async fn start_container(&self, target: &str) -> Result<()> {
+        let name = self.call_on("start", target, "").await?;
         self.with(
-            |s| match s.hosts.get_mut(&self.host).and_then(|h| h.get_mut(name)) {
+            |s| match s.hosts.get_mut(&self.host).and_then(|h| h.get_mut(&name)) {
                 Some(c) => {
                     c.state = "running".to_string();
                     c.exit_code = None;
                     Ok(())
                 }
-                None => Err(BackendError {
-                    kind: ErrorKind::NotFound,
-                    message: format!("No such container: {name}"),
-                }),
+                None => Err(Self::not_found(&name)),
             },
         )
     }
 
-    async fn stop_container(&self, name: &str, _timeout_secs: u64) -> Result<()> {
-        let name = &self.resolve(name);
-        self.call("stop", name).await?;
-        self.with(|s| {
-            if let Some(c) = s.hosts.get_mut(&self.host).and_then(|h| h.get_mut(name)) {
-                c.state = "exited".to_string();
-                c.exit_code = Some(0);
-            }
-        });
-        Ok(())
+    async fn stop_container(&self, target: &str, _timeout_secs: u64) -> Result<()> {
+        let name = self.call_on("stop", target, "").await?;
+        self.with(
+            |s| match s.hosts.get_mut(&self.host).and_then(|h| h.get_mut(&name)) {
+                Some(c) => {
+                    c.state = "exited".to_string();
+                    c.exit_code = Some(0);
+                    Ok(())
+                }
+                None => Err(Self::not_found(&name)),
+            },
+        )
     }
 
-    async fn remove_container(&self, name: &str) -> Result<()> {
-        let name = &self.resolve(name);
-        self.call("remove", name).await?;
+    async fn remove_container(&self, target: &str) -> Result<()> {
+        let name = self.call_on("remove", target, "").await?;
         self.with(|s| {
-            s.hosts.get_mut(&self.host).and_then(|h| h.remove(name));
-        });
-        Ok(())
+            s.hosts
+                .get_mut(&self.host)
+                .and_then(|h| h.remove(&name))
+                .map(|_| ())
+                .ok_or_else(|| Self::not_found(&name))
+        })
     }
 
-    async fn inspect_container(&self, name: &str) -> Result<Option<ContainerDetails>> {
-        self.call("inspect", name).await?;
+    async fn inspect_container(&self, target: &str) -> Result<Option<ContainerDetails>> {
+        let name = self.call_on("inspect", target, "").await?;
         Ok(self.with(|s| {
             s.hosts
                 .get(&self.host)
-                .and_then(|h| h.get(name))
+                .and_then(|h| h.get(&name))
                 .map(|c| ContainerDetails {
                     state: c.state.clone(),
                     exit_code: c.exit_code,
@@ -379,50 +518,65 @@ impl DockerBackend for FakeBackend {
         }))
     }
 
-    async fn exec(&self, container: &str, cmd: &[String]) -> Result<ExecOutput> {
-        self.call("exec", container).await?;
+    async fn exec(&self, target: &str, cmd: &[String]) -> Result<ExecOutput> {
+        let joined = cmd.join(" ");
+        let name = self.call_on("exec", target, &format!(": {joined}")).await?;
         let running = self.with(|s| {
             s.hosts
                 .get(&self.host)
-                .and_then(|h| h.get(container))
+                .and_then(|h| h.get(&name))
                 .is_some_and(|c| c.state == "running")
         });
         if !running {
             return Err(BackendError {
                 kind: ErrorKind::Conflict,
-                message: format!("Container {container} is not running"),
+                message: format!("Container {name} is not running"),
             });
         }
-        let joined = cmd.join(" ");
-        if joined == "ray stop" {
-            // Ray leaves; the container's main process ends with it.
-            self.with(|s| {
-                if let Some(c) = s
-                    .hosts
-                    .get_mut(&self.host)
-                    .and_then(|h| h.get_mut(container))
-                {
-                    c.state = "exited".to_string();
-                    c.exit_code = Some(0);
+        let ok = |stdout: String| ExecOutput {
+            exit_code: 0,
+            stdout,
+            stderr: String::new(),
+        };
+        if joined.contains("/dev/tcp/") {
+            // The GCS probe: answers per the script.
+            let answers = self.with(|s| match s.gcs {
+                Gcs::Never => false,
+                Gcs::After(0) => true,
+                Gcs::After(n) => {
+                    s.gcs = Gcs::After(n - 1);
+                    false
                 }
             });
-        }
-        if joined.contains("list nodes") || joined.contains("/api/v0/nodes") {
             return Ok(ExecOutput {
-                exit_code: 0,
-                stdout: self.ray_nodes_json(),
-                stderr: String::new(),
+                exit_code: if answers { 0 } else { 1 },
+                stdout: String::new(),
+                stderr: if answers {
+                    String::new()
+                } else {
+                    "Connection refused".to_string()
+                },
             });
         }
-        Ok(ExecOutput {
-            exit_code: 0,
-            stdout: String::new(),
-            stderr: String::new(),
-        })
+        if cmd.get(1).map(String::as_str) == Some("drain-node") {
+            let id = cmd
+                .iter()
+                .find_map(|a| a.strip_prefix("--node-id="))
+                .unwrap_or_default()
+                .to_string();
+            self.with(|s| s.drained.push(id));
+            return Ok(ok(String::new()));
+        }
+        if joined.contains("list nodes") || joined.contains("/api/v0/nodes") {
+            return Ok(ok(self.ray_nodes_json()));
+        }
+        Ok(ok(String::new()))
     }
 
     fn logs(&self, container: &str, _options: LogOptions) -> BoxStream<'static, Result<String>> {
-        let line = format!("fake log line of {container}\n");
+        let (name, how) = self.resolve(container);
+        self.with(|s| s.journal.push(format!("{} logs {name}{how}", self.host)));
+        let line = format!("fake log line of {name}\n");
         futures_util::stream::iter(vec![Ok(line)]).boxed()
     }
 }
