@@ -306,6 +306,10 @@ pub async fn apply(
             let now = plan::fingerprint(&observed, &desired);
             match saved.check_hosts(&now) {
                 Ok(()) => {
+                    eprintln!(
+                        "The hosts are as the saved plan found them: executing its {} step(s).",
+                        saved.plan.graph.len()
+                    );
                     let run = Run {
                         loaded,
                         desired: &desired,

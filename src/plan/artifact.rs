@@ -156,19 +156,16 @@ pub fn differences(
         let mut diffs = Vec::new();
         for (k, la) in &ia {
             match ib.get(k) {
-                None => diffs.push(format!("{}: gone (was {})", excerpt(k, 160), rest(la))),
-                Some(lb) if lb != la => diffs.push(format!(
-                    "{}: was {}, now {}",
-                    excerpt(k, 160),
-                    rest(la),
-                    rest(lb)
-                )),
+                None => diffs.push(format!("{}: gone (was {})", excerpt(k, 160), fields(la))),
+                Some(lb) if lb != la => {
+                    diffs.push(format!("{}: {}", excerpt(k, 160), changed_fields(la, lb)))
+                }
                 Some(_) => {}
             }
         }
         for (k, lb) in &ib {
             if !ia.contains_key(k) {
-                diffs.push(format!("{}: new ({})", excerpt(k, 160), rest(lb)));
+                diffs.push(format!("{}: new ({})", excerpt(k, 160), fields(lb)));
             }
         }
         if diffs.is_empty() {
@@ -179,19 +176,49 @@ pub fn differences(
     out
 }
 
-/// A fingerprint line after its key, shortened for reading: IDs to 12 characters.
-fn rest(line: &str) -> String {
-    let words: Vec<String> = line
-        .split(' ')
+/// The `key=value` fields of a fingerprint line after its key.
+fn pairs(line: &str) -> Vec<(String, String)> {
+    line.split(' ')
         .skip(2)
-        .map(|w| {
-            let w = w.strip_prefix("sha256:").unwrap_or(w);
-            if w.len() > 12 && w.chars().all(|c| c.is_ascii_hexdigit()) {
-                w[..12].to_string()
-            } else {
-                w.to_string()
-            }
+        .map(|w| match w.split_once('=') {
+            Some((k, v)) => (k.to_string(), short(v)),
+            None => (String::new(), short(w)),
         })
-        .collect();
-    excerpt(&words.join(" "), 200)
+        .collect()
+}
+
+/// IDs and digests shortened to 12 characters, as Docker shows them.
+fn short(v: &str) -> String {
+    let v = v.strip_prefix("sha256:").unwrap_or(v);
+    if v.len() > 12 && v.chars().all(|c| c.is_ascii_hexdigit()) {
+        v[..12].to_string()
+    } else {
+        excerpt(v, 120)
+    }
+}
+
+fn fields(line: &str) -> String {
+    pairs(line)
+        .iter()
+        .filter(|(k, _)| k != "spec" && k != "cluster")
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Only what changed: `state running -> exited`.
+fn changed_fields(a: &str, b: &str) -> String {
+    let (pa, pb) = (pairs(a), pairs(b));
+    let mut out = Vec::new();
+    for (k, va) in &pa {
+        let vb = pb.iter().find(|(kb, _)| kb == k).map(|(_, v)| v.as_str());
+        if vb != Some(va.as_str()) {
+            out.push(format!("{k} {va} -> {}", vb.unwrap_or("(none)")));
+        }
+    }
+    if out.is_empty() {
+        "changed".to_string()
+    } else {
+        out.join(", ")
+    }
 }

@@ -62,12 +62,13 @@ pub fn fingerprint(
                         || ownership::owner(&desired.cluster, c) != Owner::Foreign;
                     if relevant {
                         lines.push(format!(
-                            "container {} {} {} {} {}",
+                            "container {} id={} state={} image={} spec={} cluster={}",
                             c.name,
                             c.id,
                             c.state,
-                            c.image,
-                            c.spec_hash().unwrap_or("-")
+                            c.image.replace(' ', "_"),
+                            c.spec_hash().unwrap_or("-"),
+                            c.cluster_id().unwrap_or("-"),
                         ));
                     }
                 }
@@ -75,7 +76,7 @@ pub fn fingerprint(
                     for image in needed {
                         let id = known.get(image).cloned().flatten();
                         lines.push(format!(
-                            "image {image} {}",
+                            "image {image} id={}",
                             id.as_deref().unwrap_or("missing")
                         ));
                     }
