@@ -9,7 +9,6 @@ use crate::model::{DesiredState, HostName, NodeName, NodeSpec, Role};
 use crate::plan::{Plan, Step};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use petgraph::graph::NodeIndex;
-use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -101,105 +100,6 @@ impl ApplyReport {
     }
 }
 
-/// A Ray node as `ray list nodes --format json` reports it.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct RayNode {
-    #[serde(default)]
-    pub node_id: String,
-    #[serde(default)]
-    pub node_ip: String,
-    #[serde(default)]
-    pub node_name: String,
-    #[serde(default)]
-    pub state: String,
-    #[serde(default)]
-    pub is_head_node: bool,
-    /// Numbers for CPUs, strings such as `"7.036 GiB"` for memory.
-    #[serde(default)]
-    pub resources_total: BTreeMap<String, serde_json::Value>,
-}
-
-impl RayNode {
-    pub fn cpus(&self) -> f64 {
-        self.resources_total
-            .get("CPU")
-            .and_then(|v| v.as_f64())
-            .unwrap_or(0.0)
-    }
-    pub fn is_alive(&self) -> bool {
-        self.state == "ALIVE"
-    }
-}
-
-/// The command that lists Ray's nodes, run inside the head container.
-pub fn list_nodes_command() -> Vec<String> {
-    [
-        "ray", "list", "nodes", "--format", "json", "--limit", "10000",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-/// The same list straight from the dashboard's state API (what `ray list
-/// nodes` calls), without importing Ray: 0.1 s instead of 2-3 s of Python.
-pub fn state_api_command(dashboard_port: u16) -> Vec<String> {
-    let script = format!(
-        "import json, sys, urllib.request\n\
-         d = json.load(urllib.request.urlopen('http://127.0.0.1:{dashboard_port}/api/v0/nodes?limit=10000&timeout=10', timeout=15))\n\
-         if not d.get('result'):\n    sys.exit(d.get('msg') or 'the state API refused')\n\
-         print(json.dumps(d['data']['result']['result']))\n"
-    );
-    vec!["python3".to_string(), "-c".to_string(), script]
-}
-
-/// Parses `ray list nodes --format json` output (tolerating banners).
-pub fn parse_ray_nodes(stdout: &str) -> Result<Vec<RayNode>, String> {
-    let start = stdout.find('[').ok_or_else(|| {
-        format!(
-            "no JSON list in `ray list nodes` output: {}",
-            tail(stdout, 3)
-        )
-    })?;
-    serde_json::from_str(&stdout[start..])
-        .map_err(|e| format!("cannot read `ray list nodes` output: {e}"))
-}
-
-/// Asks the head's Ray for its nodes: the dashboard's state API first, then
-/// `ray list nodes` if that fails.
-pub async fn ray_nodes<B: DockerBackend>(
-    head: &B,
-    container: &str,
-    spec: &NodeSpec,
-) -> Result<Vec<RayNode>, String> {
-    if let Some(port) = spec.ports.head.as_ref().map(|h| h.dashboard) {
-        if let Ok(out) = head.exec(container, &state_api_command(port)).await {
-            if out.exit_code == 0 {
-                if let Ok(nodes) = parse_ray_nodes(&out.stdout) {
-                    return Ok(nodes);
-                }
-            }
-        }
-    }
-    let out = head
-        .exec(container, &list_nodes_command())
-        .await
-        .map_err(|e| e.to_string())?;
-    if out.exit_code != 0 {
-        return Err(format!(
-            "`ray list nodes` exited {}: {}",
-            out.exit_code,
-            tail(&format!("{}{}", out.stdout, out.stderr), 3)
-        ));
-    }
-    parse_ray_nodes(&out.stdout)
-}
-
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].join(" | ")
-}
-
 /// Shares one `ray list nodes` between every waiting step: each call starts a
 /// Python process in the head, too heavy to run once per worker per second.
 struct Membership<'a, B: DockerBackend> {
@@ -212,14 +112,14 @@ struct Membership<'a, B: DockerBackend> {
 type Containers = std::sync::Mutex<BTreeMap<NodeName, String>>;
 
 /// One answer of `ray list nodes`, and when it was taken.
-type Snapshot = (Instant, Result<Vec<RayNode>, String>);
+type Snapshot = (Instant, Result<Vec<crate::ray::RayNode>, String>);
 
 impl<'a, B: DockerBackend> Membership<'a, B> {
     async fn nodes(
         &self,
         max_age: Duration,
         containers: &Containers,
-    ) -> Result<Vec<RayNode>, String> {
+    ) -> Result<Vec<crate::ray::RayNode>, String> {
         let Some((head, spec)) = &self.head else {
             return Err("the cluster has no head".to_string());
         };
@@ -231,7 +131,7 @@ impl<'a, B: DockerBackend> Membership<'a, B> {
         }
         let id = containers.lock().unwrap().get(&spec.name).cloned();
         let value = match id {
-            Some(id) => ray_nodes(*head, &id, spec).await,
+            Some(id) => crate::ray::nodes(*head, &id, spec).await,
             None => Err(format!("`{}` has no container yet", spec.name)),
         };
         *cache = Some((Instant::now(), value.clone()));
@@ -636,19 +536,19 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
             {
                 Ok(nodes) => {
                     let stale = self.stale.lock().unwrap().clone();
-                    let found = nodes.iter().find(|n| {
-                        n.node_name == spec.name.0
-                            && n.node_ip == spec.node_ip
-                            && n.is_alive()
-                            && !stale.contains(&n.node_id)
-                    });
-                    match found {
-                        Some(n) if (n.cpus() - f64::from(spec.cpus)).abs() < 0.01 => return Ok(()),
-                        Some(n) => {
-                            last = format!("ALIVE with {} CPUs, {} declared", n.cpus(), spec.cpus)
-                        }
-                        None => last = "not listed by Ray yet".to_string(),
+                    let fresh: Vec<&crate::ray::RayNode> = nodes
+                        .iter()
+                        .filter(|n| !stale.contains(&n.node_id))
+                        .collect();
+                    if fresh.iter().any(|n| crate::ray::is_up(n, spec)) {
+                        return Ok(());
                     }
+                    last = match fresh.iter().find(|n| {
+                        n.node_name == spec.name.0 && n.node_ip == spec.node_ip && n.is_alive()
+                    }) {
+                        Some(n) => format!("ALIVE with {} CPUs, {} declared", n.cpus(), spec.cpus),
+                        None => "not listed by Ray yet".to_string(),
+                    };
                 }
                 Err(e) => last = e,
             }
@@ -722,7 +622,10 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
         let head_container = self.container(&head.name)?;
         match hb.exec(&head_container, &drain).await {
             Ok(o) if o.exit_code == 0 => {}
-            Ok(o) => self.progress(step, format!("drain refused: {}", tail(&o.stderr, 1))),
+            Ok(o) => self.progress(
+                step,
+                format!("drain refused: {}", crate::ray::tail(&o.stderr, 1)),
+            ),
             Err(e) => self.progress(step, format!("drain failed: {e}")),
         }
         // Stopping the container (SIGTERM to `ray start --block`) lets the
@@ -784,13 +687,13 @@ pub async fn wait_whole<B: DockerBackend>(
         .ok_or_else(|| format!("no connection to `{}`", head.host))?;
     let deadline = Instant::now() + timeout;
     loop {
-        let missing = match ray_nodes(hb, head_container, head).await {
+        let missing = match crate::ray::nodes(hb, head_container, head).await {
             Ok(nodes) => {
-                let fresh: Vec<RayNode> = nodes
+                let fresh: Vec<crate::ray::RayNode> = nodes
                     .into_iter()
                     .filter(|n| !stale.contains(&n.node_id))
                     .collect();
-                missing_nodes(desired, &fresh)
+                crate::ray::missing_nodes(desired, &fresh)
             }
             Err(e) => desired
                 .nodes
@@ -808,45 +711,4 @@ pub async fn wait_whole<B: DockerBackend>(
 /// The first 12 characters of a container ID, as Docker shows it.
 pub fn short_id(id: &str) -> String {
     crate::model::excerpt(&id.chars().take(12).collect::<String>(), 12)
-}
-
-/// Declared nodes Ray does not list ALIVE with their CPUs, with why.
-pub fn missing_nodes(desired: &DesiredState, nodes: &[RayNode]) -> Vec<(NodeName, String)> {
-    desired
-        .nodes
-        .iter()
-        .filter_map(|spec| {
-            let alive = nodes
-                .iter()
-                .find(|n| n.node_name == spec.name.0 && n.node_ip == spec.node_ip && n.is_alive());
-            match alive {
-                Some(n) if (n.cpus() - f64::from(spec.cpus)).abs() < 0.01 => None,
-                Some(n) => Some((
-                    spec.name.clone(),
-                    format!("ALIVE with {} CPUs, {} declared", n.cpus(), spec.cpus),
-                )),
-                None => Some((
-                    spec.name.clone(),
-                    match nodes.iter().find(|n| n.node_name == spec.name.0) {
-                        Some(n) => format!("listed {}", n.state),
-                        None => "not in Ray's node list".to_string(),
-                    },
-                )),
-            }
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ray_nodes_parse_past_banners() {
-        let out = "2026-01-01 WARNING something\n[{\"node_id\":\"a\",\"node_ip\":\"10.0.0.1\",\"node_name\":\"x\",\"state\":\"ALIVE\",\"resources_total\":{\"CPU\":2.0,\"memory\":\"7.036 GiB\"}}]";
-        let nodes = parse_ray_nodes(out).unwrap();
-        assert_eq!(nodes[0].cpus(), 2.0);
-        assert!(nodes[0].is_alive());
-        assert!(parse_ray_nodes("nothing").is_err());
-    }
 }

@@ -4,7 +4,7 @@
 
 use crate::config::{self, Loaded, Override};
 use crate::model::{DesiredState, ObservedState};
-use crate::plan::{self, DiffOptions, Plan};
+use crate::plan::Plan;
 use crate::render::{self, Style};
 use crate::topology;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -284,7 +284,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         }
         Command::Status { output, parallel } => {
             let (loaded, desired) = load(&cli.config, &overrides)?;
-            live::block_on(ops::status(&loaded, &desired, output, parallel))?
+            live::block_on(day2::status(&loaded, &desired, output, parallel))?
         }
         Command::Logs {
             nodes,
@@ -297,7 +297,7 @@ pub fn run(cli: Cli) -> Result<u8> {
                 || (matches!(cli.color, ColorChoice::Auto)
                     && std::env::var_os("NO_COLOR").is_none()
                     && std::io::stdout().is_terminal());
-            live::block_on_until_done(ops::logs(
+            live::block_on_until_done(day2::logs(
                 &loaded,
                 &desired,
                 &nodes,
@@ -313,7 +313,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             parallel,
         } => {
             let (loaded, desired) = load(&cli.config, &overrides)?;
-            live::block_on(ops::destroy(
+            live::block_on(day2::destroy(
                 &loaded,
                 &desired,
                 workers_only,
@@ -329,7 +329,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             parallel,
         } => {
             let (loaded, desired) = load(&cli.config, &overrides)?;
-            live::block_on(ops::restart(
+            live::block_on(day2::restart(
                 &loaded,
                 &desired,
                 &nodes,
@@ -341,7 +341,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         }
         Command::Env => {
             let (_, desired) = load(&cli.config, &overrides)?;
-            write_stdout(&ops::env(&desired))?;
+            write_stdout(&day2::env(&desired))?;
             Ok(exit::OK)
         }
     }
@@ -379,18 +379,11 @@ fn observe_or_read(
     match path {
         Some(path) => {
             let observed = read_observation(path)?;
-            let desired = settle(loaded, &observed)?;
+            let desired = crate::ops::settle(loaded, &observed)?;
             Ok((observed, desired))
         }
         None => live::block_on(live::observe_only(loaded, fresh, parallel))?,
     }
-}
-
-/// Lowers the configuration for what was observed: identity and kept ports.
-pub fn settle(loaded: &Loaded, observed: &ObservedState) -> Result<DesiredState> {
-    let identity = crate::ownership::resolve(&loaded.config, observed);
-    let kept = crate::ownership::kept_ports(&identity, observed);
-    topology::lower(&loaded.config, &identity, &kept).map_err(|e| user(loaded.source.errors(e)))
 }
 
 /// `--out` must never overwrite the configuration it was read from.
@@ -466,31 +459,12 @@ pub fn make_plan(
     desired: &DesiredState,
     observed: &ObservedState,
 ) -> Result<Plan> {
-    make_plan_with(loaded, desired, observed, Default::default())
-}
-
-/// Plans against an observation, replacing the `restart` nodes even if they match.
-pub fn make_plan_with(
-    loaded: &Loaded,
-    desired: &DesiredState,
-    observed: &ObservedState,
-    restart: std::collections::BTreeSet<crate::model::NodeName>,
-) -> Result<Plan> {
-    plan::build(
+    Ok(crate::ops::apply::make_plan(
+        loaded,
         desired,
         observed,
-        DiffOptions {
-            oversubscribe_cpus: loaded.config.cluster.oversubscribe_cpus,
-            restart,
-        },
-        loaded
-            .source
-            .overrides()
-            .iter()
-            .map(|o| o.describe())
-            .collect(),
-    )
-    .map_err(user)
+        Default::default(),
+    )?)
 }
 
 pub(crate) fn print_plan(plan: &Plan, format: OutputFormat, style: Style) -> Result<()> {
@@ -504,7 +478,8 @@ pub(crate) fn print_plan(plan: &Plan, format: OutputFormat, style: Style) -> Res
 /// Writes a saved plan (the typed plan and what it was made from), mode 0600.
 fn save_plan(path: &Path, loaded: &Loaded, plan: &Plan) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let saved = crate::plan::artifact::SavedPlan::new(plan.clone(), config_digest(loaded));
+    let saved =
+        crate::plan::artifact::SavedPlan::new(plan.clone(), crate::ops::config_digest(loaded));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -540,22 +515,6 @@ pub fn write_stdout(text: &str) -> Result<()> {
     }
 }
 
-/// What a saved plan was made from: the configuration's text and overrides.
-pub(crate) fn config_digest(loaded: &Loaded) -> crate::plan::artifact::ConfigDigest {
-    crate::plan::artifact::ConfigDigest {
-        path: loaded.source.path.clone(),
-        sha256: crate::model::hex(&<sha2::Sha256 as sha2::Digest>::digest(
-            loaded.source.text.as_bytes(),
-        )),
-        overrides: loaded
-            .source
-            .overrides()
-            .iter()
-            .map(|o| format!("{}={}", o.key, o.value))
-            .collect(),
-    }
-}
-
+mod day2;
 mod live;
-mod ops;
 mod progress;

@@ -1,38 +1,17 @@
-//! Day-2 operations: status, logs, destroy, restart, env. Each is a thin
-//! layer over the same connect/observe/plan/execute path as apply.
+//! The command line's side of the day-2 operations: status (printed from
+//! [`crate::ops::status`]), logs, destroy and restart (shown and run through
+//! [`super::live::run`]), env.
 
-use super::live::{self, access_lines, Run, RunKind};
-use super::{exit, make_plan_with, write_stdout, OutputFormat, Result, UserError};
-use crate::apply::{self, RayNode};
+use super::live::{self, access_lines};
+use super::{exit, write_stdout, OutputFormat, Result, UserError};
 use crate::config::Loaded;
 use crate::engine::{DockerBackend, LogOptions};
 use crate::model::{DesiredState, NodeName, NodeSpec, Role};
-use crate::plan;
+use crate::ops;
 use crate::render::Style;
 use futures_util::stream::{self, StreamExt};
-use serde::Serialize;
 use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
-
-/// One declared node as status reports it.
-#[derive(Debug, Clone, Serialize)]
-pub struct NodeStatus {
-    pub node: String,
-    pub host: String,
-    pub role: Role,
-    /// `running`, `exited (137)`, `missing`, `host unreachable`...
-    pub container: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<String>,
-    pub restarts: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
-    /// Ray's state for this node (`ALIVE`, `DEAD`, or `not listed`).
-    pub ray: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ray_cpus: Option<f64>,
-    pub ok: bool,
-}
 
 fn uptime(started_at: &str) -> String {
     // RFC 3339 from Docker, e.g. 2026-11-27T08:50:01.123456789Z.
@@ -80,110 +59,16 @@ pub async fn status(
     output: OutputFormat,
     parallel: Option<usize>,
 ) -> Result<u8> {
-    let (hosts, observed, desired) = live::observe_hosts(loaded, fresh, parallel, true).await?;
-    let desired = &desired;
+    let report = ops::status::gather(loaded, fresh, parallel).await?;
+    live::warn(&report.warnings);
+    let (desired, statuses, ray) = (&report.desired, &report.nodes, &report.ray);
     let head = desired.head();
-    let head_container = observed
-        .hosts
-        .get(&head.host)
-        .and_then(|o| o.containers.iter().find(|c| c.name == head.name.0))
-        .map(|c| c.id.clone());
-    let ray: std::result::Result<Vec<RayNode>, String> =
-        match (hosts.connections.get(&head.host), head_container) {
-            (Some(c), Some(id)) => apply::ray_nodes(&c.backend, &id, head).await,
-            (Some(_), None) => Err(format!("`{}` has no container", head.name)),
-            (None, _) => Err(format!("head host `{}` unreachable", head.host)),
-        };
-    let parallel = parallel.unwrap_or(loaded.config.ssh.max_parallel).max(1);
-    // One listing per host (the observation); then one inspect per node.
-    let listings: std::collections::BTreeMap<&crate::model::HostName, &Vec<_>> = observed
-        .hosts
-        .iter()
-        .map(|(h, o)| (h, &o.containers))
-        .collect();
-    let statuses: Vec<NodeStatus> = stream::iter(desired.nodes.iter())
-        .map(|spec| {
-            let conn = hosts.connections.get(&spec.host);
-            let failure = hosts.failures.get(&spec.host);
-            let ray = &ray;
-            let listings = &listings;
-            async move {
-                let (container, started_at, restarts, image) = match (conn, failure) {
-                    (Some(c), _) => {
-                        let listed = listings
-                            .get(&spec.host)
-                            .and_then(|l| l.iter().find(|x| x.name == spec.name.0))
-                            .cloned();
-                        let details = match &listed {
-                            Some(l) => c.backend.inspect_container(&l.id).await.ok().flatten(),
-                            None => None,
-                        };
-                        match (listed, details) {
-                            (Some(l), Some(d)) => {
-                                let state = match (l.state.as_str(), l.exit_code) {
-                                    ("exited", Some(code)) => format!("exited ({code})"),
-                                    (s, _) => s.to_string(),
-                                };
-                                let foreign = crate::ownership::owner(&desired.cluster, &l)
-                                    != crate::ownership::Owner::Ours;
-                                (
-                                    if foreign {
-                                        format!("{state}, NOT seedcore's")
-                                    } else {
-                                        state
-                                    },
-                                    d.started_at,
-                                    d.restart_count,
-                                    Some(l.image),
-                                )
-                            }
-                            _ => ("missing".to_string(), None, 0, None),
-                        }
-                    }
-                    (None, Some(e)) => {
-                        (format!("host unreachable: {}", e.summary()), None, 0, None)
-                    }
-                    (None, None) => ("host unreachable".to_string(), None, 0, None),
-                };
-                let (ray_state, ray_cpus) = match ray {
-                    Ok(nodes) => match nodes
-                        .iter()
-                        .filter(|n| n.node_name == spec.name.0)
-                        .max_by_key(|n| n.is_alive())
-                    {
-                        Some(n) => (n.state.clone(), Some(n.cpus())),
-                        None => ("not listed".to_string(), None),
-                    },
-                    Err(_) => ("unknown".to_string(), None),
-                };
-                let ok = container == "running"
-                    && ray_state == "ALIVE"
-                    && ray_cpus.is_some_and(|c| (c - f64::from(spec.cpus)).abs() < 0.01);
-                NodeStatus {
-                    node: spec.name.0.clone(),
-                    host: spec.host.0.clone(),
-                    role: spec.role,
-                    container,
-                    started_at,
-                    restarts,
-                    image,
-                    ray: ray_state,
-                    ray_cpus,
-                    ok,
-                }
-            }
-        })
-        .buffered(parallel)
-        .collect()
-        .await;
-    hosts.close().await;
-
     let whole = statuses.iter().all(|s| s.ok);
     let alive = statuses.iter().filter(|s| s.ok).count();
     let text = match output {
         OutputFormat::Json => {
             let v = serde_json::json!({
-                "format_version": "1",
+                "format_version": "2.0",
                 "cluster": desired.cluster,
                 "whole": whole,
                 "nodes": statuses,
@@ -215,7 +100,7 @@ pub async fn status(
                 "NODE", "HOST", "CONTAINER", "UPTIME", "RESTARTS", "RAY", "IMAGE"
             ));
             let mut notes = Vec::new();
-            for s in &statuses {
+            for s in statuses {
                 let container = if s.container.len() > 14 {
                     notes.push(format!("{}: {}", s.node, s.container));
                     s.container.split(':').next().unwrap_or("").to_string()
@@ -245,7 +130,7 @@ pub async fn status(
                 out.push_str(&format!("  {n}\n"));
             }
             out.push('\n');
-            match &ray {
+            match ray {
                 Ok(nodes) => {
                     let dead = nodes.iter().filter(|n| !n.is_alive()).count();
                     out.push_str(&format!(
@@ -358,7 +243,8 @@ pub async fn logs(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let (hosts, observed, desired) = live::observe_hosts(loaded, fresh, None, true).await?;
+    let (hosts, observed, desired) = ops::session::open(loaded, fresh, None, true).await?;
+    live::warn(&hosts.warnings());
     let nodes = select_nodes(&desired, selection)?;
     let mut code = exit::OK;
     if !hosts.failures.is_empty() {
@@ -497,22 +383,14 @@ pub async fn destroy(
             "error: refusing to destroy without confirmation: stdin is not a terminal\nhint: review `seedcore status`, then run `seedcore destroy --auto-approve`".to_string(),
         ));
     }
-    let (hosts, observed, desired) = live::observe_hosts(loaded, fresh, parallel, true).await?;
-    let desired = &desired;
-    let plan = plan::destroy(desired, &observed, workers_only);
-    let unreachable: Vec<String> = hosts.failures.keys().map(|h| format!("`{h}`")).collect();
-    let run = Run {
-        loaded,
-        desired,
-        hosts: &hosts,
-        style,
-        approved: auto_approve,
-        parallel,
-        kind: RunKind::Destroy,
-    };
-    let result = run.execute(plan).await;
-    hosts.close().await;
-    match result {
+    let prepared = ops::apply::prepare_destroy(loaded, fresh, workers_only, parallel).await?;
+    let unreachable: Vec<String> = prepared
+        .hosts
+        .failures
+        .keys()
+        .map(|h| format!("`{h}`"))
+        .collect();
+    match live::run(prepared, loaded, style, auto_approve, parallel).await {
         Ok(_) if !unreachable.is_empty() => Err(UserError(format!(
             "error: {} could not be reached: containers there were not removed\nhint: run `seedcore destroy` again once they answer",
             unreachable.join(", ")
@@ -549,25 +427,8 @@ pub async fn restart(
             "error: refusing to restart without confirmation: stdin is not a terminal\nhint: run `seedcore restart ... --auto-approve`".to_string(),
         ));
     }
-    let (hosts, observed, desired) = live::observe_hosts(loaded, fresh, parallel, false).await?;
-    let desired = &desired;
-    let result = match make_plan_with(loaded, desired, &observed, chosen) {
-        Ok(plan) => {
-            let run = Run {
-                loaded,
-                desired,
-                hosts: &hosts,
-                style,
-                approved: auto_approve,
-                parallel,
-                kind: RunKind::Apply,
-            };
-            run.execute(plan).await
-        }
-        Err(e) => Err(e),
-    };
-    hosts.close().await;
-    result
+    let prepared = ops::apply::prepare_restart(loaded, fresh, chosen, parallel).await?;
+    live::run(prepared, loaded, style, auto_approve, parallel).await
 }
 
 /// `seedcore env`: shell exports for client tools.

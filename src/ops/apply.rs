@@ -1,0 +1,311 @@
+//! Apply, destroy and restart as two calls around the operator's approval:
+//! [`prepare`] (or [`prepare_destroy`], [`prepare_restart`]) connects,
+//! observes and plans; the caller shows the plan and asks; [`execute`] walks
+//! it, remembers the cluster's hosts on every host, and (for an apply) waits
+//! until Ray lists every declared node up.
+
+use super::session::{self, Hosts};
+use super::{config_digest, Error, Result};
+use crate::apply::{self as executor, ApplyOptions, Outcome, Reporter};
+use crate::config::Loaded;
+use crate::memory;
+use crate::model::{DesiredState, NodeName};
+use crate::plan::artifact::SavedPlan;
+use crate::plan::{self, DiffOptions, Plan, Step, Summary};
+use futures_util::stream::{self, StreamExt};
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// What a run is for: it changes the last checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Apply,
+    Destroy,
+}
+
+/// A plan ready to be shown, approved and executed, with the open session.
+pub struct Prepared {
+    pub hosts: Hosts,
+    pub desired: DesiredState,
+    pub plan: Plan,
+    pub kind: Kind,
+    /// Executing a saved plan (already reviewed).
+    pub saved: bool,
+}
+
+/// How an executed plan ended.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub summary: Summary,
+    pub elapsed: Duration,
+}
+
+/// Reads a saved plan and checks it was made from this configuration.
+pub fn read_saved(path: &Path, loaded: &Loaded) -> Result<SavedPlan> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::SavedPlan(format!(
+            "error: cannot read the plan `{}`: {e}\nhint: save a plan with `seedcore plan --out {}`, then apply that file",
+            path.display(),
+            path.display()
+        ))
+    })?;
+    let saved = SavedPlan::from_json(&text).map_err(|e| {
+        Error::SavedPlan(format!(
+            "error: cannot apply `{}`: {e}\nhint: save a plan with this seedcore: `seedcore plan --out {}`",
+            path.display(),
+            path.display()
+        ))
+    })?;
+    saved.check_config(&config_digest(loaded)).map_err(|e| {
+        Error::SavedPlan(format!(
+            "error: cannot apply `{}`: {e}\nhint: run `seedcore plan --out {}` again and review it",
+            path.display(),
+            path.display()
+        ))
+    })?;
+    Ok(saved)
+}
+
+/// Plans against an observation with the configuration's options.
+pub fn make_plan(
+    loaded: &Loaded,
+    desired: &DesiredState,
+    observed: &crate::model::ObservedState,
+    restart: BTreeSet<NodeName>,
+) -> Result<Plan> {
+    plan::build(
+        desired,
+        observed,
+        DiffOptions {
+            oversubscribe_cpus: loaded.config.cluster.oversubscribe_cpus,
+            restart,
+        },
+        loaded
+            .source
+            .overrides()
+            .iter()
+            .map(|o| o.describe())
+            .collect(),
+    )
+    .map_err(Error::Plan)
+}
+
+/// Connects, observes and plans an apply; with `saved`, checks that the
+/// hosts still look as the saved plan found them and takes its steps as they
+/// are.
+pub async fn prepare(
+    loaded: &Loaded,
+    fresh: &DesiredState,
+    saved: Option<SavedPlan>,
+    parallel: Option<usize>,
+) -> Result<Prepared> {
+    let (hosts, observed, desired) = session::open(loaded, fresh, parallel, false).await?;
+    let planned = match saved {
+        Some(saved) => {
+            // Exactly the saved steps, for exactly the saved desired state,
+            // if the hosts still look as they did.
+            let desired = saved.plan.desired();
+            let now = plan::fingerprint(&observed, &desired);
+            saved
+                .check_hosts(&now)
+                .map(|()| (desired, saved.plan, true))
+                .map_err(|e| {
+                    Error::SavedPlan(format!(
+                        "error: the saved plan is stale: {e}\nnothing was changed\nhint: run `seedcore plan --out FILE` again, review it, and apply the new file"
+                    ))
+                })
+        }
+        None => {
+            make_plan(loaded, &desired, &observed, BTreeSet::new()).map(|p| (desired, p, false))
+        }
+    };
+    match planned {
+        Ok((desired, plan, saved)) => Ok(Prepared {
+            hosts,
+            desired,
+            plan,
+            kind: Kind::Apply,
+            saved,
+        }),
+        Err(e) => {
+            hosts.close().await;
+            Err(e)
+        }
+    }
+}
+
+/// Connects, observes and plans the removal of this cluster's containers
+/// (reachable hosts only; the rest are in `hosts.failures`).
+pub async fn prepare_destroy(
+    loaded: &Loaded,
+    fresh: &DesiredState,
+    workers_only: bool,
+    parallel: Option<usize>,
+) -> Result<Prepared> {
+    let (hosts, observed, desired) = session::open(loaded, fresh, parallel, true).await?;
+    let plan = plan::destroy(&desired, &observed, workers_only);
+    Ok(Prepared {
+        hosts,
+        desired,
+        plan,
+        kind: Kind::Destroy,
+        saved: false,
+    })
+}
+
+/// Connects, observes and plans replacing `chosen` (even if they match).
+pub async fn prepare_restart(
+    loaded: &Loaded,
+    fresh: &DesiredState,
+    chosen: BTreeSet<NodeName>,
+    parallel: Option<usize>,
+) -> Result<Prepared> {
+    let (hosts, observed, desired) = session::open(loaded, fresh, parallel, false).await?;
+    match make_plan(loaded, &desired, &observed, chosen) {
+        Ok(plan) => Ok(Prepared {
+            hosts,
+            desired,
+            plan,
+            kind: Kind::Apply,
+            saved: false,
+        }),
+        Err(e) => {
+            hosts.close().await;
+            Err(e)
+        }
+    }
+}
+
+/// Declared nodes that run but that Ray does not list up: with nothing for
+/// Docker to change, a wedged raylet shows only here.
+pub async fn ray_gaps(prepared: &Prepared) -> Vec<(NodeName, String)> {
+    let head = prepared.desired.head();
+    let Some(conn) = prepared.hosts.connections.get(&head.host) else {
+        return Vec::new();
+    };
+    let Some(id) = prepared
+        .plan
+        .changes
+        .iter()
+        .find(|c| c.node == head.name)
+        .and_then(|c| c.container())
+    else {
+        return Vec::new();
+    };
+    match crate::ray::nodes(&conn.backend, id, head).await {
+        Ok(nodes) => crate::ray::missing_nodes(&prepared.desired, &nodes),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Executes a prepared plan. `on_waiting` is told before the final wait for
+/// Ray (for an apply) so the caller can say what is happening.
+pub async fn execute(
+    prepared: &Prepared,
+    loaded: &Loaded,
+    parallel: Option<usize>,
+    reporter: &dyn Reporter,
+    on_waiting: &dyn Fn(usize, Duration),
+) -> Result<Finished> {
+    let (plan, desired, hosts) = (&prepared.plan, &prepared.desired, &prepared.hosts);
+    let options = ApplyOptions::from_config(&loaded.config, parallel);
+    let backends = hosts.backends();
+    let started = Instant::now();
+    let report = executor::execute(plan, desired, &backends, &options, reporter).await;
+    // Remember every host that still runs (or may run) our nodes.
+    let mut remember = desired.hosts();
+    for (step, outcome) in &report.outcomes {
+        if matches!(step, Step::Remove { .. })
+            && !matches!(outcome, Outcome::Done { .. })
+            && !remember.contains(step.host())
+        {
+            remember.push(step.host().clone());
+        }
+    }
+    // Unreachable hosts stay remembered until they can be cleaned.
+    for h in hosts.failures.keys() {
+        if !remember.contains(h) {
+            remember.push(h.clone());
+        }
+    }
+    stream::iter(hosts.connections.values())
+        .for_each_concurrent(options.max_parallel, |conn| {
+            memory::write(conn, &desired.cluster, &remember)
+        })
+        .await;
+
+    if !report.succeeded() {
+        return Err(Error::Failed(failure_summary(plan, &report)));
+    }
+    let summary = plan.summary();
+    if prepared.kind == Kind::Destroy {
+        return Ok(Finished {
+            summary,
+            elapsed: started.elapsed(),
+        });
+    }
+    // Ray's own view: every declared node up.
+    on_waiting(desired.nodes.len(), options.nodes_alive_timeout);
+    let head_container = report
+        .containers
+        .get(&desired.head().name)
+        .cloned()
+        .unwrap_or_default();
+    let missing = executor::wait_whole(
+        desired,
+        &head_container,
+        &backends,
+        &report.stale_node_ids,
+        options.nodes_alive_timeout,
+        Duration::from_secs(1),
+    )
+    .await
+    .map_err(Error::Failed)?;
+    if !missing.is_empty() {
+        let list: Vec<String> = missing
+            .iter()
+            .map(|(n, why)| format!("  {n}: {why}"))
+            .collect();
+        return Err(Error::Failed(format!(
+            "error: apply finished, but Ray does not list every node ALIVE:\n{}\nhint: `seedcore status` shows each node; `seedcore logs NODE` its log",
+            list.join("\n")
+        )));
+    }
+    Ok(Finished {
+        summary,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// One line per node of a failed run: its failed step, or the step skipped
+/// because of another's failure, or that every step was done.
+fn failure_summary(plan: &Plan, report: &executor::ApplyReport) -> String {
+    let mut text = String::from("error: apply failed\n");
+    for c in plan.effective() {
+        let steps: Vec<&(Step, Outcome)> = report
+            .outcomes
+            .iter()
+            .filter(|(s, _)| s.node() == Some(&c.node) && *s.host() == c.host)
+            .collect();
+        let failed = steps.iter().find_map(|(s, o)| match o {
+            Outcome::Failed { error } => Some(format!("{} failed: {error}", s.verb())),
+            _ => None,
+        });
+        let skipped = steps.iter().find_map(|(s, o)| match o {
+            Outcome::Skipped { because } => Some(format!("{} skipped: {because}", s.verb())),
+            _ => None,
+        });
+        let line = failed
+            .or(skipped)
+            .unwrap_or_else(|| format!("{}: every step done", c.action.as_str()));
+        text.push_str(&format!("  {} on {}: {line}\n", c.node, c.host));
+    }
+    for (step, outcome) in &report.outcomes {
+        if let (Step::PullImage { host, image }, Outcome::Failed { error }) = (step, outcome) {
+            text.push_str(&format!("  pull {image} on {host}: {error}\n"));
+        }
+    }
+    text.push_str("hint: fix the cause above and run `seedcore apply` again: it continues from what is on the hosts now");
+    text
+}

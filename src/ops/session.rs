@@ -1,0 +1,193 @@
+//! A session with the hosts: one SSH connection per host (the Docker socket
+//! forwarded through it), the observation of every host that concerns this
+//! cluster, and the desired state settled against it (the cluster's identity,
+//! the ports running nodes keep). Every operation that talks to the hosts
+//! opens one; closing it shuts every SSH master down.
+
+use super::{Error, Result};
+use crate::config::Loaded;
+use crate::engine::EngineBackend;
+use crate::memory;
+use crate::model::{DesiredState, HostName, ObservedState};
+use crate::observe;
+use crate::ownership;
+use crate::topology;
+use crate::transport::{Connection, Transport, TransportError};
+use futures_util::stream::{self, StreamExt};
+use std::collections::BTreeMap;
+
+/// Open connections, and the hosts that could not be reached.
+pub struct Hosts {
+    // Declared before the transport: fields drop in order, and a session's
+    // drop shuts its master down through the control socket, which must
+    // still exist.
+    pub connections: BTreeMap<HostName, Connection>,
+    pub failures: BTreeMap<HostName, TransportError>,
+    pub transport: Transport,
+}
+
+impl Hosts {
+    pub fn backends(&self) -> BTreeMap<HostName, EngineBackend> {
+        self.connections
+            .iter()
+            .map(|(h, c)| (h.clone(), c.backend.clone()))
+            .collect()
+    }
+
+    /// One line per host that could not be reached, for the operator.
+    pub fn warnings(&self) -> Vec<String> {
+        self.failures
+            .iter()
+            .map(|(h, e)| {
+                format!(
+                    "warning: `{h}` is unreachable ({}): nodes left there cannot be removed now",
+                    e.summary()
+                )
+            })
+            .collect()
+    }
+
+    pub async fn close(self) {
+        for (_, c) in self.connections {
+            c.close().await;
+        }
+        self.transport.cleanup();
+    }
+}
+
+/// Connects to every host of `hosts` not connected yet.
+async fn connect_more(all: &mut Hosts, hosts: &[HostName], parallel: usize) {
+    let todo: Vec<HostName> = hosts
+        .iter()
+        .filter(|h| !all.connections.contains_key(*h) && !all.failures.contains_key(*h))
+        .cloned()
+        .collect();
+    if todo.is_empty() {
+        return;
+    }
+    for (h, r) in all.transport.connect_all(&todo, parallel).await {
+        match r {
+            Ok(c) => {
+                all.connections.insert(h, c);
+            }
+            Err(e) => {
+                all.failures.insert(h, e);
+            }
+        }
+    }
+}
+
+/// Observes the connected hosts among `hosts` (unreachable ones recorded as such).
+async fn observe_some(
+    all: &Hosts,
+    hosts: &[HostName],
+    desired: &DesiredState,
+    parallel: usize,
+) -> ObservedState {
+    let mut view: BTreeMap<HostName, std::result::Result<&EngineBackend, String>> = BTreeMap::new();
+    for h in hosts {
+        match (all.connections.get(h), all.failures.get(h)) {
+            (Some(c), _) => {
+                view.insert(h.clone(), Ok(&c.backend));
+            }
+            (None, Some(e)) => {
+                view.insert(h.clone(), Err(e.summary()));
+            }
+            (None, None) => {}
+        }
+    }
+    observe::observe(&view, desired, parallel).await
+}
+
+/// Connects to the declared hosts, observes them, settles the cluster's
+/// identity (see `ownership`), then visits the hosts that the hosts remember
+/// for that identity. Returns the connections, the observation and the
+/// desired state lowered with the identity and the ports running nodes keep.
+/// With `partial`, unreachable declared hosts are warned about and left out
+/// (for `destroy`); otherwise they are an error naming each with its fix.
+pub async fn open(
+    loaded: &Loaded,
+    fresh: &DesiredState,
+    parallel: Option<usize>,
+    partial: bool,
+) -> Result<(Hosts, ObservedState, DesiredState)> {
+    let transport = Transport::new(&loaded.config.ssh).await.map_err(|e| {
+        Error::Hosts(format!(
+            "error: cannot create the SSH control directory: {e}\nhint: seedcore keeps its SSH sockets in `$XDG_RUNTIME_DIR/seedcore` or `/tmp/seedcore-<uid>`; make that place writable for your user"
+        ))
+    })?;
+    let parallel = parallel.unwrap_or(loaded.config.ssh.max_parallel).max(1);
+    let mut hosts = Hosts {
+        connections: BTreeMap::new(),
+        failures: BTreeMap::new(),
+        transport,
+    };
+    let declared = fresh.hosts();
+    connect_more(&mut hosts, &declared, parallel).await;
+    // One machine under two names would see the other name's nodes as
+    // orphans and remove them.
+    let mut by_engine: BTreeMap<&str, Vec<&HostName>> = BTreeMap::new();
+    for (h, c) in &hosts.connections {
+        if !c.engine.id.is_empty() {
+            by_engine.entry(c.engine.id.as_str()).or_default().push(h);
+        }
+    }
+    if let Some(names) = by_engine.values().find(|v| v.len() > 1) {
+        let list: Vec<String> = names.iter().map(|h| format!("`{h}`")).collect();
+        let text = format!(
+            "error: {} reach the same Docker engine: they are one machine under several names\nhint: write each machine once in the configuration (the same name in `head.host` and every group's `hosts`)",
+            list.join(" and ")
+        );
+        hosts.close().await;
+        return Err(Error::Hosts(text));
+    }
+    let blocking: Vec<&TransportError> = hosts
+        .failures
+        .iter()
+        .filter(|(h, _)| declared.contains(h))
+        .map(|(_, e)| e)
+        .collect();
+    if !blocking.is_empty() && !partial {
+        let text = blocking
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let n = blocking.len();
+        hosts.close().await;
+        return Err(Error::Hosts(format!(
+            "{text}\nerror: the plan is incomplete: {n} host(s) could not be observed"
+        )));
+    }
+    let lists: Vec<BTreeMap<String, Vec<HostName>>> = stream::iter(hosts.connections.values())
+        .map(|conn| memory::read(conn, &fresh.cluster.name))
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    let mut observed = observe_some(&hosts, &declared, fresh, parallel).await;
+    let identity = ownership::resolve(&loaded.config, &observed);
+    // Hosts this cluster ran on that the configuration no longer names.
+    let mut extra: Vec<HostName> = lists
+        .iter()
+        .filter_map(|l| l.get(&identity.id))
+        .flatten()
+        .filter(|h| !declared.contains(h))
+        .cloned()
+        .collect();
+    extra.sort();
+    extra.dedup();
+    if !extra.is_empty() {
+        connect_more(&mut hosts, &extra, parallel).await;
+        let more = observe_some(&hosts, &extra, fresh, parallel).await;
+        observed.hosts.extend(more.hosts);
+    }
+    let kept = ownership::kept_ports(&identity, &observed);
+    let desired = match topology::lower(&loaded.config, &identity, &kept) {
+        Ok(d) => d,
+        Err(errors) => {
+            hosts.close().await;
+            return Err(Error::Config(loaded.source.errors(errors)));
+        }
+    };
+    Ok((hosts, observed, desired))
+}
