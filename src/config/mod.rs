@@ -1,0 +1,345 @@
+//! `seedcore.toml`: its schema, `--set` overrides and validation.
+//!
+//! First stage of the flow: text -> [`RawConfig`] (serde, numbers kept wide so
+//! that out-of-range values get our own message) -> [`Config`] (validated,
+//! typed, defaults filled). Every error points at the file, line and column of
+//! the offending text (or at the `--set` that introduced it) and carries a
+//! `hint:` with the fix.
+
+mod errors;
+mod overrides;
+mod schema;
+mod source;
+mod validate;
+mod values;
+
+pub use errors::*;
+pub use overrides::*;
+#[allow(unused_imports)]
+pub(crate) use schema::*;
+pub use source::*;
+#[allow(unused_imports)]
+pub(crate) use validate::*;
+pub use values::*;
+
+use crate::model::HostName;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// Ray's default ports, as documented in the README.
+pub mod defaults {
+    pub const CLUSTER_NAME: &str = "seedcore";
+    pub const IMAGE: &str = "rayproject/ray:2.60.0";
+    pub const GCS_PORT: u16 = 6380;
+    pub const CLIENT_SERVER_PORT: u16 = 10001;
+    pub const DASHBOARD_PORT: u16 = 8265;
+    pub const SERVE_PORT: u16 = 8000;
+    pub const OBJECT_MANAGER_PORT: u16 = 8076;
+    pub const NODE_MANAGER_PORT: u16 = 8077;
+    pub const WORKER_PORTS: &str = "11000-11020";
+    pub const HEAD_WORKER_PORTS: &str = "10002-10099";
+    pub const AGENT_PORTS: &str = "52365-52464";
+    pub const SHM_SIZE: &str = "2g";
+    pub const SSH_PORT: u16 = 22;
+    pub const MAX_PARALLEL: usize = 32;
+    pub const CONNECT_TIMEOUT_SECS: u64 = 10;
+    pub const HEAD_READY_SECS: u64 = 120;
+    pub const NODES_ALIVE_SECS: u64 = 180;
+    pub const DRAIN_SECS: u64 = 60;
+    pub const STOP_SECS: u64 = 10;
+}
+
+/// An inclusive range of ports, written `"11000-11020"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn len(&self) -> u32 {
+        u32::from(self.last) - u32::from(self.first) + 1
+    }
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// How unknown SSH host keys are treated. There is deliberately no "off".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KnownHostsPolicy {
+    Strict,
+    AcceptNew,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub cluster: ClusterConfig,
+    pub ssh: SshConfig,
+    pub head: HeadConfig,
+    pub workers: BTreeMap<String, WorkerGroup>,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    pub name: String,
+    /// Pinned cluster identity (see `ownership`); `None`: derived.
+    pub id: Option<String>,
+    pub image: String,
+    /// Per-host range the agent and metrics ports of every node are carved from.
+    pub agent_ports: PortRange,
+    pub usage_stats: bool,
+    pub oversubscribe_cpus: bool,
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SshConfig {
+    pub user: Option<String>,
+    /// `None`: ssh's own default (`~/.ssh/config`, else 22).
+    pub port: Option<u16>,
+    pub identity_file: Option<PathBuf>,
+    pub known_hosts: KnownHostsPolicy,
+    pub known_hosts_file: Option<PathBuf>,
+    pub max_parallel: usize,
+    pub connect_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadConfig {
+    pub host: HostName,
+    pub image: Option<String>,
+    pub cpus: u32,
+    pub gcs_port: u16,
+    pub client_server_port: u16,
+    pub dashboard_port: u16,
+    pub serve: bool,
+    pub serve_port: u16,
+    pub shm_size_bytes: u64,
+    pub object_manager_port: u16,
+    pub node_manager_port: u16,
+    pub worker_ports: PortRange,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerGroup {
+    pub hosts: Vec<HostName>,
+    pub count: u32,
+    pub cpus: u32,
+    pub image: Option<String>,
+    pub shm_size_bytes: u64,
+    /// Written in the file: the exact port of the group's first node on each
+    /// host. `None`: chosen by seedcore (and kept while the node runs).
+    pub object_manager_port: Option<u16>,
+    pub node_manager_port: Option<u16>,
+    /// Written in the file: split into equal slices between the group's
+    /// nodes on each host. `None`: slices chosen by seedcore from 11000 up.
+    pub worker_ports: Option<PortRange>,
+    /// Fixed slice of `worker_ports` per node: nodes keep their ports when
+    /// `count` changes. Without it the range is split evenly.
+    pub worker_ports_per_node: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timeouts {
+    pub head_ready_secs: u64,
+    pub nodes_alive_secs: u64,
+    pub drain_secs: u64,
+    pub stop_secs: u64,
+}
+
+// ---------------------------------------------------------------------------
+// Loading
+
+/// A parsed and validated configuration with its source, for locating later
+/// (topology) errors.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub source: Source,
+}
+
+/// Reads, parses and validates a configuration file.
+pub fn load(path: &Path, overrides: &[Override]) -> Result<Loaded, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            message: format!("cannot read `{}`: {e}", path.display()),
+            location: None,
+            hint: Some(if e.kind() == std::io::ErrorKind::NotFound {
+                "pass the configuration with `-c PATH`, or start from `examples/seedcore.toml`"
+                    .to_string()
+            } else {
+                "check the file's permissions".to_string()
+            }),
+        }])
+    })?;
+    parse(&path.display().to_string(), &text, overrides)
+}
+
+/// Parses and validates configuration text (`path` is only for messages).
+pub fn parse(path: &str, text: &str, overrides: &[Override]) -> Result<Loaded, ConfigErrors> {
+    let mut source = Source {
+        path: path.to_string(),
+        text: text.to_string(),
+        spans: BTreeMap::new(),
+        overrides: overrides.to_vec(),
+    };
+    let doc = toml::de::DeTable::parse(text).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            message: format!("invalid TOML: {}", e.message().trim_end()),
+            location: e.span().map(|s| source.at_span(s)),
+            hint: Some("see `examples/seedcore.toml` for the file's shape".to_string()),
+        }])
+    })?;
+    collect_spans(doc.get_ref(), "", &mut source.spans);
+    let mut errors = Vec::new();
+    check_keys(doc.get_ref(), "", ROOT_KEYS, &source, &mut errors);
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+
+    // Types come from serde on the file alone, so that errors have spans.
+    let _: RawConfig = toml::from_str(text).map_err(|e| {
+        let key = e.span().and_then(|span| source.key_at(span.start));
+        let serde_text = e.message().trim_end().replace('\n', " ");
+        let (message, hint) = match &key {
+            Some(k) => (
+                format!("`{k}` has the wrong type: {serde_text}"),
+                type_hint(k),
+            ),
+            None => (
+                serde_text,
+                "see `examples/seedcore.toml` for each key's type".to_string(),
+            ),
+        };
+        ConfigErrors(vec![ConfigError {
+            message,
+            location: e.span().map(|s| source.at_span(s)),
+            hint: Some(hint),
+        }])
+    })?;
+
+    let mut table: toml::Table = toml::from_str(text).expect("parsed above");
+    for o in overrides {
+        apply_override(&mut table, o).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                message: e.0,
+                location: Some(Location::Override(match o.source {
+                    OverrideSource::Flag => format!("--set {}={}", o.key, o.value),
+                    OverrideSource::Env(var) => format!("${var}={}", o.value),
+                })),
+                hint: Some(e.1),
+            }])
+        })?;
+    }
+    let raw: RawConfig = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| {
+            ConfigErrors(vec![ConfigError {
+                message: format!("the overrides do not fit the schema: {}", e.message()),
+                location: None,
+                hint: Some("check the `--set` values".to_string()),
+            }])
+        })?;
+    let config = validate(raw).map_err(|errs| source.errors(errs))?;
+    Ok(Loaded { config, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse_and_reject() {
+        assert_eq!(
+            parse_range("11000-11020").unwrap(),
+            PortRange {
+                first: 11000,
+                last: 11020
+            }
+        );
+        assert!(parse_range("11020-11000").unwrap_err().contains("reversed"));
+        assert!(parse_range("11000").is_err());
+        assert!(parse_range("0-5").is_err());
+        assert!(parse_range("1-70000").is_err());
+    }
+
+    #[test]
+    fn hosts_are_checked() {
+        for ok in ["10.0.0.1", "node-1.example", "local", "labhost1"] {
+            assert!(check_host(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "10.0.0.1:22",
+            "ssh://x",
+            "300.1.1.1",
+            "a b",
+            "-x",
+            "::1",
+        ] {
+            assert!(check_host(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("2g"), Some(2 << 30));
+        assert_eq!(parse_size("512m"), Some(512 << 20));
+        assert_eq!(parse_size("512MB"), Some(512 << 20));
+        assert_eq!(parse_size("x"), None);
+    }
+
+    #[test]
+    fn did_you_mean_finds_near_keys() {
+        assert_eq!(
+            did_you_mean("hots", ["hosts", "count"].into_iter()),
+            Some("hosts")
+        );
+        assert_eq!(did_you_mean("zzzzzz", ["hosts", "count"].into_iter()), None);
+    }
+
+    #[test]
+    fn overrides_are_typed_by_the_schema() {
+        let text = "[head]\nhost = \"10.0.0.1\"\n[workers.local]\nhosts = [\"10.0.0.1\"]\n";
+        let o = vec![
+            Override::parse_flag("workers.local.count=5").unwrap(),
+            Override::parse_flag("head.host=10.0.0.9").unwrap(),
+        ];
+        let loaded = parse("t.toml", text, &o).unwrap();
+        assert_eq!(loaded.config.workers["local"].count, 5);
+        assert_eq!(loaded.config.head.host.0, "10.0.0.9");
+        let lists = [
+            "workers.local.hosts=10.0.0.1,10.0.0.2",
+            "workers.local.hosts=[\"10.0.0.1\", \"10.0.0.2\"]",
+        ];
+        for l in lists {
+            let loaded = parse("t.toml", text, &[Override::parse_flag(l).unwrap()]).unwrap();
+            assert_eq!(loaded.config.workers["local"].hosts.len(), 2, "{l}");
+        }
+        let bad = parse(
+            "t.toml",
+            text,
+            &[Override::parse_flag("workers.local.count=lots").unwrap()],
+        )
+        .unwrap_err();
+        assert!(bad.to_string().contains("not an integer"), "{bad}");
+    }
+
+    #[test]
+    fn head_ip_override_env_is_honoured() {
+        let o = env_overrides(|k| (k == "HEAD_IP_OVERRIDE").then(|| "10.1.1.1".to_string()));
+        assert_eq!(o[0].key, "head.host");
+        assert!(env_overrides(|_| None).is_empty());
+    }
+}

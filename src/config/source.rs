@@ -1,0 +1,227 @@
+//! The file's text with the span of every key, and the unknown-key check
+//! with its did-you-mean.
+
+use super::*;
+
+// ---------------------------------------------------------------------------
+// Source and spans
+
+/// The configuration text with the spans of its keys, to locate errors.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub path: String,
+    pub text: String,
+    /// Dotted key path -> (key span, value span).
+    pub(crate) spans: BTreeMap<String, (Range<usize>, Range<usize>)>,
+    pub(crate) overrides: Vec<Override>,
+}
+
+impl Source {
+    fn line_col(&self, offset: usize) -> (usize, usize, String) {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let line_end = self.text[line_start..]
+            .find('\n')
+            .map(|i| line_start + i)
+            .unwrap_or(self.text.len());
+        let column = self.text[line_start..offset].chars().count() + 1;
+        (
+            line,
+            column,
+            self.text[line_start..line_end].trim_end().to_string(),
+        )
+    }
+
+    pub(crate) fn at_span(&self, span: Range<usize>) -> Location {
+        let (line, column, line_text) = self.line_col(span.start);
+        let width = self.text[span.start..span.end.min(self.text.len())]
+            .lines()
+            .next()
+            .map(|l| l.chars().count())
+            .unwrap_or(1);
+        Location::File {
+            path: self.path.clone(),
+            line,
+            column,
+            line_text,
+            width,
+        }
+    }
+
+    /// Locates a key path: the override that set it, else its value in the
+    /// file, else the nearest enclosing table written in the file.
+    pub fn locate(&self, key: &str) -> Option<Location> {
+        if let Some(o) = self.overrides.iter().rev().find(|o| o.key == key) {
+            return Some(Location::Override(match o.source {
+                OverrideSource::Flag => format!("--set {}={}", o.key, o.value),
+                OverrideSource::Env(var) => format!("${var}={}", o.value),
+            }));
+        }
+        if let Some((_, value)) = self.spans.get(key) {
+            return Some(self.at_span(value.clone()));
+        }
+        let mut parts: Vec<&str> = key.split('.').collect();
+        while parts.len() > 1 {
+            parts.pop();
+            let parent = parts.join(".");
+            // A table that only an override brought in: point at the override.
+            if !self.spans.contains_key(&parent) {
+                if let Some(o) = self
+                    .overrides
+                    .iter()
+                    .rev()
+                    .find(|o| o.key.starts_with(&format!("{parent}.")))
+                {
+                    return Some(Location::Override(match o.source {
+                        OverrideSource::Flag => format!("--set {}={}", o.key, o.value),
+                        OverrideSource::Env(var) => format!("${var}={}", o.value),
+                    }));
+                }
+            }
+            if let Some((k, _)) = self.spans.get(&parent) {
+                return Some(self.at_span(k.clone()));
+            }
+        }
+        Some(Location::Default(format!(
+            "{}: `{key}` is not set in the file",
+            self.path
+        )))
+    }
+
+    /// Turns key-located errors into located configuration errors.
+    pub fn errors(&self, errors: Vec<KeyError>) -> ConfigErrors {
+        ConfigErrors(
+            errors
+                .into_iter()
+                .map(|e| ConfigError {
+                    location: self.locate(&e.key),
+                    message: e.message,
+                    hint: e.hint,
+                })
+                .collect(),
+        )
+    }
+
+    /// The deepest key whose value holds this byte offset.
+    pub(crate) fn key_at(&self, offset: usize) -> Option<String> {
+        self.spans
+            .iter()
+            .filter(|(_, (k, v))| v.contains(&offset) || k.contains(&offset))
+            .max_by_key(|(path, _)| path.matches('.').count())
+            .map(|(path, _)| path.clone())
+    }
+
+    /// The overrides in force, in the order given.
+    pub fn overrides(&self) -> &[Override] {
+        &self.overrides
+    }
+}
+
+pub(crate) fn collect_spans(
+    table: &toml::de::DeTable<'_>,
+    prefix: &str,
+    out: &mut BTreeMap<String, (Range<usize>, Range<usize>)>,
+) {
+    for (k, v) in table.iter() {
+        let path = if prefix.is_empty() {
+            k.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", k.get_ref())
+        };
+        out.insert(path.clone(), (k.span(), v.span()));
+        if let Some(t) = v.get_ref().as_table() {
+            collect_spans(t, &path, out);
+        }
+    }
+}
+
+/// Levenshtein distance, for did-you-mean hints.
+pub(crate) fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+pub(crate) fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl Iterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .map(|c| (distance(word, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min()
+        .map(|(_, c)| c)
+}
+
+pub(crate) fn check_keys(
+    table: &toml::de::DeTable<'_>,
+    prefix: &str,
+    schema: &[(&str, Kind)],
+    source: &Source,
+    errors: &mut Vec<ConfigError>,
+) {
+    for (k, v) in table.iter() {
+        let key = k.get_ref().as_ref();
+        let path = if prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let Some((_, kind)) = schema.iter().find(|(name, _)| *name == key) else {
+            let place = if prefix.is_empty() {
+                "at the top level".to_string()
+            } else {
+                format!("in `[{prefix}]`")
+            };
+            let hint = match did_you_mean(key, schema.iter().map(|(n, _)| *n)) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => format!(
+                    "known keys here: {}",
+                    schema
+                        .iter()
+                        .map(|(n, _)| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            errors.push(ConfigError {
+                message: format!("unknown key `{key}` {place}"),
+                location: Some(source.at_span(k.span())),
+                hint: Some(hint),
+            });
+            continue;
+        };
+        match (kind, v.get_ref().as_table()) {
+            (Kind::Table(inner), Some(t)) => check_keys(t, &path, inner, source, errors),
+            (Kind::Named(inner), Some(t)) => {
+                for (name, group) in t.iter() {
+                    let gpath = format!("{path}.{}", name.get_ref());
+                    match group.get_ref().as_table() {
+                        Some(g) => check_keys(g, &gpath, inner, source, errors),
+                        None => errors.push(ConfigError {
+                            message: format!("`{gpath}` must be a table"),
+                            location: Some(source.at_span(group.span())),
+                            hint: Some(format!(
+                                "declare a worker group as `[{gpath}]` with `hosts = [...]`"
+                            )),
+                        }),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}

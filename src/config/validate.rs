@@ -1,0 +1,469 @@
+//! Validation: raw values into a [`Config`], every problem reported with its key.
+
+use super::*;
+
+// ---------------------------------------------------------------------------
+// Validation
+
+pub(crate) struct Checker {
+    errors: Vec<KeyError>,
+}
+
+impl Checker {
+    fn err(&mut self, key: &str, message: String, hint: impl Into<String>) {
+        self.errors.push(KeyError {
+            key: key.to_string(),
+            message,
+            hint: Some(hint.into()),
+        });
+    }
+
+    fn port(&mut self, key: &str, value: Option<i64>, default: u16) -> u16 {
+        match value {
+            None => default,
+            Some(v) if (1..=65535).contains(&v) => v as u16,
+            Some(v) => {
+                self.err(
+                    key,
+                    format!("`{key}` is {v}, which is not a port number"),
+                    format!("ports are between 1 and 65535; the default is {default}"),
+                );
+                default
+            }
+        }
+    }
+
+    fn positive(&mut self, key: &str, value: Option<i64>, default: u32, what: &str) -> u32 {
+        match value {
+            None => default,
+            Some(v) if key.ends_with(".cpus") && v > 1024 => {
+                self.err(
+                    key,
+                    format!("`{key}` is {v}; seedcore allows at most 1024 CPUs per node"),
+                    format!("set `{key}` to {what}"),
+                );
+                default
+            }
+            Some(v) if v >= 1 && v <= i64::from(u32::MAX) => v as u32,
+            Some(v) => {
+                self.err(
+                    key,
+                    format!("`{key}` is {v}; it must be at least 1"),
+                    format!("set `{key}` to {what}"),
+                );
+                default
+            }
+        }
+    }
+
+    fn range(&mut self, key: &str, value: Option<&str>, default: &str) -> PortRange {
+        let text = value.unwrap_or(default);
+        match parse_range(text) {
+            Ok(r) => r,
+            Err(why) => {
+                self.err(
+                    key,
+                    format!("`{key}` is `{text}`: {why}"),
+                    format!("write an inclusive range such as `\"{default}\"`"),
+                );
+                parse_range(default).expect("defaults are valid")
+            }
+        }
+    }
+
+    fn host(&mut self, key: &str, text: &str) -> HostName {
+        if let Err(why) = check_host(text) {
+            self.err(
+                key,
+                format!("`{text}` is not a valid host: {why}"),
+                "write an IP address (`10.0.0.5`), a host name (`node-1.example`), or `local` for this machine",
+            );
+        }
+        HostName(text.to_string())
+    }
+
+    fn shm(&mut self, key: &str, value: Option<&str>, default: &str) -> u64 {
+        let text = value.unwrap_or(default);
+        match parse_size(text) {
+            Some(n) if n >= 1024 * 1024 => n,
+            _ => {
+                self.err(
+                    key,
+                    format!("`{key}` is `{text}`, which is not a size of at least 1m"),
+                    "write a size such as `\"512m\"` or `\"2g\"`",
+                );
+                parse_size(default).expect("defaults are valid")
+            }
+        }
+    }
+
+    fn image(&mut self, key: &str, value: Option<String>) -> Option<String> {
+        match value {
+            Some(v) if v.trim().is_empty() || v.chars().any(char::is_whitespace) => {
+                self.err(
+                    key,
+                    if v.trim().is_empty() {
+                        format!("`{key}` is empty")
+                    } else {
+                        format!("`{key}` is `{v}`, which is not an image reference")
+                    },
+                    "write an image such as `\"rayproject/ray:2.60.0\"`",
+                );
+                None
+            }
+            other => other,
+        }
+    }
+
+    fn secs(&mut self, key: &str, value: Option<i64>, default: u64) -> u64 {
+        match value {
+            None => default,
+            Some(v) if v >= 1 => v as u64,
+            Some(v) => {
+                self.err(
+                    key,
+                    format!("`{key}` is {v}; a timeout is a number of seconds of at least 1"),
+                    format!(
+                        "set it to a number of seconds, e.g. `{} = {default}` (the default)",
+                        key.rsplit('.').next().unwrap_or(key)
+                    ),
+                );
+                default
+            }
+        }
+    }
+}
+
+/// Parses `"11000-11020"`.
+pub(crate) fn check_name(c: &mut Checker, key: &str, name: &str, what: &str) {
+    let ok = !name.is_empty()
+        && name.len() <= 40
+        && name
+            .chars()
+            .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '_')
+        && name
+            .chars()
+            .next()
+            .is_some_and(|ch| ch.is_ascii_alphanumeric());
+    if !ok {
+        c.err(
+            key,
+            format!("{what} `{name}` cannot be part of a container name"),
+            "use lower-case letters, digits, `-` and `_`, starting with a letter or digit (at most 40)",
+        );
+    }
+}
+
+pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<KeyError>> {
+    let mut c = Checker { errors: Vec::new() };
+
+    let name = raw
+        .cluster
+        .name
+        .unwrap_or_else(|| defaults::CLUSTER_NAME.to_string());
+    check_name(&mut c, "cluster.name", &name, "cluster name");
+    let image = c
+        .image("cluster.image", raw.cluster.image)
+        .unwrap_or_else(|| defaults::IMAGE.to_string());
+    let agent_ports = c.range(
+        "cluster.agent_ports",
+        raw.cluster.agent_ports.as_deref(),
+        defaults::AGENT_PORTS,
+    );
+    for k in raw.cluster.env.keys() {
+        if k.is_empty() || k.contains('=') || k.chars().any(char::is_whitespace) {
+            c.err(
+                &format!("cluster.env.{k}"),
+                format!("`{k}` is not an environment variable name"),
+                "use letters, digits and `_`",
+            );
+        }
+    }
+    let id = raw.cluster.id.filter(|id| {
+        let ok = !id.is_empty()
+            && id.len() <= 64
+            && id
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-');
+        if !ok {
+            c.err(
+                "cluster.id",
+                format!("`cluster.id` is `{}`, which is not a cluster identity", crate::model::excerpt(id, 80)),
+                "use the id a plan names (lower-case letters, digits and `-`, at most 64), or remove the key",
+            );
+        }
+        ok
+    });
+    let cluster = ClusterConfig {
+        name,
+        id,
+        image,
+        agent_ports,
+        usage_stats: raw.cluster.usage_stats.unwrap_or(false),
+        oversubscribe_cpus: raw.cluster.oversubscribe_cpus.unwrap_or(false),
+        env: raw.cluster.env,
+    };
+
+    let known_hosts = match raw.ssh.known_hosts.as_deref() {
+        None | Some("strict") => KnownHostsPolicy::Strict,
+        Some("accept-new") => KnownHostsPolicy::AcceptNew,
+        Some(other) => {
+            c.err(
+                "ssh.known_hosts",
+                format!("`ssh.known_hosts` is `{other}`; it must be `strict` or `accept-new`"),
+                if matches!(other, "off" | "no" | "false" | "ignore" | "none") {
+                    "host-key checking cannot be turned off; use `accept-new` to trust a host's key on first contact, or add the key with `ssh-keyscan -H HOST >> ~/.ssh/known_hosts`"
+                } else {
+                    "use `strict` (the default) or `accept-new`"
+                },
+            );
+            KnownHostsPolicy::Strict
+        }
+    };
+    let max_parallel = c.positive(
+        "ssh.max_parallel",
+        raw.ssh.max_parallel,
+        defaults::MAX_PARALLEL as u32,
+        "how many hosts seedcore may work on at once, e.g. 32",
+    ) as usize;
+    let ssh = SshConfig {
+        user: raw.ssh.user.filter(|u| !u.is_empty()),
+        port: raw
+            .ssh
+            .port
+            .map(|p| c.port("ssh.port", Some(p), defaults::SSH_PORT)),
+        identity_file: raw.ssh.identity_file.map(|p| expand_home(&p)),
+        known_hosts,
+        known_hosts_file: raw.ssh.known_hosts_file.map(|p| expand_home(&p)),
+        max_parallel,
+        connect_timeout_secs: c.secs(
+            "ssh.connect_timeout",
+            raw.ssh.connect_timeout,
+            defaults::CONNECT_TIMEOUT_SECS,
+        ),
+    };
+
+    let raw_head = match raw.head {
+        Some(h) => Some(h),
+        None => {
+            c.err(
+                "head",
+                "there is no `[head]` table".to_string(),
+                "add `[head]` with `host = \"ADDRESS\"`: the host that runs the Ray head",
+            );
+            None
+        }
+    };
+    let head_known = raw_head.as_ref().is_some_and(|h| h.host.is_some());
+    let raw_head = raw_head.unwrap_or_default();
+    let head_host = match raw_head.host.as_deref() {
+        Some(h) => c.host("head.host", h),
+        None => {
+            if c.errors.iter().all(|e| e.key != "head") {
+                c.err(
+                    "head.host",
+                    "`head.host` is missing".to_string(),
+                    "set `host = \"ADDRESS\"` in `[head]`: workers join the head at this address",
+                );
+            }
+            HostName("local".to_string())
+        }
+    };
+    let head = HeadConfig {
+        host: head_host,
+        image: c.image("head.image", raw_head.image),
+        cpus: c.positive(
+            "head.cpus",
+            raw_head.cpus,
+            1,
+            "the number of CPUs Ray may use on the head, e.g. `cpus = 2`",
+        ),
+        gcs_port: c.port("head.gcs_port", raw_head.gcs_port, defaults::GCS_PORT),
+        client_server_port: c.port(
+            "head.client_server_port",
+            raw_head.client_server_port,
+            defaults::CLIENT_SERVER_PORT,
+        ),
+        dashboard_port: c.port(
+            "head.dashboard_port",
+            raw_head.dashboard_port,
+            defaults::DASHBOARD_PORT,
+        ),
+        serve: raw_head.serve.unwrap_or(true),
+        serve_port: c.port("head.serve_port", raw_head.serve_port, defaults::SERVE_PORT),
+        shm_size_bytes: c.shm(
+            "head.shm_size",
+            raw_head.shm_size.as_deref(),
+            defaults::SHM_SIZE,
+        ),
+        object_manager_port: c.port(
+            "head.object_manager_port",
+            raw_head.object_manager_port,
+            defaults::OBJECT_MANAGER_PORT,
+        ),
+        node_manager_port: c.port(
+            "head.node_manager_port",
+            raw_head.node_manager_port,
+            defaults::NODE_MANAGER_PORT,
+        ),
+        worker_ports: c.range(
+            "head.worker_ports",
+            raw_head.worker_ports.as_deref(),
+            defaults::HEAD_WORKER_PORTS,
+        ),
+    };
+
+    let mut workers = BTreeMap::new();
+    for (gname, g) in raw.workers {
+        let p = format!("workers.{gname}");
+        check_name(&mut c, &p, &gname, "worker group name");
+        let hosts_key = format!("{p}.hosts");
+        let hosts: Vec<HostName> = match g.hosts {
+            None => {
+                c.err(
+                    &hosts_key,
+                    format!("`[{p}]` has no `hosts`"),
+                    format!("list where this group runs, e.g. `hosts = [\"10.0.0.7\"]` in `[{p}]`"),
+                );
+                Vec::new()
+            }
+            Some(list) => {
+                let mut seen: Vec<String> = Vec::new();
+                let mut hosts = Vec::new();
+                for h in list {
+                    if seen.contains(&h) {
+                        c.err(
+                            &hosts_key,
+                            format!("`{h}` is listed twice in `{hosts_key}`"),
+                            format!(
+                                "list each host once; to run more workers on it, raise `{p}.count`"
+                            ),
+                        );
+                        continue;
+                    }
+                    seen.push(h.clone());
+                    hosts.push(c.host(&hosts_key, &h));
+                }
+                if hosts.is_empty() && seen.is_empty() {
+                    c.err(
+                        &hosts_key,
+                        format!("`{hosts_key}` is empty"),
+                        format!("list at least one host, or remove `[{p}]`"),
+                    );
+                }
+                hosts
+            }
+        };
+        let count = match g.count {
+            None => 1,
+            Some(v) if (0..=256).contains(&v) => v as u32,
+            Some(v) => {
+                c.err(
+                    &format!("{p}.count"),
+                    format!("`{p}.count` is {v}; it must be between 0 and 256"),
+                    "count is the number of workers on each of the group's hosts",
+                );
+                1
+            }
+        };
+        let group = WorkerGroup {
+            hosts,
+            count,
+            cpus: c.positive(
+                &format!("{p}.cpus"),
+                g.cpus,
+                1,
+                "the number of CPUs Ray may use on each worker, e.g. `cpus = 1`",
+            ),
+            image: c.image(&format!("{p}.image"), g.image),
+            shm_size_bytes: c.shm(
+                &format!("{p}.shm_size"),
+                g.shm_size.as_deref(),
+                defaults::SHM_SIZE,
+            ),
+            object_manager_port: g.object_manager_port.map(|v| {
+                c.port(
+                    &format!("{p}.object_manager_port"),
+                    Some(v),
+                    defaults::OBJECT_MANAGER_PORT,
+                )
+            }),
+            node_manager_port: g.node_manager_port.map(|v| {
+                c.port(
+                    &format!("{p}.node_manager_port"),
+                    Some(v),
+                    defaults::NODE_MANAGER_PORT,
+                )
+            }),
+            worker_ports: g.worker_ports.as_deref().map(|v| {
+                c.range(
+                    &format!("{p}.worker_ports"),
+                    Some(v),
+                    defaults::WORKER_PORTS,
+                )
+            }),
+            worker_ports_per_node: g.worker_ports_per_node.map(|v| {
+                let v = if v > 65535 {
+                    c.err(
+                        &format!("{p}.worker_ports_per_node"),
+                        format!("`{p}.worker_ports_per_node` is {v}, more ports than exist"),
+                        "each node needs a few ports per CPU, e.g. `worker_ports_per_node = 8`",
+                    );
+                    4
+                } else {
+                    v
+                };
+                c.positive(
+                    &format!("{p}.worker_ports_per_node"),
+                    Some(v),
+                    4,
+                    "the number of worker ports each node gets, e.g. 8",
+                )
+            }),
+        };
+        if head_known && head.host.is_local() && group.hosts.iter().any(|h| !h.is_local()) {
+            c.err(
+                &hosts_key,
+                format!(
+                    "`[{p}]` runs on other hosts, but the head is `local`, which they cannot reach"
+                ),
+                "write the head's address in `head.host` so remote workers can join it",
+            );
+        }
+        workers.insert(gname, group);
+    }
+
+    let timeouts = Timeouts {
+        head_ready_secs: c.secs(
+            "timeouts.head_ready",
+            raw.timeouts.head_ready,
+            defaults::HEAD_READY_SECS,
+        ),
+        nodes_alive_secs: c.secs(
+            "timeouts.nodes_alive",
+            raw.timeouts.nodes_alive,
+            defaults::NODES_ALIVE_SECS,
+        ),
+        drain_secs: c.secs("timeouts.drain", raw.timeouts.drain, defaults::DRAIN_SECS),
+        stop_secs: c.secs("timeouts.stop", raw.timeouts.stop, defaults::STOP_SECS),
+    };
+
+    if c.errors.is_empty() {
+        Ok(Config {
+            cluster,
+            ssh,
+            head,
+            workers,
+            timeouts,
+        })
+    } else {
+        Err(c.errors)
+    }
+}
+
+pub(crate) fn expand_home(p: &str) -> PathBuf {
+    match (p.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(p),
+    }
+}
