@@ -169,3 +169,100 @@ pub fn kept_ports(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{
+        HostObservation, ObservedContainer, LABEL_CLUSTER, LABEL_CLUSTER_ID, LABEL_NODE, LABEL_ROLE,
+    };
+
+    fn config(head: &str) -> Config {
+        let text = format!("[cluster]\nname = \"c\"\n[head]\nhost = \"{head}\"\n");
+        crate::config::parse("c.toml", &text, &[]).unwrap().config
+    }
+
+    fn container(name: &str, labels: &[(&str, &str)]) -> ObservedContainer {
+        ObservedContainer {
+            name: name.to_string(),
+            id: format!("id-{name}"),
+            image: "ray".to_string(),
+            state: "running".to_string(),
+            exit_code: None,
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn observed(host: &str, containers: Vec<ObservedContainer>) -> ObservedState {
+        let mut o = ObservedState::new();
+        o.hosts.insert(
+            HostName(host.to_string()),
+            HostObservation {
+                reachable: true,
+                error: None,
+                engine: None,
+                images: None,
+                containers,
+            },
+        );
+        o
+    }
+
+    #[test]
+    fn the_head_found_on_the_declared_host_keeps_its_identity() {
+        // The same machine under a new address (HEAD_IP_OVERRIDE): its head
+        // carries the identity derived from the old address.
+        let old = derived_id("c", &HostName("10.0.0.1".to_string()));
+        let head = container(
+            "c-ray-head",
+            &[
+                (LABEL_CLUSTER, "c"),
+                (LABEL_CLUSTER_ID, &old),
+                (LABEL_NODE, "c-ray-head"),
+                (LABEL_ROLE, "head"),
+            ],
+        );
+        let identity = resolve(&config("10.0.0.9"), &observed("10.0.0.9", vec![head]));
+        assert_eq!(identity.id, old);
+        // Elsewhere, or without it, the identity is derived from the head host.
+        let identity = resolve(&config("10.0.0.9"), &observed("10.0.0.9", vec![]));
+        assert_eq!(
+            identity.id,
+            derived_id("c", &HostName("10.0.0.9".to_string()))
+        );
+        assert_ne!(identity.id, old);
+    }
+
+    #[test]
+    fn owners_are_told_apart_by_name_identity_and_node_label() {
+        let me = configured(&config("10.0.0.1"));
+        let ours = [
+            (LABEL_CLUSTER, "c"),
+            (LABEL_CLUSTER_ID, me.id.as_str()),
+            (LABEL_NODE, "c-ray-head"),
+        ];
+        assert_eq!(owner(&me, &container("c-ray-head", &ours)), Owner::Ours);
+        // A copy of our labels on another container is not ours.
+        assert_eq!(
+            owner(&me, &container("impostor", &ours)),
+            Owner::Mislabelled
+        );
+        let theirs = [
+            (LABEL_CLUSTER, "c"),
+            (LABEL_CLUSTER_ID, "other"),
+            (LABEL_NODE, "c-ray-head"),
+        ];
+        assert_eq!(
+            owner(&me, &container("c-ray-head", &theirs)),
+            Owner::OtherCluster("other".to_string())
+        );
+        assert_eq!(
+            owner(&me, &container("c-ray-head", &[(LABEL_CLUSTER, "d")])),
+            Owner::Foreign
+        );
+        assert_eq!(owner(&me, &container("x", &[])), Owner::Foreign);
+    }
+}
