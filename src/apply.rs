@@ -152,6 +152,9 @@ struct Executor<'a, B: DockerBackend> {
     /// not be taken for the new one.
     stale: std::sync::Mutex<std::collections::BTreeSet<String>>,
     containers: Containers,
+    /// Set when the head failed to come up or died: every wait ends at once
+    /// with this cause instead of running out its timeout.
+    head_down: std::sync::Mutex<Option<String>>,
 }
 
 /// Runs a plan's steps against the hosts' backends.
@@ -177,7 +180,8 @@ pub async fn execute<B: DockerBackend>(
             .graph
             .graph
             .node_weights()
-            .any(|s| matches!(s, Step::WaitReady { node, .. } if *node == head.name)),
+            .any(|s| matches!(s, Step::WaitGcs { node, .. } if *node == head.name)),
+        head_down: std::sync::Mutex::new(None),
         stale: std::sync::Mutex::new(Default::default()),
         containers: std::sync::Mutex::new(
             plan.changes
@@ -369,12 +373,32 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
                         }
                     })
             }
+            Step::WaitGcs { host, node } => {
+                let spec = self.spec(node)?;
+                let port = spec.ports.head.as_ref().map_or(0, |h| h.gcs);
+                self.wait_port(step, host, spec, port, "GCS")
+                    .await
+                    .inspect_err(|e| self.mark_head_down(e))
+            }
+            Step::WaitServe { host, node } => {
+                let spec = self.spec(node)?;
+                let port = spec
+                    .ports
+                    .head
+                    .as_ref()
+                    .and_then(|h| h.serve)
+                    .ok_or_else(|| format!("`{node}` runs no Serve"))?;
+                self.wait_port(step, host, spec, port, "Serve HTTP").await
+            }
             Step::WaitReady { host, node } => {
                 let spec = self.spec(node)?;
-                match spec.role {
-                    Role::Head => self.wait_head(step, host, spec).await,
-                    Role::Worker => self.wait_alive(step, host, spec).await,
+                let result = self.wait_alive(step, host, spec).await;
+                if spec.role == Role::Head {
+                    if let Err(e) = &result {
+                        self.mark_head_down(e);
+                    }
                 }
+                result
             }
             Step::Drain {
                 host,
@@ -477,44 +501,55 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
         }
     }
 
-    async fn wait_head(&self, step: &Step, host: &HostName, spec: &NodeSpec) -> Result<(), String> {
+    /// Waits until `port` on the node's address accepts connections from
+    /// inside its container, watching the container all along.
+    async fn wait_port(
+        &self,
+        step: &Step,
+        host: &HostName,
+        spec: &NodeSpec,
+        port: u16,
+        what: &str,
+    ) -> Result<(), String> {
         let b = self.backend(host)?;
         let deadline = Instant::now() + self.options.head_ready_timeout;
-        let head_ports = spec
-            .ports
-            .head
-            .clone()
-            .ok_or("the head has no head ports")?;
-        let mut wanted = vec![(head_ports.gcs, "GCS")];
-        if let Some(p) = head_ports.serve {
-            wanted.push((p, "Serve HTTP"));
-        }
-        for (port, what) in wanted {
-            self.progress(step, format!("waiting for {what} on port {port}"));
-            let probe = vec![
-                "bash".to_string(),
-                "-c".to_string(),
-                format!("exec 3<>/dev/tcp/{}/{port}", spec.node_ip),
-            ];
-            loop {
-                self.check_alive(b, &spec.name).await?;
-                let id = self.container(&spec.name)?;
-                match b.exec(&id, &probe).await {
-                    Ok(out) if out.exit_code == 0 => break,
-                    _ => {}
+        self.progress(step, format!("waiting for {what} on port {port}"));
+        let probe = vec![
+            "bash".to_string(),
+            "-c".to_string(),
+            format!("exec 3<>/dev/tcp/{}/{port}", spec.node_ip),
+        ];
+        loop {
+            self.check_alive(b, &spec.name).await?;
+            let id = self.container(&spec.name)?;
+            if let Ok(out) = b.exec(&id, &probe).await {
+                if out.exit_code == 0 {
+                    return Ok(());
                 }
-                if Instant::now() > deadline {
-                    return Err(format!(
-                        "`{}`: {what} did not answer on port {port} within {}s (timeouts.head_ready)\n{}",
-                        spec.name,
-                        self.options.head_ready_timeout.as_secs(),
-                        self.log_tail(b, &spec.name).await
-                    ));
-                }
-                tokio::time::sleep(self.options.poll_interval).await;
             }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "`{}`: {what} did not answer on port {port} within {}s (timeouts.head_ready)\n{}",
+                    spec.name,
+                    self.options.head_ready_timeout.as_secs(),
+                    self.log_tail(b, &spec.name).await
+                ));
+            }
+            tokio::time::sleep(self.options.poll_interval).await;
         }
-        Ok(())
+    }
+
+    /// Records that the head cannot come up: every wait ends at once.
+    fn mark_head_down(&self, why: &str) {
+        let mut down = self.head_down.lock().unwrap();
+        if down.is_none() {
+            *down = Some(why.lines().next().unwrap_or(why).to_string());
+        }
+    }
+
+    /// Why the head cannot come up, if it cannot.
+    fn head_down(&self) -> Option<String> {
+        self.head_down.lock().unwrap().clone()
     }
 
     async fn wait_alive(
@@ -526,8 +561,24 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
         let b = self.backend(host)?;
         let deadline = Instant::now() + self.options.nodes_alive_timeout;
         self.progress(step, "waiting for Ray to list it ALIVE".to_string());
+        let head = self.desired.head();
         let mut last;
         loop {
+            if spec.role == Role::Worker {
+                if let Some(why) = self.head_down() {
+                    return Err(format!(
+                        "`{}` cannot join: the head `{}` did not come up ({why})",
+                        spec.name, head.name
+                    ));
+                }
+                // The head dying ends every worker's wait, not just its own.
+                if let Ok(hb) = self.backend(&head.host) {
+                    if let Err(e) = self.check_alive(hb, &head.name).await {
+                        self.mark_head_down(&e);
+                        continue;
+                    }
+                }
+            }
             self.check_alive(b, &spec.name).await?;
             match self
                 .membership

@@ -154,11 +154,11 @@ async fn no_worker_starts_before_the_heads_gcs_answers() {
             w.name
         );
     }
-    // And in the events: the head's wait ended before any worker started.
+    // And in the events: the head's GCS wait ended before any worker started.
     let head_ready = events
         .iter()
-        .position(|e| matches!(e, Event::Finished { step: Step::WaitReady { node, .. }, outcome: Outcome::Done { .. } } if node.0 == HEAD))
-        .expect("the head became ready");
+        .position(|e| matches!(e, Event::Finished { step: Step::WaitGcs { node, .. }, outcome: Outcome::Done { .. } } if node.0 == HEAD))
+        .expect("the head's GCS answered");
     for (i, e) in events.iter().enumerate() {
         if let Event::Started {
             step: Step::Start { node, .. },
@@ -180,7 +180,7 @@ async fn a_head_whose_gcs_never_answers_fails_and_no_worker_starts() {
     o.head_ready_timeout = Duration::from_millis(100);
     let (report, _) = execute(&c, &plan, &desired, &o).await;
     assert!(matches!(
-        outcome(&report, "wait-ready", HEAD),
+        outcome(&report, "wait-gcs", HEAD),
         Outcome::Failed { error } if error.contains("GCS did not answer on port 6380")
     ));
     let started: Vec<String> = c
@@ -189,6 +189,36 @@ async fn a_head_whose_gcs_never_answers_fails_and_no_worker_starts() {
         .filter(|l| l.contains(" start "))
         .collect();
     assert_eq!(started, vec!["10.0.0.1 start fake-ray-head"]);
+}
+
+/// A head that dies once its GCS answered ends every worker's wait at once,
+/// with the cause, instead of each running out `timeouts.nodes_alive`.
+#[tokio::test]
+async fn a_head_that_dies_ends_every_wait_at_once() {
+    let c = cluster();
+    c.head_dies_once_gcs_answers();
+    let (plan, desired) = plan_for(&c, &[]).await;
+    let mut o = options(8);
+    o.nodes_alive_timeout = Duration::from_secs(60);
+    let started = std::time::Instant::now();
+    let (report, _) = execute(&c, &plan, &desired, &o).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "waits ran out their timeout: {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(
+        outcome(&report, "wait-ready", HEAD),
+        Outcome::Failed { error } if error.contains("exited (exit code 1)")
+    ));
+    for w in desired.workers() {
+        match outcome(&report, "wait-ready", w.name.as_str()) {
+            Outcome::Failed { error } => {
+                assert!(error.contains("did not come up"), "{}: {error}", w.name)
+            }
+            other => panic!("{}: {other:?}", w.name),
+        }
+    }
 }
 
 #[tokio::test]

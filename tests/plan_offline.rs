@@ -1104,7 +1104,7 @@ fn assert_order_respects_edges(p: &Plan) {
 }
 
 #[test]
-fn the_heads_wait_ready_precedes_every_worker_start() {
+fn the_heads_gcs_wait_precedes_every_worker_start_and_serve_gates_nothing() {
     for observed in [empty(&desired(&[])), {
         let mut o = converged(&desired(&[]));
         find(&mut o, HEAD).state = "exited".to_string();
@@ -1114,9 +1114,29 @@ fn the_heads_wait_ready_precedes_every_worker_start() {
         assert_order_respects_edges(&p);
         let head_wait = step_index(
             &p,
-            |s| matches!(s, Step::WaitReady { node, .. } if node.as_str() == HEAD),
+            |s| matches!(s, Step::WaitGcs { node, .. } if node.as_str() == HEAD),
         );
         assert_eq!(head_wait.len(), 1);
+        // Serve's proxy and Ray's ALIVE for the head follow the GCS; nothing
+        // waits for Serve.
+        for wait in [
+            step_index(&p, |s| matches!(s, Step::WaitServe { .. })),
+            step_index(
+                &p,
+                |s| matches!(s, Step::WaitReady { node, .. } if node.as_str() == HEAD),
+            ),
+        ] {
+            assert_eq!(wait.len(), 1);
+            assert!(before(&p, head_wait[0], wait[0]));
+        }
+        let serve = step_index(&p, |s| matches!(s, Step::WaitServe { .. }))[0];
+        assert_eq!(
+            p.graph
+                .graph
+                .neighbors_directed(serve, petgraph::Direction::Outgoing)
+                .count(),
+            0
+        );
         let worker_starts = step_index(
             &p,
             |s| matches!(s, Step::Start { node, .. } if node.as_str() != HEAD),

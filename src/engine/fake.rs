@@ -68,6 +68,8 @@ struct State {
     /// Ray node IDs asked to drain, in order.
     drained: Vec<String>,
     gcs: Gcs,
+    /// The head's container exits right after its GCS first answers.
+    head_dies_after_gcs: bool,
     /// `(host, operation, container-or-image name)` -> message.
     failures: HashMap<(String, String, String), String>,
     next_id: u64,
@@ -145,6 +147,12 @@ impl FakeCluster {
     /// The head's GCS never answers.
     pub fn gcs_never(&self) {
         self.state.lock().unwrap().gcs = Gcs::Never;
+    }
+
+    /// The head's container exits (code 1) right after its GCS first
+    /// answers: a raylet that could not bind its port, say.
+    pub fn head_dies_once_gcs_answers(&self) {
+        self.state.lock().unwrap().head_dies_after_gcs = true;
     }
 
     /// Every call made, as `host verb target` lines, in order. Exec lines
@@ -540,13 +548,23 @@ impl DockerBackend for FakeBackend {
         };
         if joined.contains("/dev/tcp/") {
             // The GCS probe: answers per the script.
-            let answers = self.with(|s| match s.gcs {
-                Gcs::Never => false,
-                Gcs::After(0) => true,
-                Gcs::After(n) => {
-                    s.gcs = Gcs::After(n - 1);
-                    false
+            let answers = self.with(|s| {
+                let answers = match s.gcs {
+                    Gcs::Never => false,
+                    Gcs::After(0) => true,
+                    Gcs::After(n) => {
+                        s.gcs = Gcs::After(n - 1);
+                        false
+                    }
+                };
+                if answers && s.head_dies_after_gcs {
+                    s.head_dies_after_gcs = false;
+                    if let Some(c) = s.hosts.get_mut(&self.host).and_then(|h| h.get_mut(&name)) {
+                        c.state = "exited".to_string();
+                        c.exit_code = Some(1);
+                    }
                 }
+                answers
             });
             return Ok(ExecOutput {
                 exit_code: if answers { 0 } else { 1 },

@@ -42,8 +42,19 @@ pub enum Step {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         container: Option<String>,
     },
-    /// Head: GCS (and Serve) answer. Worker: Ray lists it ALIVE.
+    /// The head's GCS accepts connections: workers may start (they retry
+    /// their join until the head is up).
+    WaitGcs {
+        host: HostName,
+        node: NodeName,
+    },
+    /// Ray lists the node ALIVE with its CPUs (the head too).
     WaitReady {
+        host: HostName,
+        node: NodeName,
+    },
+    /// Serve's HTTP proxy answers on the head: gates nothing else.
+    WaitServe {
         host: HostName,
         node: NodeName,
     },
@@ -57,7 +68,9 @@ impl Step {
             | Step::Remove { host, .. }
             | Step::Create { host, .. }
             | Step::Start { host, .. }
-            | Step::WaitReady { host, .. } => host,
+            | Step::WaitGcs { host, .. }
+            | Step::WaitReady { host, .. }
+            | Step::WaitServe { host, .. } => host,
         }
     }
 
@@ -68,7 +81,9 @@ impl Step {
             | Step::Remove { node, .. }
             | Step::Create { node, .. }
             | Step::Start { node, .. }
-            | Step::WaitReady { node, .. } => Some(node),
+            | Step::WaitGcs { node, .. }
+            | Step::WaitReady { node, .. }
+            | Step::WaitServe { node, .. } => Some(node),
         }
     }
 
@@ -79,7 +94,9 @@ impl Step {
             Step::Remove { .. } => "remove",
             Step::Create { .. } => "create",
             Step::Start { .. } => "start",
+            Step::WaitGcs { .. } => "wait-gcs",
             Step::WaitReady { .. } => "wait-ready",
+            Step::WaitServe { .. } => "wait-serve",
         }
     }
 }
@@ -279,6 +296,7 @@ pub fn schedule(changes: &[Change], missing_images: &BTreeSet<(HostName, String)
     let head_running_after = changes
         .iter()
         .any(|c| c.role == Role::Head && c.action != Action::Remove);
+    // A head brought up gates the workers' starts on its GCS only.
     let head_wait: Option<NodeIndex> = changes
         .iter()
         .find(|c| {
@@ -288,7 +306,7 @@ pub fn schedule(changes: &[Change], missing_images: &BTreeSet<(HostName, String)
         .map(|c| {
             add(
                 &mut g,
-                Step::WaitReady {
+                Step::WaitGcs {
                     host: c.host.clone(),
                     node: c.node.clone(),
                 },
@@ -381,10 +399,32 @@ pub fn schedule(changes: &[Change], missing_images: &BTreeSet<(HostName, String)
                         node: node.clone(),
                     },
                 );
-                g.add_edge(start, wait, ());
-                if c.role == Role::Worker {
-                    if let Some(hw) = head_wait {
+                match (c.role, head_wait) {
+                    (Role::Worker, Some(hw)) => {
                         g.add_edge(hw, start, ());
+                        g.add_edge(start, wait, ());
+                    }
+                    (Role::Head, Some(gcs)) => {
+                        g.add_edge(start, gcs, ());
+                        g.add_edge(gcs, wait, ());
+                        let serves = c
+                            .after
+                            .as_ref()
+                            .and_then(|a| a.ports.head.as_ref())
+                            .is_some_and(|h| h.serve.is_some());
+                        if serves {
+                            let serve = add(
+                                &mut g,
+                                Step::WaitServe {
+                                    host: host.clone(),
+                                    node: node.clone(),
+                                },
+                            );
+                            g.add_edge(gcs, serve, ());
+                        }
+                    }
+                    _ => {
+                        g.add_edge(start, wait, ());
                     }
                 }
             }
