@@ -454,23 +454,41 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
     /// Fails early when the container died, with its last log lines.
     async fn check_alive(&self, b: &B, node: &NodeName) -> Result<(), String> {
         let id = self.container(node)?;
-        match b.inspect_container(&id).await {
-            Ok(Some(d)) if d.state == "running" => Ok(()),
-            Ok(Some(d)) if d.state == "restarting" || d.restart_count > 0 => Err(format!(
-                "`{node}` keeps exiting (restarted {} times)\n{}",
-                d.restart_count,
-                self.log_tail(b, node).await
-            )),
-            Ok(Some(d)) => Err(format!(
-                "`{node}` is {}{}\n{}",
+        let what = match b.inspect_container(&id).await {
+            Ok(Some(d)) if d.state == "running" => return Ok(()),
+            Ok(Some(d)) if d.state == "restarting" || d.restart_count > 0 => {
+                format!(
+                    "`{node}` keeps exiting (restarted {} times)",
+                    d.restart_count
+                )
+            }
+            Ok(Some(d)) => format!(
+                "`{node}` is {}{}",
                 d.state,
                 d.exit_code
                     .map(|c| format!(" (exit code {c})"))
-                    .unwrap_or_default(),
-                self.log_tail(b, node).await
-            )),
-            Ok(None) => Err(format!("`{node}` disappeared")),
-            Err(e) => Err(format!("cannot inspect `{node}`: {e}")),
+                    .unwrap_or_default()
+            ),
+            Ok(None) => return Err(format!("`{node}` disappeared")),
+            Err(e) => return Err(format!("cannot inspect `{node}`: {e}")),
+        };
+        let tail = self.log_tail(b, node).await;
+        Err(match crate::ray::diagnose(&tail) {
+            Some(d) => format!("{what}: {}\n  hint: {}\n{tail}", d.cause, d.fix),
+            None => format!("{what}\n{tail}"),
+        })
+    }
+
+    /// Ends a wait on a failure Ray printed in the node's log while its
+    /// container still runs (checked every few polls).
+    async fn check_log(&self, b: &B, node: &NodeName, poll: u32) -> Result<(), String> {
+        if poll % 5 != 4 {
+            return Ok(());
+        }
+        let tail = self.log_tail(b, node).await;
+        match crate::ray::diagnose(&tail) {
+            Some(d) => Err(format!("`{node}`: {}\n  hint: {}\n{tail}", d.cause, d.fix)),
+            None => Ok(()),
         }
     }
 
@@ -519,8 +537,11 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
             "-c".to_string(),
             format!("exec 3<>/dev/tcp/{}/{port}", spec.node_ip),
         ];
+        let mut poll = 0;
         loop {
             self.check_alive(b, &spec.name).await?;
+            self.check_log(b, &spec.name, poll).await?;
+            poll += 1;
             let id = self.container(&spec.name)?;
             if let Ok(out) = b.exec(&id, &probe).await {
                 if out.exit_code == 0 {
@@ -563,6 +584,7 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
         self.progress(step, "waiting for Ray to list it ALIVE".to_string());
         let head = self.desired.head();
         let mut last;
+        let mut poll = 0;
         loop {
             if spec.role == Role::Worker {
                 if let Some(why) = self.head_down() {
@@ -580,6 +602,8 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
                 }
             }
             self.check_alive(b, &spec.name).await?;
+            self.check_log(b, &spec.name, poll).await?;
+            poll += 1;
             match self
                 .membership
                 .nodes(self.options.poll_interval, &self.containers)

@@ -107,6 +107,52 @@ pub(crate) fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
+/// A known Ray failure, recognized in a node's log: the cause in one
+/// sentence and the fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnosis {
+    pub cause: &'static str,
+    pub fix: &'static str,
+}
+
+/// Recognizes the failures Ray prints that no wait should sit out.
+pub fn diagnose(log: &str) -> Option<Diagnosis> {
+    const KNOWN: &[(&[&str], Diagnosis)] = &[
+        (
+            &["Address already in use", "is already in use", "Failed to bind", "address already in use"],
+            Diagnosis {
+                cause: "a port this node needs is held by another process on its host",
+                fix: "`seedcore check` names the holder; free the port, or write another one in the configuration",
+            },
+        ),
+        (
+            &["WrongClusterID", "wrong cluster ID", "cluster ID mismatch"],
+            Diagnosis {
+                cause: "the node reached a GCS of another Ray cluster at the head's address",
+                fix: "another cluster listens on the head's GCS port; `seedcore check` names it; give this cluster other ports or stop the other one",
+            },
+        ),
+        (
+            &["No node info found for head node"],
+            Diagnosis {
+                cause: "the GCS at the head's address does not know this cluster's head (another cluster, or a head that restarted)",
+                fix: "`seedcore status` shows the head; `seedcore restart head` brings the cluster up again",
+            },
+        ),
+        (
+            &["UNAUTHENTICATED", "Unauthenticated", "authentication token", "Invalid auth token"],
+            Diagnosis {
+                cause: "Ray refused the node's authentication token",
+                fix: "every node must carry the same token (`RAY_AUTH_MODE` and the token file); `seedcore plan` shows nodes whose token differs",
+            },
+        ),
+    ];
+    KNOWN
+        .iter()
+        .find(|(needles, _)| needles.iter().any(|n| log.contains(n)))
+        .map(|(_, d)| d.clone())
+}
+
 /// Whether Ray's entry `n` is `spec` up: ALIVE under its name, at its
 /// address, with its declared CPUs.
 pub fn is_up(n: &RayNode, spec: &NodeSpec) -> bool {
@@ -149,6 +195,14 @@ pub fn missing_nodes(desired: &DesiredState, nodes: &[RayNode]) -> Vec<(NodeName
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_failures_are_named() {
+        let d = diagnose("[2026] raylet: bind: Address already in use (port 8076)").unwrap();
+        assert!(d.cause.contains("port"));
+        assert!(diagnose("ray.exceptions.RpcError: WrongClusterID").is_some());
+        assert!(diagnose("Ray runtime started.").is_none());
+    }
 
     #[test]
     fn ray_nodes_parse_past_banners() {

@@ -221,6 +221,39 @@ async fn a_head_that_dies_ends_every_wait_at_once() {
     }
 }
 
+/// A failure Ray prints while the container still runs ends the wait with
+/// the cause in one sentence, not after the timeout.
+#[tokio::test]
+async fn a_known_ray_failure_in_the_log_ends_the_wait_with_its_cause() {
+    let c = cluster();
+    let node = "fake-ray-remote-10.0.0.2-1";
+    c.block_join(node);
+    c.log_line(
+        node,
+        "ray.exceptions.RpcError: WrongClusterID: the cluster ID does not match\n",
+    );
+    let (plan, desired) = plan_for(&c, &[]).await;
+    let mut o = options(8);
+    o.nodes_alive_timeout = Duration::from_secs(60);
+    let started = std::time::Instant::now();
+    let (report, _) = execute(&c, &plan, &desired, &o).await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    match outcome(&report, "wait-ready", node) {
+        Outcome::Failed { error } => {
+            assert!(
+                error.contains("reached a GCS of another Ray cluster"),
+                "{error}"
+            );
+            assert!(error.contains("hint:"), "{error}");
+            assert!(
+                error.contains("WrongClusterID"),
+                "the log lines are shown: {error}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn a_failed_step_skips_its_dependents_and_independent_steps_go_on() {
     let c = cluster();

@@ -67,6 +67,8 @@ struct State {
     unjoinable: Vec<String>,
     /// Ray node IDs asked to drain, in order.
     drained: Vec<String>,
+    /// Extra log lines, by container name.
+    logs: BTreeMap<String, String>,
     gcs: Gcs,
     /// The head's container exits right after its GCS first answers.
     head_dies_after_gcs: bool,
@@ -159,6 +161,15 @@ impl FakeCluster {
     /// carry the argv: `host exec target: ARGV`.
     pub fn journal(&self) -> Vec<String> {
         self.state.lock().unwrap().journal.clone()
+    }
+
+    /// Makes a container's log carry `text` (a failure Ray prints, say).
+    pub fn log_line(&self, name: &str, text: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .logs
+            .insert(name.to_string(), text.to_string());
     }
 
     /// Ray node IDs that `ray drain-node` was asked to drain, in order.
@@ -593,8 +604,11 @@ impl DockerBackend for FakeBackend {
 
     fn logs(&self, container: &str, _options: LogOptions) -> BoxStream<'static, Result<String>> {
         let (name, how) = self.resolve(container);
-        self.with(|s| s.journal.push(format!("{} logs {name}{how}", self.host)));
-        let line = format!("fake log line of {name}\n");
+        let extra = self.with(|s| {
+            s.journal.push(format!("{} logs {name}{how}", self.host));
+            s.logs.get(&name).cloned().unwrap_or_default()
+        });
+        let line = format!("fake log line of {name}\n{extra}");
         futures_util::stream::iter(vec![Ok(line)]).boxed()
     }
 }
