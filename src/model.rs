@@ -286,6 +286,28 @@ pub fn is_ray_flag(key: &str) -> bool {
     key.starts_with("--")
 }
 
+/// Milliseconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rest) = (secs / 86400, secs % 86400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        (rest % 3600) / 60,
+        rest % 60
+    )
+}
+
 /// Lower-case hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -354,6 +376,42 @@ pub const OBSERVATION_FORMAT: &str = "1";
 pub struct ObservedState {
     pub format_version: String,
     pub hosts: BTreeMap<HostName, HostObservation>,
+    /// Ray's node list, asked of the cluster's head when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ray: Option<Vec<RayNode>>,
+}
+
+/// A Ray node as `ray list nodes --format json` reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RayNode {
+    #[serde(default)]
+    pub node_id: String,
+    #[serde(default)]
+    pub node_ip: String,
+    #[serde(default)]
+    pub node_name: String,
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub is_head_node: bool,
+    /// When Ray saw it die (milliseconds since the epoch; 0 while alive).
+    #[serde(default)]
+    pub end_time_ms: u64,
+    /// Numbers for CPUs, strings such as `"7.036 GiB"` for memory.
+    #[serde(default)]
+    pub resources_total: BTreeMap<String, serde_json::Value>,
+}
+
+impl RayNode {
+    pub fn cpus(&self) -> f64 {
+        self.resources_total
+            .get("CPU")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(0.0)
+    }
+    pub fn is_alive(&self) -> bool {
+        self.state == "ALIVE"
+    }
 }
 
 /// One host's observation.
@@ -452,6 +510,7 @@ impl ObservedState {
         ObservedState {
             format_version: OBSERVATION_FORMAT.to_string(),
             hosts: BTreeMap::new(),
+            ray: None,
         }
     }
 }
@@ -465,6 +524,12 @@ impl Default for ObservedState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_formats_epoch_milliseconds() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(1_795_791_601_000), "2026-11-27 15:00:01 UTC");
+    }
 
     #[test]
     fn human_bytes_picks_the_largest_exact_unit() {

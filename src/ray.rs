@@ -5,38 +5,8 @@
 
 use crate::engine::DockerBackend;
 use crate::model::{DesiredState, NodeName, NodeSpec};
-use serde::Deserialize;
-use std::collections::BTreeMap;
 
-/// A Ray node as `ray list nodes --format json` reports it.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct RayNode {
-    #[serde(default)]
-    pub node_id: String,
-    #[serde(default)]
-    pub node_ip: String,
-    #[serde(default)]
-    pub node_name: String,
-    #[serde(default)]
-    pub state: String,
-    #[serde(default)]
-    pub is_head_node: bool,
-    /// Numbers for CPUs, strings such as `"7.036 GiB"` for memory.
-    #[serde(default)]
-    pub resources_total: BTreeMap<String, serde_json::Value>,
-}
-
-impl RayNode {
-    pub fn cpus(&self) -> f64 {
-        self.resources_total
-            .get("CPU")
-            .and_then(|v| v.as_f64())
-            .unwrap_or(0.0)
-    }
-    pub fn is_alive(&self) -> bool {
-        self.state == "ALIVE"
-    }
-}
+pub use crate::model::RayNode;
 
 /// The command that lists Ray's nodes, run inside the head container.
 pub fn list_nodes_command() -> Vec<String> {

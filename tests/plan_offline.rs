@@ -789,6 +789,33 @@ const CASES: &[Case] = &[
         ],
     },
     Case {
+        name: "a worker Ray lists DEAD while its container runs is restarted",
+        desired_sets: &[],
+        observed_sets: &[],
+        mutate: |o| {
+            let node = |name: &str, ip: &str, state: &str, end: u64| seedcore::model::RayNode {
+                node_id: format!("id-{name}"),
+                node_ip: ip.to_string(),
+                node_name: name.to_string(),
+                state: state.to_string(),
+                is_head_node: false,
+                end_time_ms: end,
+                resources_total: [("CPU".to_string(), serde_json::json!(4.0))].into(),
+            };
+            o.ray = Some(vec![
+                node(REMOTE_1, REMOTE_HOST_1, "DEAD", 1_795_791_601_000),
+                node(REMOTE_2, REMOTE_HOST_2, "ALIVE", 0),
+                // A DEAD entry of an earlier container, beside an ALIVE one.
+                node(REMOTE_2, REMOTE_HOST_2, "DEAD", 1_795_791_000_000),
+            ]);
+        },
+        expect: &[(
+            REMOTE_1,
+            Action::Replace,
+            "its container runs, but Ray lists it DEAD since 2026-11-27 15:00:01 UTC",
+        )],
+    },
+    Case {
         name: "a changed head image replaces the head and every worker",
         desired_sets: &["head.image=rayproject/ray:2.61.0"],
         observed_sets: &[],

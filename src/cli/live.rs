@@ -143,10 +143,16 @@ async fn show_and_execute(
     print_plan(plan, OutputFormat::Text, style)?;
     if plan.summary().is_empty() {
         if prepared.kind == Kind::Apply {
-            for (node, why) in ops::apply::ray_gaps(prepared).await {
-                eprintln!(
-                    "warning: `{node}` runs, but Ray does not list it ALIVE ({why})\nhint: `seedcore logs {node}` shows why; `seedcore restart {node}` replaces it"
-                );
+            let gaps = ops::apply::ray_gaps(prepared).await;
+            if !gaps.is_empty() {
+                let list: Vec<String> = gaps
+                    .iter()
+                    .map(|(node, why)| format!("  {node}: {why}"))
+                    .collect();
+                return Err(UserError(format!(
+                    "error: nothing to change in Docker, but Ray does not list every node ALIVE:\n{}\nhint: `seedcore logs NODE` shows why; `seedcore restart NODE` replaces it",
+                    list.join("\n")
+                )));
             }
             super::write_stdout(&access_lines(desired))?;
         }

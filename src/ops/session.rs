@@ -189,5 +189,29 @@ pub async fn open(
             return Err(Error::Config(loaded.source.errors(errors)));
         }
     };
+    observed.ray = ray_view(&hosts, &observed, &desired).await;
     Ok((hosts, observed, desired))
+}
+
+/// Ray's node list from this cluster's head, when its container runs.
+async fn ray_view(
+    hosts: &Hosts,
+    observed: &ObservedState,
+    desired: &DesiredState,
+) -> Option<Vec<crate::ray::RayNode>> {
+    let head = desired.head();
+    let conn = hosts.connections.get(&head.host)?;
+    let container = observed
+        .hosts
+        .get(&head.host)?
+        .containers
+        .iter()
+        .find(|c| {
+            c.name == head.name.0
+                && c.is_running()
+                && ownership::owner(&desired.cluster, c) == ownership::Owner::Ours
+        })?;
+    crate::ray::nodes(&conn.backend, &container.id, head)
+        .await
+        .ok()
 }

@@ -59,6 +59,9 @@ pub enum Reason {
     HeadReplaced { head: Action },
     /// `seedcore restart` asked for it.
     RestartRequested,
+    /// Its container runs, but Ray lists the node DEAD (a frozen raylet, a
+    /// node that never rejoined): only a new container brings it back.
+    RayDead { since_ms: u64 },
     /// Ours, but no longer declared on its host.
     NotDeclared,
     /// Ours, but now declared on another host.
@@ -163,6 +166,13 @@ impl Change {
                 }
             ),
             Reason::RestartRequested => "restart requested".to_string(),
+            Reason::RayDead { since_ms: 0 } => {
+                "its container runs, but Ray lists it DEAD".to_string()
+            }
+            Reason::RayDead { since_ms } => format!(
+                "its container runs, but Ray lists it DEAD since {}",
+                crate::model::utc(*since_ms)
+            ),
             Reason::NotDeclared => "not in configuration".to_string(),
             Reason::MovedTo { host } => format!("moved to `{host}`"),
             Reason::Destroy {
@@ -405,6 +415,28 @@ pub fn diff(
             change.reason = Reason::RestartRequested;
         }
         changes.push(change);
+    }
+
+    // Ray's own view, when the head answered: a worker whose container runs
+    // but that Ray lists DEAD (and nowhere ALIVE) is restarted.
+    if let Some(ray) = &observed.ray {
+        for c in changes.iter_mut() {
+            let Some(spec) = &c.after else { continue };
+            if c.role != Role::Worker || c.action != Action::NoOp {
+                continue;
+            }
+            let entries: Vec<&crate::model::RayNode> = ray
+                .iter()
+                .filter(|n| n.node_name == spec.name.0 && n.node_ip == spec.node_ip)
+                .collect();
+            let alive = entries.iter().any(|n| n.is_alive());
+            if let (false, Some(dead)) = (alive, entries.iter().max_by_key(|n| n.end_time_ms)) {
+                c.action = Action::Replace;
+                c.reason = Reason::RayDead {
+                    since_ms: dead.end_time_ms,
+                };
+            }
+        }
     }
 
     // A head that is not simply left running takes every worker with it:
