@@ -317,7 +317,7 @@ fn a_head_only_config_is_valid_and_the_plan_says_there_are_no_workers() {
             containers: Vec::new(),
         },
     );
-    let plan = seedcore::cli::make_plan(&loaded, &desired, &observed).unwrap();
+    let plan = seedcore::cli::make_plan(&loaded, &desired, &observed, &Default::default()).unwrap();
     assert!(
         plan.notes.iter().any(|n| n.contains("no workers")),
         "{:?}",

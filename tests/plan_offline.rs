@@ -1069,6 +1069,82 @@ fn missing_and_unreachable_hosts_make_the_plan_incomplete() {
     insta::assert_snapshot!("incomplete_hosts", e.to_string());
 }
 
+/// `--skip-unreachable`: the reachable hosts are planned, the unreachable
+/// one is named and nothing on it is planned or removed; the head's host
+/// cannot be skipped.
+#[test]
+fn skip_unreachable_plans_the_rest_and_names_what_it_skipped() {
+    let wanted = desired(&["workers.remote.cpus=2"]);
+    let mut o = converged(&desired(&[]));
+    let h = host(&mut o, REMOTE_HOST_2);
+    h.reachable = false;
+    h.error = Some("ssh: connect to host 172.31.20.12 port 22: No route to host".to_string());
+    h.containers.clear();
+    let skip = DiffOptions {
+        skip_unreachable: true,
+        ..DiffOptions::default()
+    };
+    let p = plan::build(&wanted, &o, skip.clone(), Vec::new()).unwrap();
+    let touched: Vec<&str> = p.effective().map(|c| c.node.as_str()).collect();
+    assert_eq!(touched, [REMOTE_1]);
+    assert!(p.changes.iter().all(|c| c.host.as_str() != REMOTE_HOST_2));
+    assert!(
+        p.notes
+            .iter()
+            .any(|n| n.starts_with("Skipped `172.31.20.12` (unreachable: ssh: connect")),
+        "{:?}",
+        p.notes
+    );
+    // The head's host cannot be skipped.
+    let mut o = converged(&desired(&[]));
+    host(&mut o, HEAD_HOST).reachable = false;
+    assert!(matches!(
+        plan::build(&wanted, &o, skip, Vec::new()),
+        Err(PlanError::Incomplete(hosts)) if hosts.len() == 1 && hosts[0].0.as_str() == HEAD_HOST
+    ));
+}
+
+/// `--target`: only the named nodes, groups or hosts change; the others'
+/// changes are left for a later plan, and the plan says how many.
+#[test]
+fn targets_narrow_the_plan() {
+    let wanted = desired(&["workers.remote.cpus=2", "workers.local.cpus=2"]);
+    let o = converged(&desired(&[]));
+    let targeted = |targets: &[&str]| -> Vec<String> {
+        let options = DiffOptions {
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+            ..DiffOptions::default()
+        };
+        let p = plan::build(&wanted, &o, options, Vec::new()).unwrap();
+        let mut v: Vec<String> = p.effective().map(|c| c.node.0.clone()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(targeted(&[REMOTE_1]), [REMOTE_1]);
+    assert_eq!(targeted(&["remote"]), [REMOTE_1, REMOTE_2]);
+    assert_eq!(targeted(&[HEAD_HOST]), [LOCAL_1, LOCAL_2]);
+    assert_eq!(targeted(&[]).len(), 4);
+    let r = run(seedcore().args([
+        "plan",
+        "-c",
+        EXAMPLE,
+        "--observed",
+        CONVERGED,
+        "--set",
+        "workers.remote.cpus=2",
+        "--target",
+        REMOTE_1,
+    ]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("Targeted: `seedcore-ray-remote-172.31.20.11-1`. 1 other change(s) are left for a later plan."), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("Plan: 1 to add, 0 to change, 1 to destroy."),
+        "{}",
+        r.stdout
+    );
+}
+
 #[test]
 fn more_cpus_than_a_host_has_is_refused_unless_allowed() {
     let wanted = desired(&[]);

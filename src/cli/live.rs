@@ -62,8 +62,9 @@ pub async fn observe_only(
     loaded: &Loaded,
     fresh: &DesiredState,
     parallel: Option<usize>,
+    partial: bool,
 ) -> Result<(ObservedState, DesiredState)> {
-    let (hosts, observed, desired) = ops::session::open(loaded, fresh, parallel, false).await?;
+    let (hosts, observed, desired) = ops::session::open(loaded, fresh, parallel, partial).await?;
     warn(&hosts.warnings());
     hosts.close().await;
     Ok((observed, desired))
@@ -106,7 +107,8 @@ pub async fn apply(
             "error: refusing to apply without confirmation: stdin is not a terminal\nhint: review `seedcore plan`, then run `seedcore apply --auto-approve` (or save the plan with `seedcore plan --out FILE` and apply that file)".to_string(),
         ));
     }
-    let prepared = ops::apply::prepare(loaded, fresh, saved, args.parallel).await?;
+    let scope = args.scope.scope();
+    let prepared = ops::apply::prepare(loaded, fresh, saved, &scope).await?;
     if prepared.saved {
         eprintln!(
             "The hosts are as the saved plan found them: executing its {} step(s).",
@@ -114,7 +116,7 @@ pub async fn apply(
         );
     }
     let approved = prepared.saved || args.auto_approve;
-    run(prepared, loaded, style, approved, args.parallel).await
+    run(prepared, loaded, style, approved, scope.parallel).await
 }
 
 /// Shows a prepared plan, gets it approved, executes it and reports; closes

@@ -74,9 +74,8 @@ pub enum Command {
         observed: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "dot")]
         format: GraphFormat,
-        /// Hosts worked on at once (default: `ssh.max_parallel`).
-        #[arg(long)]
-        parallel: Option<usize>,
+        #[command(flatten)]
+        scope: ScopeArgs,
     },
     /// Record what every host runs, in the format `plan --observed` reads.
     Observe {
@@ -144,6 +143,30 @@ pub enum Command {
     Env,
 }
 
+/// How far a plan reaches.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScopeArgs {
+    /// Only change this node, group or host (`head`, `workers` too; repeatable).
+    #[arg(long = "target", value_name = "NODE|GROUP|HOST")]
+    pub targets: Vec<String>,
+    /// Plan the reachable hosts and leave the unreachable ones alone (named in the plan).
+    #[arg(long)]
+    pub skip_unreachable: bool,
+    /// Hosts and steps worked on at once (default: `ssh.max_parallel`).
+    #[arg(long)]
+    pub parallel: Option<usize>,
+}
+
+impl ScopeArgs {
+    pub fn scope(&self) -> crate::ops::apply::Scope {
+        crate::ops::apply::Scope {
+            skip_unreachable: self.skip_unreachable,
+            targets: self.targets.clone(),
+            parallel: self.parallel,
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct ApplyArgs {
     /// A plan saved with `seedcore plan --out`; refused if the hosts changed since.
@@ -152,9 +175,8 @@ pub struct ApplyArgs {
     /// Apply without asking (required when stdin is not a terminal).
     #[arg(long)]
     pub auto_approve: bool,
-    /// Hosts and steps worked on at once (default: `ssh.max_parallel`).
-    #[arg(long)]
-    pub parallel: Option<usize>,
+    #[command(flatten)]
+    pub scope: ScopeArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -162,9 +184,8 @@ pub struct PlanArgs {
     /// Plan against a recorded observation instead of the live hosts.
     #[arg(long, value_name = "FILE")]
     pub observed: Option<PathBuf>,
-    /// Hosts worked on at once (default: `ssh.max_parallel`).
-    #[arg(long)]
-    pub parallel: Option<usize>,
+    #[command(flatten)]
+    pub scope: ScopeArgs,
     /// Save the plan for `seedcore apply PLANFILE`.
     #[arg(long, value_name = "PLANFILE")]
     pub out: Option<PathBuf>,
@@ -237,9 +258,10 @@ pub fn run(cli: Cli) -> Result<u8> {
             if let Some(out) = &args.out {
                 refuse_config_path(out, &cli.config)?;
             }
+            let scope = args.scope.scope();
             let (observed, desired) =
-                observe_or_read(&loaded, &fresh, args.observed.as_deref(), args.parallel)?;
-            let plan = make_plan(&loaded, &desired, &observed)?;
+                observe_or_read(&loaded, &fresh, args.observed.as_deref(), &scope)?;
+            let plan = make_plan(&loaded, &desired, &observed, &scope)?;
             print_plan(&plan, args.output, style)?;
             if let Some(out) = &args.out {
                 save_plan(out, &loaded, &plan)?;
@@ -253,12 +275,13 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Graph {
             observed,
             format,
-            parallel,
+            scope,
         } => {
             let (loaded, fresh) = load(&cli.config, &overrides)?;
+            let scope = scope.scope();
             let (observed, desired) =
-                observe_or_read(&loaded, &fresh, observed.as_deref(), parallel)?;
-            let plan = make_plan(&loaded, &desired, &observed)?;
+                observe_or_read(&loaded, &fresh, observed.as_deref(), &scope)?;
+            let plan = make_plan(&loaded, &desired, &observed, &scope)?;
             write_stdout(&match format {
                 GraphFormat::Dot => render::dot(&plan),
                 GraphFormat::Mermaid => render::mermaid(&plan),
@@ -267,7 +290,8 @@ pub fn run(cli: Cli) -> Result<u8> {
         }
         Command::Observe { out, parallel } => {
             let (loaded, fresh) = load(&cli.config, &overrides)?;
-            let (observed, _) = live::block_on(live::observe_only(&loaded, &fresh, parallel))??;
+            let (observed, _) =
+                live::block_on(live::observe_only(&loaded, &fresh, parallel, false))??;
             let text =
                 serde_json::to_string_pretty(&observed).expect("observation serializes") + "\n";
             match out {
@@ -374,7 +398,7 @@ fn observe_or_read(
     loaded: &Loaded,
     fresh: &DesiredState,
     path: Option<&Path>,
-    parallel: Option<usize>,
+    scope: &crate::ops::apply::Scope,
 ) -> Result<(ObservedState, DesiredState)> {
     match path {
         Some(path) => {
@@ -382,7 +406,12 @@ fn observe_or_read(
             let desired = crate::ops::settle(loaded, &observed)?;
             Ok((observed, desired))
         }
-        None => live::block_on(live::observe_only(loaded, fresh, parallel))?,
+        None => live::block_on(live::observe_only(
+            loaded,
+            fresh,
+            scope.parallel,
+            scope.skip_unreachable,
+        ))?,
     }
 }
 
@@ -458,12 +487,14 @@ pub fn make_plan(
     loaded: &Loaded,
     desired: &DesiredState,
     observed: &ObservedState,
+    scope: &crate::ops::apply::Scope,
 ) -> Result<Plan> {
     Ok(crate::ops::apply::make_plan(
         loaded,
         desired,
         observed,
         Default::default(),
+        scope,
     )?)
 }
 

@@ -67,12 +67,24 @@ pub fn read_saved(path: &Path, loaded: &Loaded) -> Result<SavedPlan> {
     Ok(saved)
 }
 
+/// How a plan is narrowed: what the operator asked for on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// Plan without the declared hosts that cannot be reached.
+    pub skip_unreachable: bool,
+    /// Only these nodes, groups or hosts (`head`, `workers` too).
+    pub targets: Vec<String>,
+    /// Hosts worked on at once (default: `ssh.max_parallel`).
+    pub parallel: Option<usize>,
+}
+
 /// Plans against an observation with the configuration's options.
 pub fn make_plan(
     loaded: &Loaded,
     desired: &DesiredState,
     observed: &crate::model::ObservedState,
     restart: BTreeSet<NodeName>,
+    scope: &Scope,
 ) -> Result<Plan> {
     plan::build(
         desired,
@@ -80,6 +92,8 @@ pub fn make_plan(
         DiffOptions {
             oversubscribe_cpus: loaded.config.cluster.oversubscribe_cpus,
             restart,
+            skip_unreachable: scope.skip_unreachable,
+            targets: scope.targets.clone(),
         },
         loaded
             .source
@@ -98,9 +112,10 @@ pub async fn prepare(
     loaded: &Loaded,
     fresh: &DesiredState,
     saved: Option<SavedPlan>,
-    parallel: Option<usize>,
+    scope: &Scope,
 ) -> Result<Prepared> {
-    let (hosts, observed, desired) = session::open(loaded, fresh, parallel, false).await?;
+    let (hosts, observed, desired) =
+        session::open(loaded, fresh, scope.parallel, scope.skip_unreachable).await?;
     let planned = match saved {
         Some(saved) => {
             // Exactly the saved steps, for exactly the saved desired state,
@@ -116,9 +131,8 @@ pub async fn prepare(
                     ))
                 })
         }
-        None => {
-            make_plan(loaded, &desired, &observed, BTreeSet::new()).map(|p| (desired, p, false))
-        }
+        None => make_plan(loaded, &desired, &observed, BTreeSet::new(), scope)
+            .map(|p| (desired, p, false)),
     };
     match planned {
         Ok((desired, plan, saved)) => Ok(Prepared {
@@ -162,7 +176,7 @@ pub async fn prepare_restart(
     parallel: Option<usize>,
 ) -> Result<Prepared> {
     let (hosts, observed, desired) = session::open(loaded, fresh, parallel, false).await?;
-    match make_plan(loaded, &desired, &observed, chosen) {
+    match make_plan(loaded, &desired, &observed, chosen, &Scope::default()) {
         Ok(plan) => Ok(Prepared {
             hosts,
             desired,

@@ -156,7 +156,7 @@ pub async fn open(
         let n = blocking.len();
         hosts.close().await;
         return Err(Error::Hosts(format!(
-            "{text}\nerror: the plan is incomplete: {n} host(s) could not be observed"
+            "{text}\nerror: the plan is incomplete: {n} host(s) could not be observed\nhint: to go on with the other hosts, pass `--skip-unreachable` (nothing on the unreachable hosts is planned or removed), or narrow the plan with `--target NODE|GROUP|HOST`"
         )));
     }
     let lists: Vec<BTreeMap<String, Vec<HostName>>> = stream::iter(hosts.connections.values())

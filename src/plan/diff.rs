@@ -59,6 +59,8 @@ pub enum Reason {
     HeadReplaced { head: Action },
     /// `seedcore restart` asked for it.
     RestartRequested,
+    /// Would change, but is not among the `--target`s.
+    NotTargeted,
     /// Its container runs, but Ray lists the node DEAD (a frozen raylet, a
     /// node that never rejoined): only a new container brings it back.
     RayDead { since_ms: u64 },
@@ -166,6 +168,9 @@ impl Change {
                 }
             ),
             Reason::RestartRequested => "restart requested".to_string(),
+            Reason::NotTargeted => {
+                "left for a later plan (not among the --target nodes)".to_string()
+            }
             Reason::RayDead { since_ms: 0 } => {
                 "its container runs, but Ray lists it DEAD".to_string()
             }
@@ -238,7 +243,7 @@ impl fmt::Display for PlanError {
                 }
                 write!(
                     f,
-                    "hint: seedcore plans only from a complete view; make every host reachable (or remove it from the configuration) and plan again"
+                    "hint: make every host reachable (or remove it from the configuration) and plan again; or pass `--skip-unreachable` to plan the other hosts (nothing on the unreachable ones is planned or removed; the head's host cannot be skipped), or `--target NODE|GROUP|HOST` to narrow the plan"
                 )
             }
             PlanError::Conflicts(list) => {
@@ -310,6 +315,24 @@ pub struct DiffOptions {
     pub oversubscribe_cpus: bool,
     /// Nodes to replace even when they match (`seedcore restart`).
     pub restart: BTreeSet<NodeName>,
+    /// Plan without the declared hosts that could not be observed: their
+    /// nodes are neither planned nor removed (`--skip-unreachable`).
+    pub skip_unreachable: bool,
+    /// Only change these (`--target`: node, group, host, `head`, `workers`);
+    /// empty for everything.
+    pub targets: Vec<String>,
+}
+
+/// Whether a change is one of the `--target`s.
+pub fn targeted(targets: &[String], c: &Change) -> bool {
+    targets.is_empty()
+        || targets.iter().any(|t| {
+            t == c.node.as_str()
+                || t == c.host.as_str()
+                || (t == "head" && c.role == Role::Head)
+                || (t == "workers" && c.role == Role::Worker)
+                || c.after.as_ref().and_then(|a| a.group.as_deref()) == Some(t.as_str())
+        })
 }
 
 fn containers_on<'a>(observed: &'a ObservedState, host: &HostName) -> &'a [ObservedContainer] {
@@ -328,6 +351,32 @@ pub fn diff(
     options: DiffOptions,
 ) -> Result<Vec<Change>, PlanError> {
     let identity = &desired.cluster;
+    let skipped: BTreeSet<HostName> = if options.skip_unreachable {
+        desired
+            .hosts()
+            .into_iter()
+            .filter(|h| {
+                observed.hosts.get(h).is_some_and(|o| !o.reachable) && *h != desired.head().host
+            })
+            .collect()
+    } else {
+        BTreeSet::new()
+    };
+    let kept_nodes;
+    let desired = if skipped.is_empty() {
+        desired
+    } else {
+        kept_nodes = DesiredState {
+            cluster: desired.cluster.clone(),
+            nodes: desired
+                .nodes
+                .iter()
+                .filter(|n| !skipped.contains(&n.host))
+                .cloned()
+                .collect(),
+        };
+        &kept_nodes
+    };
 
     // Every host we must see.
     let mut missing = Vec::new();
@@ -479,6 +528,19 @@ pub fn diff(
     }
     sort_removals(&mut orphans);
     changes.extend(orphans);
+
+    // `--target`: other changes wait for a later plan; nodes that stay keep
+    // their entry (as no-ops), removals of others are left out.
+    if !options.targets.is_empty() {
+        changes.retain(|c| c.after.is_some() || targeted(&options.targets, c));
+        for c in changes.iter_mut() {
+            if c.action != Action::NoOp && !targeted(&options.targets, c) {
+                c.action = Action::NoOp;
+                c.reason = Reason::NotTargeted;
+                c.fields.clear();
+            }
+        }
+    }
     Ok(changes)
 }
 

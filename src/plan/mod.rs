@@ -154,8 +154,36 @@ pub fn build(
     options: DiffOptions,
     overrides: Vec<String>,
 ) -> Result<Plan, PlanError> {
+    let skip = options.skip_unreachable;
+    let targets = options.targets.clone();
     let changes = diff(desired, observed, options)?;
-    Ok(assemble(desired, observed, changes, overrides))
+    let mut plan = assemble(desired, observed, changes, overrides);
+    if skip {
+        for h in desired.hosts() {
+            if let Some(o) = observed.hosts.get(&h).filter(|o| !o.reachable) {
+                plan.notes.push(format!(
+                    "Skipped `{h}` (unreachable: {}): its nodes are neither planned nor removed; plan again once it answers.",
+                    crate::model::excerpt(o.error.as_deref().unwrap_or("no answer"), 200)
+                ));
+            }
+        }
+    }
+    if !targets.is_empty() {
+        let left = plan
+            .changes
+            .iter()
+            .filter(|c| c.reason == Reason::NotTargeted)
+            .count();
+        let list: Vec<String> = targets
+            .iter()
+            .map(|t| format!("`{}`", crate::model::excerpt(t, 120)))
+            .collect();
+        plan.notes.push(format!(
+            "Targeted: {}. {left} other change(s) are left for a later plan.",
+            list.join(", ")
+        ));
+    }
+    Ok(plan)
 }
 
 /// A plan that removes this cluster's containers from every observed host:
