@@ -9,6 +9,7 @@
 //! imperative shell.
 
 pub mod apply;
+pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod engine;
@@ -18,6 +19,7 @@ pub mod observe;
 pub mod ops;
 pub mod ownership;
 pub mod plan;
+pub mod preflight;
 pub mod ray;
 pub mod render;
 pub mod topology;

@@ -206,6 +206,9 @@ pub fn text(plan: &Plan, style: Style) -> String {
     header(&mut out, plan);
     let summary = plan.summary();
     if summary.is_empty() {
+        if let Some(p) = &plan.preflight {
+            let _ = writeln!(out, "{}", p.render());
+        }
         for n in &plan.notes {
             let _ = writeln!(out, "Note: {n}");
         }
@@ -232,6 +235,9 @@ pub fn text(plan: &Plan, style: Style) -> String {
     }
     steps_section(&mut out, plan);
     firewall_section(&mut out, plan);
+    if let Some(p) = &plan.preflight {
+        let _ = writeln!(out, "{}", p.render());
+    }
     for n in &plan.notes {
         let _ = writeln!(out, "Note: {n}");
     }
@@ -323,6 +329,21 @@ pub fn markdown(plan: &Plan) -> String {
     for n in &plan.notes {
         let _ = writeln!(out, "> {n}");
         let _ = writeln!(out);
+    }
+    if let Some(p) = &plan.preflight {
+        let failed = p.failures().count();
+        let _ = writeln!(
+            out,
+            "<details><summary>Preflight: {}</summary>\n\n```\n{}```\n\n</details>\n",
+            if p.skipped {
+                "skipped".to_string()
+            } else if failed == 0 {
+                "every check passed".to_string()
+            } else {
+                format!("{failed} check(s) FAILED")
+            },
+            p.render().replace("```", "'''")
+        );
     }
     if !summary.is_empty() {
         let _ = writeln!(out, "| node | host | action | cause |");
@@ -460,6 +481,7 @@ pub fn json_value(plan: &Plan) -> Value {
         "unchanged": plan.changes.iter().filter(|c| c.action == Action::NoOp).map(|c| &c.node).collect::<Vec<_>>(),
         "steps": steps,
         "other_clusters": plan.others,
+        "preflight": plan.preflight,
         "fingerprint": plan.fingerprint.iter().map(|(h, f)| (h.as_str(), f.digest())).collect::<std::collections::BTreeMap<_, _>>(),
     })
 }

@@ -184,6 +184,20 @@ impl fmt::Debug for Connection {
 }
 
 impl Connection {
+    /// Starts a program on the host over SSH (argv, quoted) with its stdin
+    /// and stdout piped; it ends when its stdin closes or the session does.
+    /// `None` for the `local` host or when it cannot be started.
+    pub async fn spawn_on_host(&self, argv: &[&str]) -> Option<openssh::Child<&Session>> {
+        let s = self.session.as_ref()?;
+        let (program, args) = argv.split_first()?;
+        let mut cmd = s.command(*program);
+        cmd.args(args.iter().copied())
+            .stdin(openssh::Stdio::piped())
+            .stdout(openssh::Stdio::piped())
+            .stderr(openssh::Stdio::null());
+        cmd.spawn().await.ok()
+    }
+
     /// Closes the SSH master and removes the forwarded socket.
     pub async fn close(self) {
         if let Some(s) = self.session {
@@ -191,7 +205,6 @@ impl Connection {
         }
     }
 
-    /// Runs a shell command on the host itself (for probes), if over SSH.
     /// Runs a program on the host (not in a container) as an argument
     /// vector: every argument is quoted for the remote shell, never
     /// interpolated. `stdin` is fed to it. `None` for the `local` host or when
@@ -201,6 +214,15 @@ impl Connection {
         argv: &[&str],
         stdin: Option<&[u8]>,
     ) -> Option<std::process::Output> {
+        if self.host.is_local() && stdin.is_none() {
+            let (program, args) = argv.split_first()?;
+            return tokio::process::Command::new(program)
+                .args(args)
+                .kill_on_drop(true)
+                .output()
+                .await
+                .ok();
+        }
         let s = self.session.as_ref()?;
         let (program, args) = argv.split_first()?;
         let mut cmd = s.command(*program);

@@ -143,6 +143,12 @@ async fn show_and_execute(
     warn(&prepared.hosts.warnings());
     let (plan, desired) = (&prepared.plan, &prepared.desired);
     print_plan(plan, OutputFormat::Text, style)?;
+    if let Some(p) = plan.preflight.as_ref().filter(|p| p.failed()) {
+        return Err(UserError(format!(
+            "error: preflight found {} problem(s) that would stop nodes from coming up (listed above with their fixes): nothing was changed\nhint: fix them and run again, or pass `--skip-preflight` to go on regardless",
+            p.failures().count()
+        )));
+    }
     if plan.summary().is_empty() {
         if prepared.kind == Kind::Apply {
             let gaps = ops::apply::ray_gaps(prepared).await;

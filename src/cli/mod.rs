@@ -77,6 +77,11 @@ pub enum Command {
         #[command(flatten)]
         scope: ScopeArgs,
     },
+    /// Check ports, connections and capacity on every host (what `plan` checks first).
+    Check {
+        #[command(flatten)]
+        scope: ScopeArgs,
+    },
     /// Record what every host runs, in the format `plan --observed` reads.
     Observe {
         /// Write to FILE instead of stdout.
@@ -152,6 +157,9 @@ pub struct ScopeArgs {
     /// Plan the reachable hosts and leave the unreachable ones alone (named in the plan).
     #[arg(long)]
     pub skip_unreachable: bool,
+    /// Don't check ports and connections before planning (the plan says so).
+    #[arg(long)]
+    pub skip_preflight: bool,
     /// Hosts and steps worked on at once (default: `ssh.max_parallel`).
     #[arg(long)]
     pub parallel: Option<usize>,
@@ -163,6 +171,7 @@ impl ScopeArgs {
             skip_unreachable: self.skip_unreachable,
             targets: self.targets.clone(),
             parallel: self.parallel,
+            skip_preflight: self.skip_preflight,
         }
     }
 }
@@ -259,10 +268,21 @@ pub fn run(cli: Cli) -> Result<u8> {
                 refuse_config_path(out, &cli.config)?;
             }
             let scope = args.scope.scope();
-            let (observed, desired) =
-                observe_or_read(&loaded, &fresh, args.observed.as_deref(), &scope)?;
-            let plan = make_plan(&loaded, &desired, &observed, &scope)?;
+            let plan = match args.observed.as_deref() {
+                Some(path) => {
+                    let observed = read_observation(path)?;
+                    let desired = crate::ops::settle(&loaded, &observed)?;
+                    make_plan(&loaded, &desired, &observed, &scope)?
+                }
+                None => live::block_on(crate::ops::apply::plan_live(&loaded, &fresh, &scope))??,
+            };
             print_plan(&plan, args.output, style)?;
+            if let Some(p) = plan.preflight.as_ref().filter(|p| p.failed()) {
+                return Err(UserError(format!(
+                    "error: preflight found {} problem(s) that would stop nodes from coming up (listed above with their fixes)\nhint: fix them and plan again; `seedcore check` runs the checks alone",
+                    p.failures().count()
+                )));
+            }
             if let Some(out) = &args.out {
                 save_plan(out, &loaded, &plan)?;
             }
@@ -287,6 +307,19 @@ pub fn run(cli: Cli) -> Result<u8> {
                 GraphFormat::Mermaid => render::mermaid(&plan),
             })?;
             Ok(exit::OK)
+        }
+        Command::Check { scope } => {
+            let (loaded, fresh) = load(&cli.config, &overrides)?;
+            let mut scope = scope.scope();
+            scope.skip_preflight = false;
+            let plan = live::block_on(crate::ops::apply::plan_live(&loaded, &fresh, &scope))??;
+            let report = plan.preflight.unwrap_or_default();
+            write_stdout(&report.render())?;
+            Ok(if report.failed() {
+                exit::ERROR
+            } else {
+                exit::OK
+            })
         }
         Command::Observe { out, parallel } => {
             let (loaded, fresh) = load(&cli.config, &overrides)?;

@@ -12,23 +12,11 @@ pub struct EngineBackend {
     pub docker: Docker,
 }
 
-impl DockerBackend for EngineBackend {
-    async fn describe(&self) -> Result<EngineInfo> {
-        let version = self.docker.version().await?;
-        let info = self.docker.info().await?;
-        Ok(EngineInfo {
-            id: info.id.unwrap_or_default(),
-            version: version.version.unwrap_or_default(),
-            api_version: version.api_version.unwrap_or_default(),
-            cpus: info.ncpu.unwrap_or(0).max(0) as u32,
-            memory_bytes: info.mem_total.unwrap_or(0).max(0) as u64,
-        })
-    }
-
-    async fn list_containers(
+impl EngineBackend {
+    /// Every container (running or not) that `keep` accepts by name and labels.
+    async fn list(
         &self,
-        cluster: &str,
-        names: &[String],
+        keep: impl Fn(&str, &BTreeMap<String, String>) -> bool,
     ) -> Result<Vec<ObservedContainer>> {
         use bollard::query_parameters::ListContainersOptions;
         let list = self
@@ -48,8 +36,7 @@ impl DockerBackend for EngineBackend {
                 .unwrap_or_default();
             let labels: BTreeMap<String, String> =
                 c.labels.clone().unwrap_or_default().into_iter().collect();
-            let ours = labels.get(crate::model::LABEL_CLUSTER).map(String::as_str) == Some(cluster);
-            if !ours && !names.contains(&name) {
+            if !keep(&name, &labels) {
                 continue;
             }
             let state = c.state.map(|s| s.to_string()).unwrap_or_default();
@@ -65,6 +52,36 @@ impl DockerBackend for EngineBackend {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+}
+
+impl DockerBackend for EngineBackend {
+    async fn describe(&self) -> Result<EngineInfo> {
+        let version = self.docker.version().await?;
+        let info = self.docker.info().await?;
+        Ok(EngineInfo {
+            id: info.id.unwrap_or_default(),
+            version: version.version.unwrap_or_default(),
+            api_version: version.api_version.unwrap_or_default(),
+            cpus: info.ncpu.unwrap_or(0).max(0) as u32,
+            memory_bytes: info.mem_total.unwrap_or(0).max(0) as u64,
+        })
+    }
+
+    async fn all_containers(&self) -> Result<Vec<ObservedContainer>> {
+        self.list(|_, _| true).await
+    }
+
+    async fn list_containers(
+        &self,
+        cluster: &str,
+        names: &[String],
+    ) -> Result<Vec<ObservedContainer>> {
+        self.list(|name, labels| {
+            labels.get(crate::model::LABEL_CLUSTER).map(String::as_str) == Some(cluster)
+                || names.iter().any(|n| n == name)
+        })
+        .await
     }
 
     async fn image_id(&self, image: &str) -> Result<Option<String>> {

@@ -388,6 +388,27 @@ impl DockerBackend for FakeBackend {
         })
     }
 
+    async fn all_containers(&self) -> Result<Vec<ObservedContainer>> {
+        self.call("list-all", "-", "").await?;
+        Ok(self.with(|s| {
+            s.hosts
+                .get(&self.host)
+                .map(|cs| {
+                    cs.iter()
+                        .map(|(n, c)| ObservedContainer {
+                            name: n.clone(),
+                            id: c.id.clone(),
+                            image: c.image.clone(),
+                            state: c.state.clone(),
+                            exit_code: c.exit_code,
+                            labels: c.labels.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        }))
+    }
+
     async fn list_containers(
         &self,
         cluster: &str,

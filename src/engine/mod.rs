@@ -114,6 +114,8 @@ pub trait DockerBackend: Send + Sync {
         cluster: &str,
         names: &[String],
     ) -> impl Future<Output = Result<Vec<ObservedContainer>>> + Send;
+    /// Every container on the host, whoever made it (to name who holds a port).
+    fn all_containers(&self) -> impl Future<Output = Result<Vec<ObservedContainer>>> + Send;
     /// The image's ID, or `None` when the host lacks it.
     fn image_id(&self, image: &str) -> impl Future<Output = Result<Option<String>>> + Send;
     fn pull_image(&self, image: &str) -> impl Future<Output = Result<()>> + Send;

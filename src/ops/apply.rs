@@ -76,6 +76,40 @@ pub struct Scope {
     pub targets: Vec<String>,
     /// Hosts worked on at once (default: `ssh.max_parallel`).
     pub parallel: Option<usize>,
+    /// Leave out the preflight checks (the plan says so).
+    pub skip_preflight: bool,
+}
+
+/// Runs the preflight checks for a plan against the open session (or marks
+/// them skipped).
+pub async fn check(
+    hosts: &Hosts,
+    observed: &crate::model::ObservedState,
+    desired: &DesiredState,
+    plan: &Plan,
+    loaded: &Loaded,
+    scope: &Scope,
+) -> crate::checks::Report {
+    if scope.skip_preflight {
+        return crate::checks::Report::skipped();
+    }
+    let parallel = scope.parallel.unwrap_or(loaded.config.ssh.max_parallel);
+    crate::preflight::run(hosts, observed, desired, plan, parallel).await
+}
+
+/// `plan` against the live hosts: connect, observe, plan, check, close.
+pub async fn plan_live(loaded: &Loaded, fresh: &DesiredState, scope: &Scope) -> Result<Plan> {
+    let (hosts, observed, desired) =
+        session::open(loaded, fresh, scope.parallel, scope.skip_unreachable).await?;
+    let result = match make_plan(loaded, &desired, &observed, BTreeSet::new(), scope) {
+        Ok(mut plan) => {
+            plan.preflight = Some(check(&hosts, &observed, &desired, &plan, loaded, scope).await);
+            Ok(plan)
+        }
+        Err(e) => Err(e),
+    };
+    hosts.close().await;
+    result
 }
 
 /// Plans against an observation with the configuration's options.
@@ -135,13 +169,16 @@ pub async fn prepare(
             .map(|p| (desired, p, false)),
     };
     match planned {
-        Ok((desired, plan, saved)) => Ok(Prepared {
-            hosts,
-            desired,
-            plan,
-            kind: Kind::Apply,
-            saved,
-        }),
+        Ok((desired, mut plan, saved)) => {
+            plan.preflight = Some(check(&hosts, &observed, &desired, &plan, loaded, scope).await);
+            Ok(Prepared {
+                hosts,
+                desired,
+                plan,
+                kind: Kind::Apply,
+                saved,
+            })
+        }
         Err(e) => {
             hosts.close().await;
             Err(e)

@@ -120,6 +120,9 @@ pub struct Plan {
     pub fingerprint: BTreeMap<HostName, HostFingerprint>,
     /// Ports each host must accept from the other hosts.
     pub firewall: Vec<crate::topology::HostFirewall>,
+    /// The preflight checks, when the plan was made against live hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preflight: Option<crate::checks::Report>,
 }
 
 impl Plan {
@@ -297,5 +300,6 @@ fn assemble(
         notes,
         others,
         graph,
+        preflight: None,
     }
 }

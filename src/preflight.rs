@@ -1,0 +1,359 @@
+//! Preflight: before anything changes, every host is asked, over the SSH
+//! session already open and all hosts at once, what holds the ports its
+//! nodes will bind, and every connection Ray needs between hosts is tried:
+//! where nothing listens yet, a short-lived listener that seedcore starts
+//! (and that ends when seedcore closes its stdin or after 20 s) answers for
+//! it. The findings are judged in `checks` (pure).
+
+use crate::checks::{self, Check, Kind, Listener, Report, Route};
+use crate::engine::DockerBackend;
+use crate::model::{human_bytes, DesiredState, HostName, ObservedState};
+use crate::ops::session::Hosts;
+use crate::plan::Plan;
+use futures_util::stream::{self, StreamExt};
+use std::collections::{BTreeMap, BTreeSet};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+/// Listens on every port given as an argument (those it cannot bind are
+/// reported as `busy PORT`), says `ready`, accepts and closes connections,
+/// and exits when its stdin closes or after 20 s.
+const LISTENER: &str = "import socket, sys, select, time\n\
+socks = []\n\
+for p in sys.argv[1:]:\n\
+    s = socket.socket()\n\
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+    try:\n\
+        s.bind(('0.0.0.0', int(p))); s.listen(16); socks.append(s)\n\
+    except OSError:\n\
+        print('busy', p)\n\
+print('ready', flush=True)\n\
+end = time.time() + 20\n\
+while time.time() < end:\n\
+    r, _, _ = select.select(socks + [sys.stdin], [], [], 0.5)\n\
+    for s in r:\n\
+        if s is sys.stdin:\n\
+            if not sys.stdin.buffer.read1(1):\n\
+                sys.exit(0)\n\
+        else:\n\
+            c, _ = s.accept(); c.close()\n";
+
+/// Tries each port of `$1` at once (2 s each); prints `PORT ok` or `PORT fail`.
+const CONNECT: &str = "h=$1; shift; for p in \"$@\"; do ( if timeout 2 bash -c 'exec 3<>/dev/tcp/$0/$1' \"$h\" \"$p\" 2>/dev/null; then echo \"$p ok\"; else echo \"$p fail\"; fi ) & done; wait";
+
+/// What one host answered.
+struct HostFacts {
+    listeners: Result<Vec<Listener>, String>,
+    containers: Vec<crate::model::ObservedContainer>,
+}
+
+/// Runs every check for `plan` on the hosts of `desired`.
+pub async fn run(
+    hosts: &Hosts,
+    observed: &ObservedState,
+    desired: &DesiredState,
+    plan: &Plan,
+    parallel: usize,
+) -> Report {
+    let declared = desired.hosts();
+    let mut report = Report {
+        hosts: declared.clone(),
+        ..Report::default()
+    };
+    let facts: BTreeMap<HostName, HostFacts> = stream::iter(declared.iter())
+        .map(|h| async move {
+            let conn = hosts.connections.get(h)?;
+            let listeners = match conn
+                .run_on_host(&["sh", "-c", checks::LISTENERS_SCRIPT], None)
+                .await
+            {
+                Some(o) if o.status.success() => {
+                    Ok(checks::parse_listeners(&String::from_utf8_lossy(&o.stdout)))
+                }
+                Some(o) if o.status.code() == Some(3) => {
+                    Err("`ss` (iproute2) is not installed there".to_string())
+                }
+                Some(o) => Err(format!(
+                    "listing its sockets failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                )),
+                None => Err("cannot run commands there".to_string()),
+            };
+            let containers = conn.backend.all_containers().await.unwrap_or_default();
+            Some((
+                h.clone(),
+                HostFacts {
+                    listeners,
+                    containers,
+                },
+            ))
+        })
+        .buffer_unordered(parallel.max(1))
+        .filter_map(|x| async move { x })
+        .collect()
+        .await;
+
+    for h in &declared {
+        let Some(conn) = hosts.connections.get(h) else {
+            continue;
+        };
+        let obs = observed.hosts.get(h);
+        report.checks.push(engine_check(
+            h,
+            conn.engine.api_version.as_str(),
+            obs,
+            desired,
+            &mut report.warnings,
+        ));
+        report.checks.push(capacity_check(
+            h,
+            &conn.engine,
+            desired,
+            &mut report.warnings,
+        ));
+        match facts.get(h).map(|f| &f.listeners) {
+            Some(Ok(listeners)) => report.checks.extend(checks::port_checks(
+                h,
+                desired,
+                &plan.changes,
+                listeners,
+                &facts[h].containers,
+            )),
+            Some(Err(why)) => report
+                .warnings
+                .push(format!("ports on `{h}` were not checked: {why}")),
+            None => {}
+        }
+    }
+    let listening: BTreeMap<&HostName, BTreeSet<u16>> = facts
+        .iter()
+        .map(|(h, f)| {
+            let ports = f
+                .listeners
+                .as_ref()
+                .map(|l| l.iter().map(|l| l.port).collect())
+                .unwrap_or_default();
+            (h, ports)
+        })
+        .collect();
+    report.checks.extend(
+        reachability(
+            hosts,
+            &checks::routes(desired),
+            &listening,
+            parallel,
+            &mut report.warnings,
+        )
+        .await,
+    );
+    exposure(desired, &mut report.warnings);
+    report
+}
+
+fn engine_check(
+    host: &HostName,
+    api: &str,
+    obs: Option<&crate::model::HostObservation>,
+    desired: &DesiredState,
+    warnings: &mut Vec<String>,
+) -> Check {
+    let version = obs
+        .and_then(|o| o.engine.as_ref())
+        .map(|e| format!("Docker {} (API {api})", e.version))
+        .unwrap_or_else(|| format!("API {api}"));
+    let too_old = api
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse::<u32>().ok())
+        .is_some_and(|minor| api.starts_with("1.") && minor < 41);
+    if too_old {
+        warnings.push(format!(
+            "`{host}` runs {version}; seedcore is tested with API 1.41 and later"
+        ));
+    }
+    let missing: Vec<String> = desired
+        .images_by_host()
+        .get(host)
+        .into_iter()
+        .flatten()
+        .filter(|image| {
+            obs.and_then(|o| o.images.as_ref())
+                .is_some_and(|known| !matches!(known.get(*image), Some(Some(_))))
+        })
+        .cloned()
+        .collect();
+    Check {
+        host: host.clone(),
+        kind: Kind::Engine,
+        ok: true,
+        detail: if missing.is_empty() {
+            format!("{version} answers; images present")
+        } else {
+            format!("{version} answers; apply pulls {}", missing.join(", "))
+        },
+        fix: None,
+    }
+}
+
+fn capacity_check(
+    host: &HostName,
+    engine: &crate::model::EngineInfo,
+    desired: &DesiredState,
+    warnings: &mut Vec<String>,
+) -> Check {
+    let nodes: Vec<_> = desired.nodes.iter().filter(|n| n.host == *host).collect();
+    let cpus: u64 = nodes.iter().map(|n| u64::from(n.cpus)).sum();
+    let shm: u64 = nodes.iter().map(|n| n.shm_size_bytes).sum();
+    if engine.memory_bytes > 0 && shm > engine.memory_bytes / 2 {
+        warnings.push(format!(
+            "`{host}` has {} of memory and its nodes' /dev/shm add up to {}: Ray's object store may run out of memory (lower `shm_size`)",
+            human_bytes(engine.memory_bytes),
+            human_bytes(shm)
+        ));
+    }
+    Check {
+        host: host.clone(),
+        kind: Kind::Capacity,
+        ok: true,
+        detail: format!(
+            "{cpus} CPU(s) declared of {}; /dev/shm {} of {}",
+            engine.cpus,
+            human_bytes(shm),
+            human_bytes(engine.memory_bytes)
+        ),
+        fix: None,
+    }
+}
+
+/// The dashboard and the Ray client listen on every address of the head.
+fn exposure(desired: &DesiredState, warnings: &mut Vec<String>) {
+    let head = desired.head();
+    if head.host.is_local() {
+        return;
+    }
+    if let Some(p) = &head.ports.head {
+        warnings.push(format!(
+            "the dashboard ({}) and the Ray client server ({}) listen on every address of `{}`: whoever reaches them can run code on the cluster; allow them only from your own hosts in its firewall",
+            p.dashboard, p.client_server, head.host
+        ));
+    }
+}
+
+/// Tries every route: listeners where nothing listens yet, then the
+/// connections from each source host at once.
+async fn reachability(
+    hosts: &Hosts,
+    routes: &[Route],
+    listening: &BTreeMap<&HostName, BTreeSet<u16>>,
+    parallel: usize,
+    warnings: &mut Vec<String>,
+) -> Vec<Check> {
+    if routes.is_empty() {
+        return Vec::new();
+    }
+    // Ports to answer for, by target host.
+    let mut to_listen: BTreeMap<&HostName, BTreeSet<u16>> = BTreeMap::new();
+    for r in routes {
+        let held = listening.get(&r.to).is_some_and(|p| p.contains(&r.port));
+        if !held {
+            to_listen.entry(&r.to).or_default().insert(r.port);
+        }
+    }
+    let mut children = Vec::new();
+    let mut not_probed: BTreeSet<(HostName, u16)> = BTreeSet::new();
+    for (host, ports) in &to_listen {
+        let Some(conn) = hosts.connections.get(*host) else {
+            continue;
+        };
+        let args: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
+        let mut argv: Vec<&str> = vec!["python3", "-c", LISTENER];
+        argv.extend(args.iter().map(String::as_str));
+        match conn.spawn_on_host(&argv).await {
+            Some(mut child) => {
+                // Wait for `ready` (and note the ports it could not bind).
+                let mut ready = false;
+                if let Some(out) = child.stdout().take() {
+                    let mut lines = tokio::io::BufReader::new(out).lines();
+                    let deadline = tokio::time::sleep(std::time::Duration::from_secs(5));
+                    tokio::pin!(deadline);
+                    loop {
+                        tokio::select! {
+                            line = lines.next_line() => match line {
+                                Ok(Some(l)) if l == "ready" => { ready = true; break; }
+                                Ok(Some(l)) => {
+                                    if let Some(p) = l.strip_prefix("busy ").and_then(|p| p.parse().ok()) {
+                                        not_probed.insert(((*host).clone(), p));
+                                    }
+                                }
+                                _ => break,
+                            },
+                            _ = &mut deadline => break,
+                        }
+                    }
+                }
+                if !ready {
+                    warnings.push(format!(
+                        "could not start a test listener on `{host}` (is python3 installed?): ports {} were probed without one",
+                        args.join(", ")
+                    ));
+                }
+                children.push(child);
+            }
+            None => warnings.push(format!(
+                "could not start a test listener on `{host}`: ports {} were probed without one",
+                args.join(", ")
+            )),
+        }
+    }
+    // Connect from each source host, all at once.
+    let mut by_source: BTreeMap<(&HostName, &str), Vec<&Route>> = BTreeMap::new();
+    for r in routes {
+        if not_probed.contains(&(r.to.clone(), r.port)) {
+            continue;
+        }
+        by_source
+            .entry((&r.from, r.to_address.as_str()))
+            .or_default()
+            .push(r);
+    }
+    let results: Vec<Vec<Check>> = stream::iter(by_source)
+        .map(|((from, address), routes)| async move {
+            let Some(conn) = hosts.connections.get(from) else {
+                return Vec::new();
+            };
+            let mut ports: Vec<String> = routes.iter().map(|r| r.port.to_string()).collect();
+            ports.sort();
+            ports.dedup();
+            let mut argv: Vec<&str> = vec!["sh", "-c", CONNECT, "sh", address];
+            argv.extend(ports.iter().map(String::as_str));
+            let out = conn.run_on_host(&argv, None).await;
+            let text = out
+                .as_ref()
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default();
+            routes
+                .iter()
+                .map(|r| {
+                    let line = format!("{} ok", r.port);
+                    let result = if out.is_none() {
+                        Err("the probe could not run".to_string())
+                    } else if text.lines().any(|l| l == line) {
+                        Ok(())
+                    } else {
+                        Err("no connection within 2 s (refused, dropped or filtered)".to_string())
+                    };
+                    checks::route_check(r, result)
+                })
+                .collect()
+        })
+        .buffer_unordered(parallel.max(1))
+        .collect()
+        .await;
+    // The listeners end when their stdin closes.
+    for mut child in children {
+        if let Some(mut stdin) = child.stdin().take() {
+            let _ = stdin.shutdown().await;
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), child.wait()).await;
+    }
+    results.into_iter().flatten().collect()
+}
