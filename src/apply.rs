@@ -22,6 +22,9 @@ pub struct ApplyOptions {
     pub drain_timeout: Duration,
     /// Pause between readiness polls.
     pub poll_interval: Duration,
+    /// How the operator reaches a host over SSH (`ssh -i KEY -p PORT USER@`),
+    /// for hints that name a command.
+    pub ssh: String,
 }
 
 impl ApplyOptions {
@@ -33,8 +36,26 @@ impl ApplyOptions {
             nodes_alive_timeout: Duration::from_secs(config.timeouts.nodes_alive_secs),
             drain_timeout: Duration::from_secs(config.timeouts.drain_secs),
             poll_interval: Duration::from_millis(1000),
+            ssh: ssh_prefix(&config.ssh),
         }
     }
+}
+
+/// `ssh -i KEY -p PORT USER@`: the start of an ssh command line that reaches
+/// a host as seedcore does.
+pub fn ssh_prefix(ssh: &crate::config::SshConfig) -> String {
+    let mut out = String::from("ssh");
+    if let Some(key) = &ssh.identity_file {
+        out.push_str(&format!(" -i {}", key.display()));
+    }
+    if let Some(port) = ssh.port {
+        out.push_str(&format!(" -p {port}"));
+    }
+    out.push(' ');
+    if let Some(user) = &ssh.user {
+        out.push_str(&format!("{user}@"));
+    }
+    out
 }
 
 /// What happened to a step.
@@ -236,7 +257,10 @@ pub async fn execute<B: DockerBackend>(
                     running.push(async move {
                         exec.reporter.event(Event::Started { step: step.clone() });
                         let t = Instant::now();
-                        let result = exec.run(&step).await;
+                        let result = match exec.run(&step).await {
+                            Err(e) => Err(exec.explain_failure(&step, e).await),
+                            ok => ok,
+                        };
                         let o = match result {
                             Ok(()) => Outcome::Done {
                                 elapsed: t.elapsed(),
@@ -311,7 +335,12 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
                 .backend(host)?
                 .pull_image(image)
                 .await
-                .map_err(|e| format!("cannot pull `{image}` on `{host}`: {e} (load it there with `docker save {image} | ssh {host} docker load`)")),
+                .map_err(|e| {
+                    format!(
+                        "cannot pull `{image}` on `{host}`: {e}\n  hint: load it there from a machine that has it: `docker save {image} | {}{host} docker load`",
+                        self.options.ssh
+                    )
+                }),
             Step::Remove {
                 host,
                 node,
@@ -405,6 +434,22 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
                 node,
                 container,
             } => self.drain(step, host, node, container).await,
+        }
+    }
+
+    /// A failed step's error, or, when its host no longer answers at all,
+    /// that the connection to it was lost.
+    async fn explain_failure(&self, step: &Step, error: String) -> String {
+        let host = step.host();
+        let Ok(b) = self.backend(host) else {
+            return error;
+        };
+        match tokio::time::timeout(Duration::from_secs(3), b.describe()).await {
+            Ok(Ok(_)) => error,
+            _ => format!(
+                "SSH connection to `{host}` lost (its Docker engine no longer answers): {}",
+                error.lines().next().unwrap_or_default()
+            ),
         }
     }
 
@@ -601,9 +646,8 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
                     }
                 }
             }
-            self.check_alive(b, &spec.name).await?;
-            self.check_log(b, &spec.name, poll).await?;
-            poll += 1;
+            // Ray's word first: a node it lists up is up, even when its
+            // host stopped answering us a moment ago.
             match self
                 .membership
                 .nodes(self.options.poll_interval, &self.containers)
@@ -627,6 +671,9 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
                 }
                 Err(e) => last = e,
             }
+            self.check_alive(b, &spec.name).await?;
+            self.check_log(b, &spec.name, poll).await?;
+            poll += 1;
             if Instant::now() > deadline {
                 return Err(format!(
                     "`{}` did not join Ray within {}s (timeouts.nodes_alive): {last}\n  hint: workers join the head's GCS at `head.host` as written in the configuration: it must be an address (or a name) that `{host}` can reach, not an ssh alias; check the firewall (the plan lists the ports) and the worker's log\n{}",

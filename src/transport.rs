@@ -30,6 +30,9 @@ pub const MIN_API_VERSION: (u32, u32) = (1, 41);
 pub const MAX_HANDSHAKES: usize = 8;
 /// Per-request timeout of engine calls (long ones: pulls, stops, logs).
 const ENGINE_TIMEOUT_SECS: u64 = 600;
+/// Seconds between SSH keepalives: with ssh's default of 3 unanswered ones,
+/// a lost host is noticed within about 9 s (and its steps fail, naming it).
+const SERVER_ALIVE_SECS: u64 = 3;
 
 /// Why a host's engine cannot be reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -422,7 +425,7 @@ impl Transport {
                 KnownHostsPolicy::AcceptNew => KnownHosts::Add,
             })
             .connect_timeout(Duration::from_secs(self.ssh.connect_timeout_secs))
-            .server_alive_interval(Duration::from_secs(15))
+            .server_alive_interval(Duration::from_secs(SERVER_ALIVE_SECS))
             .control_directory(&self.control_dir);
         if let Some(key) = &self.ssh.identity_file {
             builder.keyfile(key);

@@ -54,6 +54,7 @@ fn options(parallel: usize) -> ApplyOptions {
         nodes_alive_timeout: Duration::from_secs(5),
         drain_timeout: Duration::from_secs(1),
         poll_interval: Duration::from_millis(5),
+        ssh: "ssh ".to_string(),
     }
 }
 
@@ -251,6 +252,31 @@ async fn a_known_ray_failure_in_the_log_ends_the_wait_with_its_cause() {
             );
         }
         other => panic!("{other:?}"),
+    }
+}
+
+/// A host lost mid-apply: its steps fail naming the lost connection, the
+/// other hosts finish.
+#[tokio::test]
+async fn a_lost_host_fails_its_own_steps_by_name_and_the_rest_finish() {
+    let c = cluster();
+    let (plan, desired) = plan_for(&c, &[]).await;
+    c.partition("10.0.0.4");
+    let (report, _) = execute(&c, &plan, &desired, &options(8)).await;
+    for node in ["fake-ray-remote-10.0.0.4-1", "fake-ray-remote-10.0.0.4-2"] {
+        match outcome(&report, "create", node) {
+            Outcome::Failed { error } => assert!(
+                error.starts_with("SSH connection to `10.0.0.4` lost"),
+                "{error}"
+            ),
+            other => panic!("{node}: {other:?}"),
+        }
+    }
+    for w in desired.workers().filter(|w| w.host.as_str() != "10.0.0.4") {
+        assert!(matches!(
+            outcome(&report, "wait-ready", w.name.as_str()),
+            Outcome::Done { .. }
+        ));
     }
 }
 

@@ -132,18 +132,39 @@ pub async fn status(
             out.push('\n');
             match ray {
                 Ok(nodes) => {
-                    let dead = nodes.iter().filter(|n| !n.is_alive()).count();
+                    // DEAD now (a declared node, no ALIVE entry) versus the
+                    // entries left by earlier containers.
+                    let dead_now: Vec<&str> = statuses
+                        .iter()
+                        .filter(|s| s.ray == "DEAD")
+                        .map(|s| s.node.as_str())
+                        .collect();
+                    let earlier = nodes
+                        .iter()
+                        .filter(|n| !n.is_alive())
+                        .filter(|n| !dead_now.contains(&n.node_name.as_str()))
+                        .count();
+                    let mut extra = Vec::new();
+                    if !dead_now.is_empty() {
+                        extra.push(format!("DEAD now: {}", dead_now.join(", ")));
+                    }
+                    if earlier > 0 {
+                        extra.push(format!("{earlier} DEAD entries left by earlier containers"));
+                    }
                     out.push_str(&format!(
                         "Ray: {alive} of {} declared nodes running and ALIVE with their CPUs{}.\n",
                         statuses.len(),
-                        if dead > 0 {
-                            format!(" ({dead} DEAD entries from earlier nodes)")
-                        } else {
+                        if extra.is_empty() {
                             String::new()
+                        } else {
+                            format!(" ({})", extra.join("; "))
                         }
                     ));
                 }
-                Err(e) => out.push_str(&format!("Ray: cannot ask the head: {e}\n")),
+                Err(e) => out.push_str(&format!(
+                    "Ray: cannot ask the head: {}\n",
+                    crate::model::excerpt(e, 300)
+                )),
             }
             if whole {
                 out.push_str("The cluster is whole.\n");

@@ -69,6 +69,8 @@ struct State {
     drained: Vec<String>,
     /// Extra log lines, by container name.
     logs: BTreeMap<String, String>,
+    /// Hosts cut off: every call fails as a lost connection does.
+    partitioned: Vec<String>,
     gcs: Gcs,
     /// The head's container exits right after its GCS first answers.
     head_dies_after_gcs: bool,
@@ -161,6 +163,16 @@ impl FakeCluster {
     /// carry the argv: `host exec target: ARGV`.
     pub fn journal(&self) -> Vec<String> {
         self.state.lock().unwrap().journal.clone()
+    }
+
+    /// Cuts a host off: every call to its engine fails as over a lost SSH
+    /// connection.
+    pub fn partition(&self, host: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .partitioned
+            .push(host.to_string());
     }
 
     /// Makes a container's log carry `text` (a failure Ray prints, say).
@@ -318,6 +330,12 @@ impl FakeBackend {
             let mut s = self.cluster.state.lock().unwrap();
             s.journal
                 .push(format!("{} {verb} {target}{suffix}", self.host));
+            if s.partitioned.contains(&self.host) {
+                return Err(BackendError {
+                    kind: ErrorKind::Unreachable,
+                    message: "lost the Docker engine: client error (SendRequest)".to_string(),
+                });
+            }
             if let Some(msg) =
                 s.failures
                     .get(&(self.host.clone(), verb.to_string(), target.to_string()))

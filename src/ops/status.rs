@@ -112,9 +112,16 @@ pub async fn gather(
                             _ => ("missing".to_string(), None, 0, None),
                         }
                     }
-                    (None, Some(e)) => {
-                        (format!("host unreachable: {}", e.summary()), None, 0, None)
-                    }
+                    (None, Some(e)) => (
+                        if e.kind == crate::transport::TransportErrorKind::Unreachable {
+                            format!("host unreachable: {}", e.summary())
+                        } else {
+                            format!("engine not answering: {}", e.summary())
+                        },
+                        None,
+                        0,
+                        None,
+                    ),
                     (None, None) => ("host unreachable".to_string(), None, 0, None),
                 };
                 let (ray_state, ray_cpus, up) = match ray {
