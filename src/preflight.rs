@@ -53,6 +53,7 @@ pub async fn run(
     desired: &DesiredState,
     plan: &Plan,
     parallel: usize,
+    public: bool,
 ) -> Report {
     let declared = desired.hosts();
     let mut report = Report {
@@ -145,7 +146,9 @@ pub async fn run(
         )
         .await,
     );
-    exposure(desired, &mut report.warnings);
+    if !public {
+        exposure(desired, &mut report.warnings);
+    }
     report
 }
 
@@ -232,7 +235,7 @@ fn exposure(desired: &DesiredState, warnings: &mut Vec<String>) {
     }
     if let Some(p) = &head.ports.head {
         warnings.push(format!(
-            "the dashboard ({}) and the Ray client server ({}) listen on every address of `{}`: whoever reaches them can run code on the cluster; allow them only from your own hosts in its firewall",
+            "the dashboard ({}) and the Ray client server ({}) listen on every address of `{}`: whoever reaches them can run code on the cluster; allow them only from your own hosts in its firewall (or set `head.public = true` if that is intended)",
             p.dashboard, p.client_server, head.host
         ));
     }

@@ -125,6 +125,9 @@ pub struct HeadConfig {
     pub dashboard_port: u16,
     pub serve: bool,
     pub serve_port: u16,
+    /// The dashboard and the Ray client server are meant to be reachable
+    /// from beyond the cluster's hosts (no warning then).
+    pub public: bool,
     pub shm_size_bytes: u64,
     pub object_manager_port: u16,
     pub node_manager_port: u16,

@@ -291,6 +291,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<KeyError>> {
         ),
         serve: raw_head.serve.unwrap_or(true),
         serve_port: c.port("head.serve_port", raw_head.serve_port, defaults::SERVE_PORT),
+        public: raw_head.public.unwrap_or(false),
         shm_size_bytes: c.shm(
             "head.shm_size",
             raw_head.shm_size.as_deref(),

@@ -94,7 +94,15 @@ pub async fn check(
         return crate::checks::Report::skipped();
     }
     let parallel = scope.parallel.unwrap_or(loaded.config.ssh.max_parallel);
-    crate::preflight::run(hosts, observed, desired, plan, parallel).await
+    crate::preflight::run(
+        hosts,
+        observed,
+        desired,
+        plan,
+        parallel,
+        loaded.config.head.public,
+    )
+    .await
 }
 
 /// `plan` against the live hosts: connect, observe, plan, check, close.
