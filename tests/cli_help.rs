@@ -21,8 +21,8 @@ fn help(args: &[&str]) -> String {
 fn every_command_has_help() {
     insta::assert_snapshot!("help", help(&["--help"]));
     for cmd in [
-        "validate", "plan", "graph", "observe", "apply", "status", "logs", "destroy", "restart",
-        "env",
+        "validate", "plan", "check", "graph", "observe", "apply", "status", "logs", "destroy",
+        "restart", "env",
     ] {
         insta::assert_snapshot!(format!("help_{cmd}"), help(&[cmd, "--help"]));
     }
