@@ -764,6 +764,27 @@ fn status_reports_whole_dead_and_unreachable() {
         );
     }
     assert_contains(&status, &lab.host_ip(3));
+    // logs, too, shows what it can reach, and its exit code says a host was not.
+    let logs = support::lab::run_with_timeout(
+        lab.seedcore_command(&["logs", "workers", "--tail", "1"]),
+        Duration::from_secs(60),
+    );
+    logs.expect_code(1);
+    assert!(
+        logs.stderr
+            .contains(&format!("`{}` is unreachable", lab.host_ip(3))),
+        "logs should name the unreachable host:\n{}",
+        logs.output()
+    );
+    for name in [LOCAL1, REMOTE12] {
+        assert!(
+            logs.stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("{name} "))),
+            "logs should still show {name}, on a reachable host:\n{}",
+            logs.output()
+        );
+    }
     drop(heal);
 
     // Healed: whole again (the worker on labhost3 may need a while to rejoin).
