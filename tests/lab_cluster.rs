@@ -2,8 +2,11 @@
 //! drift, conflicts, status, logs, destroy, scaling, host migration and restart, each
 //! checked against what the lab hosts' dockerd and Ray itself report.
 //!
-//! Every test drives the one cluster `seedlab` described by `.lab/seedcore.toml` (head and
-//! worker `local-1` on labhost1, `remote-1` on labhost2, `remote-2` on labhost3). They are
+//! Every test drives the one cluster `seedlab` described by `.lab/seedcore.toml`: the head
+//! and worker `seedlab-ray-local-10.77.0.11-1` on labhost1, and the group `remote` with one
+//! worker per host, `seedlab-ray-remote-10.77.0.12-1` on labhost2 and
+//! `seedlab-ray-remote-10.77.0.13-1` on labhost3 (workers are named by group, host and
+//! index on that host). They are
 //! serialized by a process-wide lock; each begins by applying the base configuration (a
 //! no-op of about a second when the cluster has converged) and leaves the base cluster
 //! applied, with drop guards for whatever it injected (foreign containers, partitions,
@@ -26,15 +29,15 @@ use support::lab::{Lab, OnDrop, RayNode, Run};
 
 const CLUSTER_LABEL: &str = "io.seedcore.cluster=seedlab";
 const HEAD: &str = "seedlab-ray-head";
-const LOCAL1: &str = "seedlab-ray-worker-local-1";
-const LOCAL2: &str = "seedlab-ray-worker-local-2";
-const LOCAL3: &str = "seedlab-ray-worker-local-3";
-const REMOTE1: &str = "seedlab-ray-worker-remote-1";
-const REMOTE2: &str = "seedlab-ray-worker-remote-2";
+const LOCAL1: &str = "seedlab-ray-local-10.77.0.11-1";
+const LOCAL2: &str = "seedlab-ray-local-10.77.0.11-2";
+const LOCAL3: &str = "seedlab-ray-local-10.77.0.11-3";
+const REMOTE12: &str = "seedlab-ray-remote-10.77.0.12-1";
+const REMOTE13: &str = "seedlab-ray-remote-10.77.0.13-1";
 const LAB_HOSTS: [usize; 3] = [1, 2, 3];
 /// The base configuration's nodes with the lab host each runs on.
-const BASE: [(usize, &str); 4] = [(1, HEAD), (1, LOCAL1), (2, REMOTE1), (3, REMOTE2)];
-const WORKERS: [&str; 3] = [LOCAL1, REMOTE1, REMOTE2];
+const BASE: [(usize, &str); 4] = [(1, HEAD), (1, LOCAL1), (2, REMOTE12), (3, REMOTE13)];
+const WORKERS: [&str; 3] = [LOCAL1, REMOTE12, REMOTE13];
 
 // ------------------------------------------------------------------ shared helpers
 
@@ -196,7 +199,7 @@ fn assert_lacks(run: &Run, needle: &str) {
 }
 
 /// The plan block header seedcore prints for one node, e.g.
-/// `# seedlab-ray-worker-remote-1 on 10.77.0.12 will be started`.
+/// `# seedlab-ray-remote-10.77.0.12-1 on 10.77.0.12 will be started`.
 fn header(node: &str, ip: &str, verb: &str) -> String {
     format!("# {node} on {ip} {verb}")
 }
@@ -237,14 +240,14 @@ fn foreign_container<'a>(lab: &'a Lab, k: usize, name: &'a str) -> OnDrop<impl F
 // ------------------------------------------------------------------ issue 4
 
 /// Runs in the head container: a task pinned (hard affinity) to the Ray node named
-/// `seedlab-ray-worker-remote-1` reports the IP of the machine it ran on.
+/// `seedlab-ray-remote-10.77.0.12-1` reports the IP of the machine it ran on.
 const PINNED_TASK: &str = r#"
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ray.util.state import list_nodes
 
 ray.init(address="auto", logging_level="ERROR")
-ids = [n.node_id for n in list_nodes() if n.node_name == "seedlab-ray-worker-remote-1" and n.state == "ALIVE"]
+ids = [n.node_id for n in list_nodes() if n.node_name == "seedlab-ray-remote-10.77.0.12-1" and n.state == "ALIVE"]
 assert len(ids) == 1, ids
 
 @ray.remote(num_cpus=1)
@@ -321,7 +324,7 @@ fn apply_from_empty_builds_a_whole_cluster() {
     assert!(
         out.lines()
             .any(|l| l.trim() == format!("RAN-ON {}", lab.host_ip(2))),
-        "the task pinned to {REMOTE1} should run on {}; it printed:\n{out}",
+        "the task pinned to {REMOTE12} should run on {}; it printed:\n{out}",
         lab.host_ip(2)
     );
 
@@ -352,21 +355,21 @@ fn drift_is_shown_with_causes_and_repaired() {
     let ip2 = lab.host_ip(2);
 
     // Stopped by hand: the plan starts it again and says why.
-    let id = lab.container(2, REMOTE1).unwrap().id;
-    lab.docker_ok(2, &["stop", REMOTE1]);
+    let id = lab.container(2, REMOTE12).unwrap().id;
+    lab.docker_ok(2, &["stop", REMOTE12]);
     let plan = lab.seedcore(&["plan", "--detailed-exitcode"]);
     plan.expect_code(2);
-    assert_contains(&plan, &header(REMOTE1, &ip2, "will be started"));
+    assert_contains(&plan, &header(REMOTE12, &ip2, "will be started"));
     assert_contains(&plan, "container exited (code");
     assert_contains(&plan, "Plan: 0 to add, 1 to change, 0 to destroy.");
     assert_eq!(
         plan_headers(&plan).len(),
         1,
-        "only {REMOTE1} changes:\n{}",
+        "only {REMOTE12} changes:\n{}",
         plan.stdout
     );
     lab.seedcore(&["apply", "--auto-approve"]).expect_ok();
-    let c = lab.container(2, REMOTE1).unwrap();
+    let c = lab.container(2, REMOTE12).unwrap();
     assert_eq!(
         (c.id.as_str(), c.status.as_str()),
         (id.as_str(), "running"),
@@ -382,7 +385,7 @@ fn drift_is_shown_with_causes_and_repaired() {
         "--detailed-exitcode",
     ]);
     plan.expect_code(2);
-    for (k, name) in [(2, REMOTE1), (3, REMOTE2)] {
+    for (k, name) in [(2, REMOTE12), (3, REMOTE13)] {
         assert_contains(&plan, &header(name, &lab.host_ip(k), "must be replaced"));
     }
     assert_contains(&plan, "(cpus 1 -> 2)");
@@ -440,19 +443,19 @@ fn drift_is_shown_with_causes_and_repaired() {
     converge(&lab);
 
     // Removed by hand: the plan creates it again.
-    lab.docker_ok(2, &["rm", "-f", REMOTE1]);
+    lab.docker_ok(2, &["rm", "-f", REMOTE12]);
     let plan = lab.seedcore(&["plan", "--detailed-exitcode"]);
     plan.expect_code(2);
-    assert_contains(&plan, &header(REMOTE1, &ip2, "will be created"));
+    assert_contains(&plan, &header(REMOTE12, &ip2, "will be created"));
     assert_contains(&plan, "Plan: 1 to add, 0 to change, 0 to destroy.");
     assert_eq!(
         plan_headers(&plan).len(),
         1,
-        "only {REMOTE1} changes:\n{}",
+        "only {REMOTE12} changes:\n{}",
         plan.stdout
     );
     lab.seedcore(&["apply", "--auto-approve"]).expect_ok();
-    assert_eq!(lab.container(2, REMOTE1).unwrap().status, "running");
+    assert_eq!(lab.container(2, REMOTE12).unwrap().status, "running");
     wait_alive_set(&lab, &base_names(), Duration::from_secs(90));
 
     // Apply must not call the cluster whole before a new node has joined. Ray lists a
@@ -469,7 +472,7 @@ fn drift_is_shown_with_causes_and_repaired() {
         );
     });
     lab.ssh_ok(2, &format!("iptables -I {rule}"));
-    lab.docker_ok(2, &["rm", "-f", REMOTE1]);
+    lab.docker_ok(2, &["rm", "-f", REMOTE12]);
     let (tx, rx) = mpsc::channel();
     let cmd = lab.seedcore_command(&["apply", "--auto-approve"]);
     std::thread::spawn(move || {
@@ -493,13 +496,13 @@ fn drift_is_shown_with_causes_and_repaired() {
     }
     if finished_while_blocked {
         problems.push(format!(
-            "apply reported success after {:.1?} while {REMOTE1}'s host could not reach the \
+            "apply reported success after {:.1?} while {REMOTE12}'s host could not reach the \
              GCS, so its new Ray node cannot have joined: the removed container's stale ALIVE \
              entry was taken for the new node",
             apply.elapsed
         ));
     } else if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        assert_whole_now(&lab, &base_names(), &[REMOTE1], &known)
+        assert_whole_now(&lab, &base_names(), &[REMOTE12], &known)
     })) {
         problems.push(
             e.downcast_ref::<String>()
@@ -614,10 +617,7 @@ fn a_foreign_container_with_our_name_is_a_conflict_left_alone() {
         "--detailed-exitcode",
     ]);
     plan.expect_code(1);
-    assert_contains(
-        &plan,
-        "hold names this cluster needs but were not created by it",
-    );
+    assert_contains(&plan, "hold names this cluster needs but are not its own");
     assert_contains(&plan, &format!("`{LOCAL2}` on `{}`", lab.host_ip(1)));
     assert_contains(&plan, "no seedcore labels");
     assert_contains(&plan, &id[..12]);
@@ -670,9 +670,9 @@ fn status_reports_whole_dead_and_unreachable() {
 
     // docker kill: a manual stop for Docker, so `unless-stopped` does not restart it.
     let known = ray_ids(&lab.ray_nodes(1, HEAD));
-    lab.docker_ok(2, &["kill", REMOTE1]);
+    lab.docker_ok(2, &["kill", REMOTE12]);
     sleep(Duration::from_secs(5));
-    let c = lab.container(2, REMOTE1).unwrap();
+    let c = lab.container(2, REMOTE12).unwrap();
     assert_eq!(
         (c.status.as_str(), c.exit_code, c.restart_count),
         ("exited", 137, 0),
@@ -683,8 +683,8 @@ fn status_reports_whole_dead_and_unreachable() {
     let row = status
         .stdout
         .lines()
-        .find(|l| l.starts_with(&format!("{REMOTE1} ")))
-        .unwrap_or_else(|| panic!("status has no row for {REMOTE1}:\n{}", status.stdout));
+        .find(|l| l.starts_with(&format!("{REMOTE12} ")))
+        .unwrap_or_else(|| panic!("status has no row for {REMOTE12}:\n{}", status.stdout));
     assert!(row.contains("exited (137)"), "row: {row}");
     let verdict = status
         .output()
@@ -692,8 +692,8 @@ fn status_reports_whole_dead_and_unreachable() {
         .find(|l| l.starts_with("Not whole:"))
         .map(str::to_string)
         .unwrap_or_else(|| panic!("status does not say what is missing:\n{}", status.output()));
-    assert!(verdict.contains(REMOTE1), "{verdict}");
-    for other in [HEAD, LOCAL1, REMOTE2] {
+    assert!(verdict.contains(REMOTE12), "{verdict}");
+    for other in [HEAD, LOCAL1, REMOTE13] {
         assert!(!verdict.contains(other), "{verdict}");
     }
     let json = lab.seedcore(&["status", "--output", "json"]);
@@ -707,7 +707,7 @@ fn status_reports_whole_dead_and_unreachable() {
         .filter(|n| n["ok"] != true)
         .map(|n| n["node"].as_str().unwrap())
         .collect();
-    assert_eq!(bad, vec![REMOTE1]);
+    assert_eq!(bad, vec![REMOTE12]);
 
     // Repair, and wait until the restarted node (a new Ray node) has joined.
     lab.seedcore(&["apply", "--auto-approve"]).expect_ok();
@@ -716,13 +716,13 @@ fn status_reports_whole_dead_and_unreachable() {
         let nodes = lab.ray_nodes(1, HEAD);
         if alive(&nodes)
             .iter()
-            .any(|n| n.node_name == REMOTE1 && !known.contains(&n.node_id))
+            .any(|n| n.node_name == REMOTE12 && !known.contains(&n.node_id))
         {
             break;
         }
         assert!(
             start.elapsed() < Duration::from_secs(90),
-            "{REMOTE1} did not rejoin Ray:\n{}",
+            "{REMOTE12} did not rejoin Ray:\n{}",
             describe(&nodes)
         );
         sleep(Duration::from_secs(1));
@@ -749,10 +749,10 @@ fn status_reports_whole_dead_and_unreachable() {
     let row = status
         .stdout
         .lines()
-        .find(|l| l.starts_with(&format!("{REMOTE2} ")))
-        .unwrap_or_else(|| panic!("status has no row for {REMOTE2}:\n{}", status.stdout));
+        .find(|l| l.starts_with(&format!("{REMOTE13} ")))
+        .unwrap_or_else(|| panic!("status has no row for {REMOTE13}:\n{}", status.stdout));
     assert!(row.contains("unreachable"), "row: {row}");
-    for name in [HEAD, LOCAL1, REMOTE1] {
+    for name in [HEAD, LOCAL1, REMOTE12] {
         let row = status
             .stdout
             .lines()
@@ -764,6 +764,27 @@ fn status_reports_whole_dead_and_unreachable() {
         );
     }
     assert_contains(&status, &lab.host_ip(3));
+    // logs, too, shows what it can reach, and its exit code says a host was not.
+    let logs = support::lab::run_with_timeout(
+        lab.seedcore_command(&["logs", "workers", "--tail", "1"]),
+        Duration::from_secs(60),
+    );
+    logs.expect_code(1);
+    assert!(
+        logs.stderr
+            .contains(&format!("`{}` is unreachable", lab.host_ip(3))),
+        "logs should name the unreachable host:\n{}",
+        logs.output()
+    );
+    for name in [LOCAL1, REMOTE12] {
+        assert!(
+            logs.stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("{name} "))),
+            "logs should still show {name}, on a reachable host:\n{}",
+            logs.output()
+        );
+    }
     drop(heal);
 
     // Healed: whole again (the worker on labhost3 may need a while to rejoin).
@@ -1015,41 +1036,41 @@ fn adding_a_remote_host_joins_it() {
         "--auto-approve",
     ]);
     shrink.expect_ok();
-    assert_contains(&shrink, &header(REMOTE2, &ip3, "will be destroyed"));
+    assert_contains(&shrink, &header(REMOTE13, &ip3, "will be destroyed"));
     assert_contains(&shrink, "Plan: 0 to add, 0 to change, 1 to destroy.");
     assert!(
-        lab.container(3, REMOTE2).is_none(),
-        "{REMOTE2} should be gone from labhost3"
+        lab.container(3, REMOTE13).is_none(),
+        "{REMOTE13} should be gone from labhost3"
     );
-    wait_alive_set(&lab, &[HEAD, LOCAL1, REMOTE1], Duration::from_secs(10));
-    let before = containers(&lab, &[(1, HEAD), (1, LOCAL1), (2, REMOTE1)]);
+    wait_alive_set(&lab, &[HEAD, LOCAL1, REMOTE12], Duration::from_secs(10));
+    let before = containers(&lab, &[(1, HEAD), (1, LOCAL1), (2, REMOTE12)]);
 
     // The base file lists labhost3 again: exactly one create.
     let plan = lab.seedcore(&["plan", "--detailed-exitcode"]);
     plan.expect_code(2);
     assert_eq!(
         plan_headers(&plan),
-        vec![header(REMOTE2, &ip3, "will be created")],
+        vec![header(REMOTE13, &ip3, "will be created")],
         "{}",
         plan.stdout
     );
     assert_contains(&plan, "Plan: 1 to add, 0 to change, 0 to destroy.");
-    assert_contains(&plan, &format!("Unchanged: {HEAD}, {LOCAL1}, {REMOTE1}"));
+    assert_contains(&plan, &format!("Unchanged: {HEAD}, {LOCAL1}, {REMOTE12}"));
     let apply = lab.seedcore(&["apply", "--auto-approve"]);
     apply.expect_ok();
     let nodes = lab.ray_nodes(1, HEAD);
     let joined = alive(&nodes)
         .into_iter()
-        .find(|n| n.node_name == REMOTE2)
+        .find(|n| n.node_name == REMOTE13)
         .unwrap_or_else(|| {
             panic!(
-                "{REMOTE2} is not ALIVE right after apply:\n{}",
+                "{REMOTE13} is not ALIVE right after apply:\n{}",
                 describe(&nodes)
             )
         });
     assert_eq!(joined.node_ip, ip3);
     assert_eq!(
-        containers(&lab, &[(1, HEAD), (1, LOCAL1), (2, REMOTE1)]),
+        containers(&lab, &[(1, HEAD), (1, LOCAL1), (2, REMOTE12)]),
         before
     );
     wait_alive_set(&lab, &base_names(), Duration::from_secs(10));
@@ -1072,17 +1093,17 @@ fn restart_replaces_the_named_node() {
     let before = containers(&lab, &BASE);
     let known = ray_ids(&lab.ray_nodes(1, HEAD));
 
-    let restart = lab.seedcore(&["restart", REMOTE1, "--auto-approve"]);
+    let restart = lab.seedcore(&["restart", REMOTE12, "--auto-approve"]);
     restart.expect_ok();
-    eprintln!("restart {REMOTE1}: {:.1?}", restart.elapsed);
+    eprintln!("restart {REMOTE12}: {:.1?}", restart.elapsed);
     assert_contains(
         &restart,
-        &header(REMOTE1, &lab.host_ip(2), "must be replaced"),
+        &header(REMOTE12, &lab.host_ip(2), "must be replaced"),
     );
     assert_contains(&restart, "Plan: 1 to add, 0 to change, 1 to destroy.");
     let after = containers(&lab, &BASE);
     for (_, name) in BASE {
-        if name == REMOTE1 {
+        if name == REMOTE12 {
             assert_ne!(
                 before[name].0, after[name].0,
                 "{name} should have a new container"
@@ -1091,7 +1112,7 @@ fn restart_replaces_the_named_node() {
             assert_eq!(before[name], after[name], "{name} must not be touched");
         }
     }
-    assert_whole_now(&lab, &base_names(), &[REMOTE1], &known);
+    assert_whole_now(&lab, &base_names(), &[REMOTE12], &known);
     wait_alive_set(&lab, &base_names(), Duration::from_secs(30));
     lab.seedcore(&["plan", "--detailed-exitcode"])
         .expect_code(0);

@@ -4,8 +4,8 @@
 //!
 //! The containers use their own names and ports, outside seedcore's defaults (GCS 6380,
 //! client 10001, dashboard 8265, object/node manager 8076+, agents 52365-52464, worker ports
-//! 10002-10099 and 11000-11020), so the test cannot collide with a seedcore cluster running
-//! in the lab at the same time.
+//! 10002-10099 and slices from 11000 up), so the test cannot collide with a seedcore cluster
+//! running in the lab at the same time.
 
 mod support;
 

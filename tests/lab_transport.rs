@@ -58,11 +58,19 @@ fn seedcore(config: &std::path::Path, args: &[&str]) -> (i32, String) {
     )
 }
 
+/// The line `KEY = ...` of the lab config, as written there (`tests/lab/lab up` writes
+/// absolute paths, which need not be under this checkout: `.lab` may be a symlink).
+fn config_line(lab: &Lab, key: &str) -> String {
+    let text = std::fs::read_to_string(lab.config_path()).unwrap();
+    let prefix = format!("{key} = ");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no `{key}` line in the lab config:\n{text}"))
+        .to_string()
+}
+
 fn known_hosts_line(lab: &Lab) -> String {
-    format!(
-        "known_hosts_file = \"{}\"",
-        lab.repo_root().join(".lab/ssh/known_hosts").display()
-    )
+    config_line(lab, "known_hosts_file")
 }
 
 fn keygen(path: &std::path::Path) {
@@ -179,10 +187,7 @@ fn a_refused_key_and_a_refused_connection_say_what_to_check() {
     let lab = Lab::require();
     let dir = scratch("refused");
     keygen(&dir.join("stranger"));
-    let identity = format!(
-        "identity_file = \"{}\"",
-        lab.repo_root().join(".lab/ssh/id_ed25519").display()
-    );
+    let identity = config_line(&lab, "identity_file");
     let config = config_with(
         &lab,
         &dir,
@@ -238,28 +243,46 @@ fn a_saved_plan_is_refused_once_a_host_changed() {
     lab.seedcore(&["apply", &planfile_arg]).expect_ok();
 
     // A worker stopped by hand makes the saved plan stale.
-    lab.docker_ok(2, &["stop", "seedlab-ray-worker-remote-1"]);
+    let worker = "seedlab-ray-remote-10.77.0.12-1";
+    lab.docker_ok(2, &["stop", worker]);
     let _repair = OnDrop(|| {
         lab.seedcore(&["apply", "--auto-approve"]);
     });
     let run = lab.seedcore(&["apply", &planfile_arg]);
     run.expect_code(1);
-    assert!(
-        run.stderr
-            .contains("the plan is stale: `10.77.0.12` changed since it was made"),
-        "{}",
-        run.output()
-    );
+    for needle in [
+        "error: the saved plan is stale: the hosts changed since it was made:".to_string(),
+        "`10.77.0.12`".to_string(),
+        format!("container {worker}: state running -> exited"),
+        "nothing was changed".to_string(),
+    ] {
+        assert!(
+            run.stderr.contains(&needle),
+            "the refusal should say {needle:?}:\n{}",
+            run.output()
+        );
+    }
+    // Only the host that changed is named.
+    for other in ["`10.77.0.11`", "`10.77.0.13`"] {
+        assert!(
+            !run.stderr.contains(other),
+            "{other} did not change:\n{}",
+            run.output()
+        );
+    }
     // And it was left alone.
-    let state = lab
-        .container(2, "seedlab-ray-worker-remote-1")
-        .expect("still there");
+    let state = lab.container(2, worker).expect("still there");
     assert_eq!(state.status, "exited", "{state:?}");
 
     // A changed configuration is refused too.
     let run = lab.seedcore(&["apply", &planfile_arg, "--set", "workers.remote.cpus=2"]);
     run.expect_code(1);
-    assert!(run.stderr.contains("changed since"), "{}", run.output());
+    assert!(
+        run.stderr
+            .contains("the configuration or its overrides changed since it was saved"),
+        "{}",
+        run.output()
+    );
 }
 
 #[test]

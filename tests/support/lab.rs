@@ -198,6 +198,15 @@ impl Lab {
         run_with_timeout(self.seedcore_command(args), Duration::from_secs(300))
     }
 
+    /// Runs seedcore with another configuration file (see [`Lab::seedcore_command_with`]);
+    /// panics if it runs longer than 5 minutes.
+    pub fn seedcore_with(&self, config: &Path, args: &[&str]) -> Run {
+        run_with_timeout(
+            self.seedcore_command_with(config, args),
+            Duration::from_secs(300),
+        )
+    }
+
     /// Runs `tests/lab/lab ARGS...` and panics unless it succeeds.
     pub fn lab_ok(&self, args: &[&str]) {
         let out = Command::new(self.root.join("tests/lab/lab"))
@@ -250,6 +259,21 @@ impl Lab {
                 f[5].to_string()
             },
         })
+    }
+
+    /// The command (`Config.Cmd`, the argument vector) of container `name` on labhost`k`.
+    pub fn container_command(&self, k: usize, name: &str) -> Vec<String> {
+        let json = self.docker_ok(k, &["inspect", "-f", "{{json .Config.Cmd}}", name]);
+        serde_json::from_str(json.trim()).unwrap_or_else(|e| {
+            panic!("Config.Cmd of {name} on labhost{k} is not a list ({e}): {json}")
+        })
+    }
+
+    /// Whether something listens on TCP `port` on labhost`k` (its own network namespace,
+    /// which host-network containers share), per `ss`.
+    pub fn listening(&self, k: usize, port: u16) -> bool {
+        let out = self.ssh_ok(k, &format!("ss -Hltn 'sport = :{port}'"));
+        !out.trim().is_empty()
     }
 
     /// Names of every container (running or not) on labhost`k` carrying `label`
