@@ -570,6 +570,7 @@ mod port_tests {
                     } else {
                         Vec::new()
                     },
+                    listening: Vec::new(),
                 },
             );
         }

@@ -115,6 +115,24 @@ pub async fn write(conn: &Connection, cluster: &ClusterIdentity, hosts: &[HostNa
     }
 }
 
+/// Forgets this cluster on one host (after a whole cluster was destroyed).
+pub async fn forget(conn: &Connection, cluster: &ClusterIdentity) {
+    let file = format!("{}/{}.hosts", dir(&cluster.name), cluster.id);
+    if conn.host.is_local() {
+        if let Some(home) = std::env::var_os("HOME") {
+            let _ = std::fs::remove_file(std::path::Path::new(&home).join(&file));
+        }
+    } else {
+        const SCRIPT: &str = "cd \"$HOME\" && rm -f \"$1\" && rmdir \"$2\" 2>/dev/null; true";
+        let _ = conn
+            .run_on_host(
+                &["sh", "-c", SCRIPT, "sh", &file, &dir(&cluster.name)],
+                None,
+            )
+            .await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -429,6 +429,10 @@ pub struct HostObservation {
     pub images: Option<BTreeMap<String, Option<String>>>,
     #[serde(default)]
     pub containers: Vec<ObservedContainer>,
+    /// TCP ports something listens on (`ss -ltn`), when known: seedcore
+    /// never hands one of them to a new node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listening: Vec<u16>,
 }
 
 /// The host's Docker engine.

@@ -32,6 +32,7 @@ pub async fn observe_host<B: DockerBackend>(
             engine: Some(engine),
             images: Some(images),
             containers,
+            listening: Vec::new(),
         })
     }
     .await;
@@ -46,6 +47,7 @@ pub fn unreachable_host(error: String) -> HostObservation {
         engine: None,
         images: None,
         containers: Vec::new(),
+        listening: Vec::new(),
     }
 }
 

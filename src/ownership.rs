@@ -156,15 +156,19 @@ pub fn kept_ports(
     identity: &ClusterIdentity,
     observed: &ObservedState,
 ) -> crate::topology::KeptPorts {
-    let mut out = crate::topology::KeptPorts::new();
+    let mut out = crate::topology::KeptPorts::default();
     for (host, obs) in &observed.hosts {
         for c in ours(identity, &obs.containers) {
             if let Some(ports) = c.recorded_ports() {
-                out.insert(
+                out.nodes.insert(
                     (host.clone(), crate::model::NodeName(c.name.clone())),
                     ports,
                 );
             }
+        }
+        if !obs.listening.is_empty() {
+            out.busy
+                .insert(host.clone(), obs.listening.iter().copied().collect());
         }
     }
     out
@@ -206,6 +210,7 @@ mod tests {
                 engine: None,
                 images: None,
                 containers,
+                listening: Vec::new(),
             },
         );
         o

@@ -17,25 +17,26 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 /// Listens on every port given as an argument (those it cannot bind are
 /// reported as `busy PORT`), says `ready`, accepts and closes connections,
 /// and exits when its stdin closes or after 20 s.
-const LISTENER: &str = "import socket, sys, select, time\n\
-socks = []\n\
-for p in sys.argv[1:]:\n\
-    s = socket.socket()\n\
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-    try:\n\
-        s.bind(('0.0.0.0', int(p))); s.listen(16); socks.append(s)\n\
-    except OSError:\n\
-        print('busy', p)\n\
-print('ready', flush=True)\n\
-end = time.time() + 20\n\
-while time.time() < end:\n\
-    r, _, _ = select.select(socks + [sys.stdin], [], [], 0.5)\n\
-    for s in r:\n\
-        if s is sys.stdin:\n\
-            if not sys.stdin.buffer.read1(1):\n\
-                sys.exit(0)\n\
-        else:\n\
-            c, _ = s.accept(); c.close()\n";
+const LISTENER: &str = r#"import socket, sys, select, time
+socks = []
+for p in sys.argv[1:]:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(('0.0.0.0', int(p))); s.listen(16); socks.append(s)
+    except OSError:
+        print('busy', p)
+print('ready', flush=True)
+end = time.time() + 20
+while time.time() < end:
+    r, _, _ = select.select(socks + [sys.stdin], [], [], 0.5)
+    for s in r:
+        if s is sys.stdin:
+            if not sys.stdin.buffer.read1(1):
+                sys.exit(0)
+        else:
+            c, _ = s.accept(); c.close()
+"#;
 
 /// Tries each port of `$1` at once (2 s each); prints `PORT ok` or `PORT fail`.
 const CONNECT: &str = "h=$1; shift; for p in \"$@\"; do ( if timeout 2 bash -c 'exec 3<>/dev/tcp/$0/$1' \"$h\" \"$p\" 2>/dev/null; then echo \"$p ok\"; else echo \"$p fail\"; fi ) & done; wait";

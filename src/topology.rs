@@ -54,8 +54,14 @@ pub fn worker_name(cluster: &str, group: &str, host: &HostName, index: u32) -> N
     NodeName(format!("{cluster}-ray-{group}-{host}-{index}"))
 }
 
-/// Ports of the nodes that run now, by host and node name: what a plan keeps.
-pub type KeptPorts = BTreeMap<(HostName, NodeName), NodePorts>;
+/// What already runs: the ports of this cluster's nodes (by host and node
+/// name: what a plan keeps), and every port something listens on per host
+/// (which new nodes never get).
+#[derive(Debug, Clone, Default)]
+pub struct KeptPorts {
+    pub nodes: BTreeMap<(HostName, NodeName), NodePorts>,
+    pub busy: BTreeMap<HostName, std::collections::BTreeSet<u16>>,
+}
 
 /// One claimed port range on a host.
 #[derive(Debug, Clone)]
@@ -177,7 +183,7 @@ struct Draft {
 /// ports (for `validate`, and before the hosts are observed).
 pub fn lower_fresh(config: &Config) -> Result<DesiredState, Vec<KeyError>> {
     let identity = crate::ownership::configured(config);
-    lower(config, &identity, &KeptPorts::new())
+    lower(config, &identity, &KeptPorts::default())
 }
 
 /// Lowers the configuration into nodes, keeping the ports of nodes that run
@@ -445,7 +451,8 @@ pub fn lower(
     for keep in [true, false] {
         for d in &mut drafts {
             let host = d.spec.host.clone();
-            let recorded = kept.get(&(host.clone(), d.spec.name.clone()));
+            let recorded = kept.nodes.get(&(host.clone(), d.spec.name.clone()));
+            let busy = kept.busy.get(&host);
             let mut still = Vec::new();
             for part in std::mem::take(&mut d.auto) {
                 let width = part.width();
@@ -454,7 +461,15 @@ pub fn lower(
                         .and_then(|r| part.kept(r, agents))
                         .filter(|p| ledger.is_free(&host, u32::from(*p), u32::from(*p) + width - 1))
                 } else {
-                    ledger.first_free(&host, part.candidates(agents), width)
+                    // New ports: free of every claim, and of whatever listens.
+                    let candidates = part.candidates(agents).filter(|p| {
+                        busy.is_none_or(|b| {
+                            b.range(*p as u16..=(*p + width - 1).min(65535) as u16)
+                                .next()
+                                .is_none()
+                        })
+                    });
+                    ledger.first_free(&host, candidates, width)
                 };
                 let Some(first) = chosen else {
                     if keep {

@@ -315,6 +315,7 @@ fn a_head_only_config_is_valid_and_the_plan_says_there_are_no_workers() {
             engine: None,
             images: None,
             containers: Vec::new(),
+            listening: Vec::new(),
         },
     );
     let plan = seedcore::cli::make_plan(&loaded, &desired, &observed, &Default::default()).unwrap();

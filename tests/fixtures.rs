@@ -26,6 +26,7 @@ fn host(containers: Vec<ObservedContainer>) -> HostObservation {
         }),
         images: None,
         containers,
+        listening: Vec::new(),
     }
 }
 

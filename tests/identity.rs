@@ -62,6 +62,7 @@ fn empty() -> ObservedState {
                 }),
                 images: None,
                 containers: Vec::new(),
+                listening: Vec::new(),
             },
         );
     }
@@ -315,4 +316,38 @@ fn a_written_port_wins_over_a_kept_one() {
         .find(|n| n.name.0 == "idt-ray-aaa-10.0.0.1-1")
         .unwrap();
     assert_eq!(aaa.ports.object_manager, kept);
+}
+
+/// A port something already listens on (another cluster of the same name,
+/// any process) is never handed to a new node; running nodes keep theirs.
+#[test]
+fn new_nodes_never_get_a_port_that_is_in_use() {
+    let mut base = converged(&[]);
+    let busy = |o: &mut ObservedState, host: &str, ports: &[u16]| {
+        o.hosts
+            .get_mut(&HostName(host.to_string()))
+            .unwrap()
+            .listening = ports.to_vec();
+    };
+    // On the new host, 8076 and the first agent block are taken.
+    busy(&mut base, "10.0.0.4", &[8076, 52366]);
+    // On a running host, our own node listens on its ports: kept.
+    busy(&mut base, "10.0.0.2", &[8076, 8077, 52365]);
+    let desired = settle(&["workers.w.hosts=10.0.0.2,10.0.0.3,10.0.0.4"], &base).unwrap();
+    let node = |name: &str| {
+        desired
+            .nodes
+            .iter()
+            .find(|n| n.name.0 == name)
+            .unwrap()
+            .ports
+            .clone()
+    };
+    let new = node("idt-ray-w-10.0.0.4-1");
+    assert_ne!(new.object_manager, 8076);
+    assert!(!(new.dashboard_agent_listen..=new.metrics_export).contains(&52366));
+    let kept = node("idt-ray-w-10.0.0.2-1");
+    assert_eq!((kept.object_manager, kept.node_manager), (8076, 8077));
+    let (s, _) = edit(&base, &["workers.w.hosts=10.0.0.2,10.0.0.3,10.0.0.4"]);
+    assert_eq!(s, summary(2, 0, 0));
 }

@@ -92,6 +92,7 @@ fn reachable(containers: Vec<ObservedContainer>) -> HostObservation {
         }),
         images: None,
         containers,
+        listening: Vec::new(),
     }
 }
 

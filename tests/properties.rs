@@ -186,6 +186,7 @@ fn observation(desired: &DesiredState, converged: bool) -> ObservedState {
                 engine: None,
                 images: None,
                 containers: Vec::new(),
+                listening: Vec::new(),
             },
         );
     }

@@ -288,9 +288,19 @@ pub async fn execute(
             remember.push(h.clone());
         }
     }
+    // A whole cluster destroyed everywhere is forgotten; otherwise every
+    // host remembers where its nodes are.
+    let gone = prepared.kind == Kind::Destroy
+        && plan.desired().nodes.is_empty()
+        && report.succeeded()
+        && hosts.failures.is_empty();
     stream::iter(hosts.connections.values())
-        .for_each_concurrent(options.max_parallel, |conn| {
-            memory::write(conn, &desired.cluster, &remember)
+        .for_each_concurrent(options.max_parallel, |conn| async {
+            if gone {
+                memory::forget(conn, &desired.cluster).await
+            } else {
+                memory::write(conn, &desired.cluster, &remember).await
+            }
         })
         .await;
 

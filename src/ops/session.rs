@@ -181,6 +181,32 @@ pub async fn open(
         let more = observe_some(&hosts, &extra, fresh, parallel).await;
         observed.hosts.extend(more.hosts);
     }
+    // What listens on each host: new nodes never get those ports.
+    let listening: Vec<(HostName, Vec<u16>)> = stream::iter(hosts.connections.iter())
+        .map(|(h, conn)| async move {
+            let ports = conn
+                .run_on_host(&["ss", "-ltnH"], None)
+                .await
+                .filter(|o| o.status.success())
+                .map(|o| {
+                    crate::checks::parse_listeners(&String::from_utf8_lossy(&o.stdout))
+                        .into_iter()
+                        .map(|l| l.port)
+                        .collect()
+                })
+                .unwrap_or_default();
+            (h.clone(), ports)
+        })
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    for (h, mut ports) in listening {
+        if let Some(o) = observed.hosts.get_mut(&h) {
+            ports.sort();
+            ports.dedup();
+            o.listening = ports;
+        }
+    }
     let kept = ownership::kept_ports(&identity, &observed);
     let desired = match topology::lower(&loaded.config, &identity, &kept) {
         Ok(d) => d,
