@@ -296,16 +296,24 @@ async fn reachability(
                 }
                 if !ready {
                     warnings.push(format!(
-                        "could not start a test listener on `{host}` (is python3 installed?): ports {} were probed without one",
+                        "could not start a test listener on `{host}` (is python3 installed?): connections to its ports {} were not checked",
                         args.join(", ")
                     ));
+                    for p in ports.iter() {
+                        not_probed.insert(((*host).clone(), *p));
+                    }
                 }
                 children.push(child);
             }
-            None => warnings.push(format!(
-                "could not start a test listener on `{host}`: ports {} were probed without one",
-                args.join(", ")
-            )),
+            None => {
+                warnings.push(format!(
+                    "could not start a test listener on `{host}`: connections to its ports {} were not checked",
+                    args.join(", ")
+                ));
+                for p in ports.iter() {
+                    not_probed.insert(((*host).clone(), *p));
+                }
+            }
         }
     }
     // Connect from each source host, all at once.
