@@ -296,6 +296,61 @@ mod tests {
     }
 
     #[test]
+    fn image_references_follow_dockers_grammar() {
+        for ok in [
+            "rayproject/ray:2.60.0",
+            "ray",
+            "localhost:5000/team/ray:latest",
+            "registry.example/ray@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "seedcore-ray:lab",
+        ] {
+            assert!(check_image(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "--privileged",
+            "ray:`id`",
+            "Ray/Ray",
+            "ray:",
+            "ray@sha256:xyz",
+            "a b",
+            "",
+            "ray;rm",
+        ] {
+            assert!(check_image(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hosts_that_are_not_one_machine_are_refused() {
+        for bad in ["0.0.0.0", "255.255.255.255", "224.0.0.1"] {
+            assert!(check_host(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn env_keys_timeouts_and_known_hosts_are_bounded() {
+        let parse = |text: &str| parse("t.toml", text, &[]);
+        let head = "[head]\nhost = \"10.0.0.1\"\n";
+        for key in ["\"-e\"", "\"A;B\"", "\"A\\u001bB\"", "\"1X\""] {
+            let text = format!("[cluster.env]\n{key} = \"v\"\n{head}");
+            assert!(parse(&text).is_err(), "{key}");
+        }
+        assert!(parse(&format!("[cluster.env]\nHF_HOME = \"/x\"\n{head}")).is_ok());
+        for t in ["head_ready = 9223372036854775807", "stop = 4294967297"] {
+            let e = parse(&format!("{head}[timeouts]\n{t}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("at most 86400"), "{e}");
+        }
+        let e = parse(&format!(
+            "[ssh]\nknown_hosts_file = \"/dev/null\"\nknown_hosts = \"accept-new\"\n{head}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("host-key checking cannot be turned off"), "{e}");
+    }
+
+    #[test]
     fn sizes_parse() {
         assert_eq!(parse_size("2g"), Some(2 << 30));
         assert_eq!(parse_size("512m"), Some(512 << 20));

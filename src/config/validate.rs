@@ -99,26 +99,45 @@ impl Checker {
 
     fn image(&mut self, key: &str, value: Option<String>) -> Option<String> {
         match value {
-            Some(v) if v.trim().is_empty() || v.chars().any(char::is_whitespace) => {
-                self.err(
-                    key,
-                    if v.trim().is_empty() {
-                        format!("`{key}` is empty")
-                    } else {
-                        format!("`{key}` is `{v}`, which is not an image reference")
-                    },
-                    "write an image such as `\"rayproject/ray:2.60.0\"`",
-                );
-                None
-            }
-            other => other,
+            Some(v) => match check_image(&v) {
+                Ok(()) => Some(v),
+                Err(why) => {
+                    self.err(
+                        key,
+                        if v.trim().is_empty() {
+                            format!("`{key}` is empty")
+                        } else {
+                            format!(
+                                "`{key}` is `{}`, which is not an image reference: {why}",
+                                crate::model::excerpt(&v, 120)
+                            )
+                        },
+                        "write an image such as `\"rayproject/ray:2.60.0\"` or `\"registry.example:5000/team/ray@sha256:...\"`",
+                    );
+                    None
+                }
+            },
+            None => None,
         }
     }
 
     fn secs(&mut self, key: &str, value: Option<i64>, default: u64) -> u64 {
         match value {
             None => default,
-            Some(v) if v >= 1 => v as u64,
+            Some(v) if (1..=MAX_TIMEOUT_SECS).contains(&v) => v as u64,
+            Some(v) if v > MAX_TIMEOUT_SECS => {
+                self.err(
+                    key,
+                    format!(
+                        "`{key}` is {v} seconds; timeouts are at most {MAX_TIMEOUT_SECS} (a day)"
+                    ),
+                    format!(
+                        "set it to a number of seconds, e.g. `{} = {default}` (the default)",
+                        key.rsplit('.').next().unwrap_or(key)
+                    ),
+                );
+                default
+            }
             Some(v) => {
                 self.err(
                     key,
@@ -134,7 +153,9 @@ impl Checker {
     }
 }
 
-/// Parses `"11000-11020"`.
+/// The longest timeout seedcore accepts, in seconds (a day).
+pub(crate) const MAX_TIMEOUT_SECS: i64 = 86_400;
+
 pub(crate) fn check_name(c: &mut Checker, key: &str, name: &str, what: &str) {
     let ok = !name.is_empty()
         && name.len() <= 40
@@ -171,11 +192,19 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<KeyError>> {
         defaults::AGENT_PORTS,
     );
     for k in raw.cluster.env.keys() {
-        if k.is_empty() || k.contains('=') || k.chars().any(char::is_whitespace) {
+        let ok = k.len() <= 256
+            && k.chars()
+                .next()
+                .is_some_and(|ch| ch.is_ascii_alphabetic() || ch == '_')
+            && k.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+        if !ok {
             c.err(
                 &format!("cluster.env.{k}"),
-                format!("`{k}` is not an environment variable name"),
-                "use letters, digits and `_`",
+                format!(
+                    "`{}` is not an environment variable name",
+                    crate::model::excerpt(k, 80)
+                ),
+                "use letters, digits and `_`, starting with a letter or `_`",
             );
         }
     }
@@ -234,7 +263,22 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<KeyError>> {
             .map(|p| c.port("ssh.port", Some(p), defaults::SSH_PORT)),
         identity_file: raw.ssh.identity_file.map(|p| expand_home(&p)),
         known_hosts,
-        known_hosts_file: raw.ssh.known_hosts_file.map(|p| expand_home(&p)),
+        known_hosts_file: raw.ssh.known_hosts_file.map(|p| {
+            let path = expand_home(&p);
+            // A file that forgets every key would turn host-key checking off.
+            let device = std::fs::metadata(&path).is_ok_and(|m| !m.is_file() && !m.is_dir());
+            if p == "/dev/null" || device {
+                c.err(
+                    "ssh.known_hosts_file",
+                    format!(
+                        "`ssh.known_hosts_file` is `{}`, which keeps no keys: host-key checking cannot be turned off",
+                        crate::model::excerpt(&p, 120)
+                    ),
+                    "point it at a real file (default `~/.ssh/known_hosts`); add keys with `ssh-keyscan -H HOST >> FILE` after checking them, or use `known_hosts = \"accept-new\"`",
+                );
+            }
+            path
+        }),
         max_parallel,
         connect_timeout_secs: c.secs(
             "ssh.connect_timeout",

@@ -37,6 +37,97 @@ pub fn parse_size(text: &str) -> Option<u64> {
     num.parse::<u64>().ok()?.checked_mul(mult)
 }
 
+/// Docker's image reference grammar: `[HOST[:PORT]/]PATH[:TAG][@DIGEST]`,
+/// path components lower-case letters and digits joined by `.`, `_`, `__`
+/// or `-`; at most 255 characters before the digest.
+pub fn check_image(text: &str) -> Result<(), String> {
+    if text.is_empty() {
+        return Err("it is empty".to_string());
+    }
+    let (name_tag, digest) = match text.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (text, None),
+    };
+    if let Some(d) = digest {
+        let ok = d.split_once(':').is_some_and(|(algo, hex)| {
+            !algo.is_empty()
+                && algo
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+._-".contains(c))
+                && hex.len() >= 32
+                && hex.chars().all(|c| c.is_ascii_hexdigit())
+        });
+        if !ok {
+            return Err("its digest is not `ALGORITHM:HEX`".to_string());
+        }
+    }
+    if name_tag.len() > 255 {
+        return Err("it is longer than 255 characters".to_string());
+    }
+    // A tag follows the last `:` after the last `/`.
+    let last_slash = name_tag.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match name_tag[last_slash..].rfind(':') {
+        Some(i) => (
+            &name_tag[..last_slash + i],
+            Some(&name_tag[last_slash + i + 1..]),
+        ),
+        None => (name_tag, None),
+    };
+    if let Some(t) = tag {
+        let ok = !t.is_empty()
+            && t.len() <= 128
+            && t.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !ok {
+            return Err(
+                "its tag must be letters, digits, `_`, `.` and `-` (at most 128)".to_string(),
+            );
+        }
+    }
+    let mut parts: Vec<&str> = name.split('/').collect();
+    // The first part is a registry when it has a `.` or a `:` or is `localhost`.
+    if parts.len() > 1 {
+        let first = parts[0];
+        if first.contains('.') || first.contains(':') || first == "localhost" {
+            let (host, port) = first.split_once(':').unwrap_or((first, ""));
+            let host_ok = !host.is_empty()
+                && host.split('.').all(|l| {
+                    !l.is_empty()
+                        && !l.starts_with('-')
+                        && !l.ends_with('-')
+                        && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                });
+            if !host_ok || !port.chars().all(|c| c.is_ascii_digit()) {
+                return Err(format!("`{first}` is not a registry host"));
+            }
+            parts.remove(0);
+        }
+    }
+    for p in parts {
+        let ok = !p.is_empty()
+            && p.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && p.chars()
+                .last()
+                .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && p.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+            && !p.contains("..")
+            && !p.contains("___");
+        if !ok {
+            return Err(format!(
+                "`{}` must be lower-case letters and digits joined by `.`, `_` or `-`",
+                crate::model::excerpt(p, 80)
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A host is an IPv4/IPv6 address, a DNS name, or `local`.
 pub fn check_host(text: &str) -> Result<(), String> {
     if text.is_empty() {
@@ -49,7 +140,14 @@ pub fn check_host(text: &str) -> Result<(), String> {
                     .to_string(),
             )
         }
-        Ok(_) => return Ok(()),
+        Ok(std::net::IpAddr::V4(ip)) => {
+            if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
+                return Err(format!(
+                    "{ip} is not the address of one machine (unspecified, broadcast or multicast)"
+                ));
+            }
+            return Ok(());
+        }
         Err(_) if text == "local" => return Ok(()),
         Err(_) => {}
     }
