@@ -168,13 +168,14 @@ impl Report {
             .max()
             .unwrap_or(4)
             .max(4);
-        out.push_str(&format!("  {:width$}", "HOST"));
+        let mut header = format!("  {:width$}", "HOST");
         for k in Kind::ALL {
-            out.push_str(&format!("  {:<16}", k.title()));
+            header.push_str(&format!("  {:<16}", k.title()));
         }
+        out.push_str(header.trim_end());
         out.push('\n');
         for h in &self.hosts {
-            out.push_str(&format!("  {:width$}", h.0));
+            let mut row = format!("  {:width$}", h.0);
             for k in Kind::ALL {
                 let cell: Vec<&Check> = self
                     .checks
@@ -188,8 +189,9 @@ impl Report {
                 } else {
                     "FAIL"
                 };
-                out.push_str(&format!("  {text:<16}"));
+                row.push_str(&format!("  {text:<16}"));
             }
+            out.push_str(row.trim_end());
             out.push('\n');
         }
         for c in self.failures() {

@@ -1573,3 +1573,56 @@ fn markdown_of_a_small_plan_is_whole() {
     assert!(!md.contains("truncated"));
     assert!(md.trim_end().ends_with("</details>"));
 }
+
+/// The preflight table as the operator reads it: hosts by checks, each
+/// failure with its fix, then the warnings.
+#[test]
+fn the_preflight_table_names_each_failure_and_its_fix() {
+    use seedcore::checks::{self, Check, Kind, Report};
+    let d = desired(&[]);
+    let routes = checks::routes(&d);
+    let mut checks: Vec<Check> = d
+        .hosts()
+        .into_iter()
+        .flat_map(|h| {
+            [Kind::Ports, Kind::Engine, Kind::Capacity].map(|kind| Check {
+                host: h.clone(),
+                kind,
+                ok: true,
+                detail: String::new(),
+                fix: None,
+            })
+        })
+        .collect();
+    checks[0] = Check {
+        ok: false,
+        detail:
+            "port 6380 (GCS of `seedcore-ray-head`) is held by process `redis-server` (PID 4242)"
+                .to_string(),
+        fix: Some(
+            "stop what holds port 6380 on `172.31.17.143`, or give this cluster other ports"
+                .to_string(),
+        ),
+        ..checks[0].clone()
+    };
+    for (i, r) in routes.iter().enumerate() {
+        let result = if i == 1 {
+            Err("no connection within 2 s (refused, dropped or filtered)".to_string())
+        } else {
+            Ok(())
+        };
+        checks.push(checks::route_check(r, result));
+    }
+    let report = Report {
+        hosts: d.hosts(),
+        checks,
+        warnings: vec!["the dashboard (8265) and the Ray client server (10001) listen on every address of `172.31.17.143`".to_string()],
+        skipped: false,
+    };
+    assert!(report.failed());
+    insta::assert_snapshot!("preflight_table", report.render());
+    assert_eq!(
+        Report::skipped().render(),
+        "Preflight: skipped (--skip-preflight): ports and connections were not checked.\n"
+    );
+}
