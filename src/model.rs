@@ -264,7 +264,9 @@ pub struct ClusterIdentity {
 }
 
 /// A bounded, printable excerpt of an untrusted string: control characters
-/// escaped (`\u{1b}`), at most `max` characters, an ellipsis when cut.
+/// escaped (`\u{1b}`), backticks turned into quotes (so that a value cannot
+/// close a code span around it), at most `max` characters, an ellipsis when
+/// cut.
 pub fn excerpt(text: &str, max: usize) -> String {
     let mut out = String::new();
     for (n, ch) in text.chars().enumerate() {
@@ -274,6 +276,8 @@ pub fn excerpt(text: &str, max: usize) -> String {
         }
         if ch.is_control() {
             out.extend(ch.escape_default());
+        } else if ch == '`' {
+            out.push('\'');
         } else {
             out.push(ch);
         }

@@ -305,6 +305,24 @@ fn firewall_section(out: &mut String, plan: &Plan) {
     let _ = writeln!(out);
 }
 
+/// Text for a markdown table cell: as [`md_text`], and no `|`.
+fn md_cell(text: &str) -> String {
+    md_text(text).replace('|', "\\|")
+}
+
+/// Text outside code blocks: bounded, on one line, control characters
+/// escaped, and `<` and `>` made inert so that a value cannot open raw HTML
+/// in a pull-request comment (values inside it were excerpted, which turns
+/// their backticks into quotes, so they cannot close a code span either).
+fn md_text(text: &str) -> String {
+    text.replace('\n', " ")
+        .chars()
+        .take(2000)
+        .collect::<String>()
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
 /// Markdown for a pull request: the summary first, one collapsible section
 /// per host, under [`MARKDOWN_LIMIT`] characters.
 pub fn markdown(plan: &Plan) -> String {
@@ -327,7 +345,7 @@ pub fn markdown(plan: &Plan) -> String {
         let _ = writeln!(out);
     }
     for n in &plan.notes {
-        let _ = writeln!(out, "> {n}");
+        let _ = writeln!(out, "> {}", md_text(n));
         let _ = writeln!(out);
     }
     if let Some(p) = &plan.preflight {
@@ -362,7 +380,7 @@ pub fn markdown(plan: &Plan) -> String {
                 c.host,
                 symbol(c.action),
                 c.action.as_str(),
-                c.cause().replace('|', "\\|")
+                md_cell(&c.cause())
             );
         }
         let _ = writeln!(out);
@@ -401,7 +419,8 @@ pub fn markdown(plan: &Plan) -> String {
                     }
                 })
                 .collect();
-            let _ = writeln!(section, "```diff\n{}```\n", body);
+            // Nothing in a value can close the code block.
+            let _ = writeln!(section, "```diff\n{}```\n", body.replace("```", "'''"));
         }
         let _ = writeln!(section, "</details>\n");
         sections.push(section);

@@ -1626,3 +1626,44 @@ fn the_preflight_table_names_each_failure_and_its_fix() {
         "Preflight: skipped (--skip-preflight): ports and connections were not checked.\n"
     );
 }
+
+/// Labels on the hosts are untrusted: an escape sequence or a backtick in
+/// one reaches neither the terminal nor the pull-request comment raw.
+#[test]
+fn hostile_labels_reach_neither_terminal_nor_markdown_raw() {
+    use seedcore::model::{LABEL_CLUSTER_ID, LABEL_HEAD, LABEL_NODE};
+    let wanted = desired(&[]);
+    let mut o = converged(&wanted);
+    let evil = "x`</details><script>alert(1)</script>\u{1b}[2J\u{1b}]0;pwned\u{7}";
+    host(&mut o, REMOTE_HOST_1).containers.push(stranger(
+        "seedcore-ray-other-1",
+        &[
+            (LABEL_CLUSTER, "seedcore"),
+            (LABEL_CLUSTER_ID, "other"),
+            (LABEL_NODE, "seedcore-ray-other-1"),
+            (LABEL_HEAD, evil),
+        ],
+    ));
+    let p = build(&wanted, &o);
+    let text = render::text(&p, Style { color: false });
+    let md = render::markdown(&p);
+    let json = render::json(&p);
+    for (what, out) in [("text", &text), ("markdown", &md)] {
+        assert!(!out.contains('\u{1b}'), "{what} carries ESC:\n{out}");
+        assert!(!out.contains('\u{7}'), "{what} carries BEL:\n{out}");
+        assert!(
+            !out.contains("x`"),
+            "{what}: a backtick closes the code span:\n{out}"
+        );
+    }
+    assert!(
+        !md.contains("<script>") && !md.contains("</details><"),
+        "{md}"
+    );
+    assert!(
+        text.contains("Another cluster `seedcore` (id `other`)"),
+        "{text}"
+    );
+    // JSON carries the value escaped by the JSON encoder, never raw.
+    assert!(!json.contains('\u{1b}'));
+}
