@@ -443,6 +443,7 @@ pub fn lower(
     // Written ports claimed once per host.
     report_overlaps(&ledger, config, &mut errors);
 
+    let mut no_room_seen: Vec<((String, Auto), (KeyError, usize))> = Vec::new();
     let mut per_host: BTreeMap<HostName, u32> = BTreeMap::new();
     for d in &drafts {
         *per_host.entry(d.spec.host.clone()).or_default() += 1;
@@ -476,7 +477,27 @@ pub fn lower(
                         still.push(part);
                     } else {
                         let nodes = per_host.get(&host).copied().unwrap_or(1);
-                        errors.push(no_room(part, &d.spec, &d.prefix, config, nodes));
+                        let blocker = ledger.hosts.get(&host).and_then(|claims| {
+                            let range = config.cluster.agent_ports;
+                            claims
+                                .iter()
+                                .find(|c| {
+                                    c.key.is_some()
+                                        && part == Auto::Agents
+                                        && c.first <= range.last
+                                        && c.last >= range.first
+                                })
+                                .and_then(|c| c.key.clone())
+                        });
+                        // The same shortage on many hosts is one error.
+                        let e = no_room(part, &d.spec, &d.prefix, config, nodes, blocker);
+                        match no_room_seen
+                            .iter_mut()
+                            .find(|(k, _)| *k == (e.key.clone(), part))
+                        {
+                            Some((_, (_, more))) => *more += 1,
+                            None => no_room_seen.push(((e.key.clone(), part), (e, 0))),
+                        }
                     }
                     continue;
                 };
@@ -496,6 +517,13 @@ pub fn lower(
         }
     }
 
+    for (_, (mut e, more)) in no_room_seen {
+        if more > 0 {
+            e.message
+                .push_str(&format!(" (and {more} more node(s) like it)"));
+        }
+        errors.push(e);
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -629,9 +657,30 @@ fn set_part(ports: &mut NodePorts, part: Auto, first: u16) {
 }
 
 /// No free candidate left for a part seedcore chooses.
-fn no_room(part: Auto, spec: &NodeSpec, prefix: &str, config: &Config, nodes: u32) -> KeyError {
+fn no_room(
+    part: Auto,
+    spec: &NodeSpec,
+    prefix: &str,
+    config: &Config,
+    nodes: u32,
+    blocker: Option<String>,
+) -> KeyError {
     let host = &spec.host;
     match part {
+        Auto::Agents if blocker.is_some() => {
+            let range = config.cluster.agent_ports;
+            let blocker = blocker.unwrap_or_default();
+            KeyError {
+                key: blocker.clone(),
+                message: format!(
+                    "`{blocker}` overlaps `cluster.agent_ports` ({range}) on `{host}`, so `{}` has no free block of 4 agent ports there",
+                    spec.name
+                ),
+                hint: Some(format!(
+                    "keep `{blocker}` clear of {range}, or move `cluster.agent_ports` to a free range"
+                )),
+            }
+        }
         Auto::Agents => {
             let range = config.cluster.agent_ports;
             KeyError {
