@@ -199,14 +199,14 @@ impl Report {
                 "  FAIL `{}` {}: {}\n",
                 c.host,
                 c.kind.title(),
-                excerpt(&c.detail, 600)
+                crate::model::bounded(&c.detail, 600)
             ));
             if let Some(fix) = &c.fix {
-                out.push_str(&format!("    fix: {}\n", excerpt(fix, 600)));
+                out.push_str(&format!("    fix: {}\n", crate::model::bounded(fix, 600)));
             }
         }
         for w in &self.warnings {
-            out.push_str(&format!("  warning: {}\n", excerpt(w, 600)));
+            out.push_str(&format!("  warning: {}\n", crate::model::bounded(w, 600)));
         }
         out
     }

@@ -268,6 +268,12 @@ pub struct ClusterIdentity {
 /// close a code span around it), at most `max` characters, an ellipsis when
 /// cut.
 pub fn excerpt(text: &str, max: usize) -> String {
+    bounded(text, max).replace('`', "'")
+}
+
+/// A message of ours, bounded for the terminal: control characters escaped,
+/// at most `max` characters (its values were excerpted when it was made).
+pub fn bounded(text: &str, max: usize) -> String {
     let mut out = String::new();
     for (n, ch) in text.chars().enumerate() {
         if n >= max {
@@ -276,8 +282,6 @@ pub fn excerpt(text: &str, max: usize) -> String {
         }
         if ch.is_control() {
             out.extend(ch.escape_default());
-        } else if ch == '`' {
-            out.push('\'');
         } else {
             out.push(ch);
         }

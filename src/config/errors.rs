@@ -63,13 +63,25 @@ impl fmt::Display for ConfigError {
                 let gutter = line.to_string().len();
                 writeln!(f, "{:gutter$}--> {path}:{line}:{column}", "")?;
                 writeln!(f, "{:gutter$} |", "")?;
-                writeln!(f, "{line} | {line_text}")?;
+                // A window of the line around the column: a 50 MB line is
+                // quoted as 100 characters, never whole.
+                let chars: Vec<char> = line_text.chars().collect();
+                let start = column.saturating_sub(1).saturating_sub(40);
+                let end = (column + 60).min(chars.len());
+                let shown: String = chars[start.min(end)..end].iter().collect();
+                let lead = if start > 0 { "…" } else { "" };
+                let tail = if end < chars.len() { "…" } else { "" };
+                writeln!(
+                    f,
+                    "{line} | {lead}{}{tail}",
+                    crate::model::bounded(&shown, 200)
+                )?;
                 writeln!(
                     f,
                     "{:gutter$} | {}{}",
                     "",
-                    " ".repeat(column.saturating_sub(1)),
-                    "^".repeat((*width).max(1))
+                    " ".repeat(column.saturating_sub(1) - start + lead.chars().count()),
+                    "^".repeat((*width).clamp(1, 60))
                 )?;
             }
             Some(Location::Override(text)) => writeln!(f, " --> {text}")?,

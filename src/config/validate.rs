@@ -373,21 +373,33 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<KeyError>> {
                 Vec::new()
             }
             Some(list) => {
-                let mut seen: Vec<String> = Vec::new();
+                let mut seen: std::collections::BTreeSet<String> = Default::default();
+                let mut twice: BTreeMap<String, usize> = BTreeMap::new();
                 let mut hosts = Vec::new();
                 for h in list {
-                    if seen.contains(&h) {
-                        c.err(
-                            &hosts_key,
-                            format!("`{h}` is listed twice in `{hosts_key}`"),
-                            format!(
-                                "list each host once; to run more workers on it, raise `{p}.count`"
-                            ),
-                        );
+                    if !seen.insert(h.clone()) {
+                        *twice.entry(h).or_default() += 1;
                         continue;
                     }
-                    seen.push(h.clone());
                     hosts.push(c.host(&hosts_key, &h));
+                }
+                // One error per host listed more than once, with the count.
+                for (h, extra) in twice {
+                    c.err(
+                        &hosts_key,
+                        format!(
+                            "`{}` is listed {} in `{hosts_key}`",
+                            crate::model::excerpt(&h, 80),
+                            if extra == 1 {
+                                "twice".to_string()
+                            } else {
+                                format!("{} times", extra + 1)
+                            }
+                        ),
+                        format!(
+                            "list each host once; to run more workers on it, raise `{p}.count`"
+                        ),
+                    );
                 }
                 if hosts.is_empty() && seen.is_empty() {
                     c.err(
