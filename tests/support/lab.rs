@@ -375,7 +375,21 @@ impl Run {
 
 /// Runs `cmd` with captured stdout/stderr; kills it and panics (with what it printed)
 /// when it runs longer than `timeout`.
-pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Run {
+pub fn run_with_timeout(cmd: Command, timeout: Duration) -> Run {
+    let (run, stopped) = run_until(cmd, timeout);
+    if stopped {
+        panic!(
+            "`{}` did not finish within {timeout:?}; killed\n--- stdout:\n{}\n--- stderr:\n{}",
+            run.what, run.stdout, run.stderr
+        );
+    }
+    run
+}
+
+/// Runs `cmd` with captured stdout/stderr. When it runs longer than `deadline`, it is
+/// interrupted (SIGINT, as Ctrl-C; SIGKILL 10 s later if it is still running) and the
+/// second value is `true`; the [`Run`] then holds what it printed until it ended.
+pub fn run_until(mut cmd: Command, deadline: Duration) -> (Run, bool) {
     let what = format!(
         "{} {}",
         cmd.get_program().to_string_lossy(),
@@ -401,29 +415,36 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Run {
         let _ = err.read_to_end(&mut v);
         String::from_utf8_lossy(&v).into_owned()
     });
+    let mut interrupted: Option<Instant> = None;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for child") {
             break status;
         }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            let stdout = out_t.join().unwrap_or_default();
-            let stderr = err_t.join().unwrap_or_default();
-            panic!(
-                "`{what}` did not finish within {timeout:?}; killed\n--- stdout:\n{stdout}\n--- stderr:\n{stderr}"
-            );
+        match interrupted {
+            None if start.elapsed() > deadline => {
+                let _ = Command::new("kill")
+                    .args(["-INT", &child.id().to_string()])
+                    .stderr(Stdio::null())
+                    .status();
+                interrupted = Some(Instant::now());
+            }
+            Some(at) if at.elapsed() > Duration::from_secs(10) => {
+                let _ = child.kill();
+                break child.wait().expect("wait for child");
+            }
+            _ => {}
         }
         sleep(Duration::from_millis(50));
     };
     let elapsed = start.elapsed();
-    Run {
+    let run = Run {
         what,
         status,
         stdout: out_t.join().unwrap_or_default(),
         stderr: err_t.join().unwrap_or_default(),
         elapsed,
-    }
+    };
+    (run, interrupted.is_some())
 }
 
 /// Runs its closure when dropped (also while unwinding from a failed assertion).
