@@ -812,7 +812,7 @@ fn head_that_cannot_bind(port: u16) {
         limit,
     );
     eprintln!(
-        "apply with port {port} held: exit {} after {:.1?}",
+        "apply with port {port} held: {} after {:.1?}",
         apply.status, apply.elapsed
     );
     let mut problems = Problems::default();
@@ -1051,7 +1051,7 @@ fn a_host_lost_mid_apply_fails_only_its_steps() {
         .expect("apply did not end");
     let after_cut = ended.saturating_duration_since(cut);
     eprintln!(
-        "apply exit {} {after_cut:.1?} after the partition ({:.1?} in all)",
+        "apply: {} {after_cut:.1?} after the partition ({:.1?} in all)",
         apply.status, apply.elapsed
     );
     problems.check(!stopped, || "apply was interrupted after 120 s".to_string());
@@ -1099,7 +1099,7 @@ fn a_host_lost_mid_apply_fails_only_its_steps() {
         limit,
     );
     eprintln!(
-        "apply --skip-unreachable (head killed, labhost3 cut off): exit {} after {:.1?}",
+        "apply --skip-unreachable (head killed, labhost3 cut off): {} after {:.1?}",
         skip.status, skip.elapsed
     );
     problems.contains(&skip, &format!("Note: Skipped `{ip3}` (unreachable: "));
