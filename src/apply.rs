@@ -58,6 +58,41 @@ pub fn ssh_prefix(ssh: &crate::config::SshConfig) -> String {
     out
 }
 
+/// Exits 0 when a process of this container listens on the port given:
+/// the port's listening sockets (`/proc/net/tcp*`, the host's with host
+/// networking) held open by a process this container sees. A port held by
+/// another container or by the host is not this node answering.
+const LISTENS: &str = r#"import os, sys
+p = int(sys.argv[1])
+inodes = set()
+for f in ('/proc/net/tcp', '/proc/net/tcp6'):
+    try:
+        for line in open(f).readlines()[1:]:
+            w = line.split()
+            if w[3] == '0A' and int(w[1].rsplit(':', 1)[1], 16) == p:
+                inodes.add('socket:[%s]' % w[9])
+    except OSError:
+        pass
+for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+        for fd in os.listdir('/proc/%s/fd' % pid):
+            if os.readlink('/proc/%s/fd/%s' % (pid, fd)) in inodes:
+                sys.exit(0)
+    except OSError:
+        pass
+sys.exit(1)
+"#;
+
+/// The last lines of the GCS's and the raylet's own logs, where Ray writes a
+/// port it could not bind long before `ray start` gives up.
+fn ray_logs_command() -> Vec<String> {
+    vec![
+        "sh".to_string(),
+        "-c".to_string(),
+        "tail -n 40 /tmp/ray/session_latest/logs/gcs_server.out /tmp/ray/session_latest/logs/raylet.out 2>/dev/null; true".to_string(),
+    ]
+}
+
 /// What happened to a step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -524,14 +559,21 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
         })
     }
 
-    /// Ends a wait on a failure Ray printed in the node's log while its
-    /// container still runs (checked every few polls).
+    /// Ends a wait on a failure Ray printed, in the node's log or in the
+    /// GCS's and raylet's own logs inside its container, while the container
+    /// still runs (checked every few polls).
     async fn check_log(&self, b: &B, node: &NodeName, poll: u32) -> Result<(), String> {
-        if poll % 5 != 4 {
+        if poll % 3 != 2 {
             return Ok(());
         }
         let tail = self.log_tail(b, node).await;
-        match crate::ray::diagnose(&tail) {
+        let mut text = tail.clone();
+        if let Ok(id) = self.container(node) {
+            if let Ok(out) = b.exec(&id, &ray_logs_command()).await {
+                text.push_str(&out.stdout);
+            }
+        }
+        match crate::ray::diagnose(&text) {
             Some(d) => Err(format!("`{node}`: {}\n  hint: {}\n{tail}", d.cause, d.fix)),
             None => Ok(()),
         }
@@ -577,10 +619,13 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
         let b = self.backend(host)?;
         let deadline = Instant::now() + self.options.head_ready_timeout;
         self.progress(step, format!("waiting for {what} on port {port}"));
+        // A process of this container listens on the port (psutil comes
+        // with Ray): anything else holding it is not this node answering.
         let probe = vec![
-            "bash".to_string(),
+            "python3".to_string(),
             "-c".to_string(),
-            format!("exec 3<>/dev/tcp/{}/{port}", spec.node_ip),
+            LISTENS.to_string(),
+            port.to_string(),
         ];
         let mut poll = 0;
         loop {

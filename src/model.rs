@@ -402,9 +402,9 @@ pub struct RayNode {
     pub state: String,
     #[serde(default)]
     pub is_head_node: bool,
-    /// When Ray saw it die (milliseconds since the epoch; 0 while alive).
+    /// When Ray saw it die (milliseconds since the epoch; `null` while alive).
     #[serde(default)]
-    pub end_time_ms: u64,
+    pub end_time_ms: Option<u64>,
     /// Numbers for CPUs, strings such as `"7.036 GiB"` for memory.
     #[serde(default)]
     pub resources_total: BTreeMap<String, serde_json::Value>,

@@ -56,7 +56,13 @@ pub async fn run(
     parallel: usize,
     public: bool,
 ) -> Report {
-    let declared = desired.hosts();
+    // Hosts that could not be reached (skipped with `--skip-unreachable`)
+    // are not checked: the plan names them.
+    let declared: Vec<HostName> = desired
+        .hosts()
+        .into_iter()
+        .filter(|h| hosts.connections.contains_key(h))
+        .collect();
     let mut report = Report {
         hosts: declared.clone(),
         ..Report::default()
@@ -137,16 +143,13 @@ pub async fn run(
             (h, ports)
         })
         .collect();
-    report.checks.extend(
-        reachability(
-            hosts,
-            &checks::routes(desired),
-            &listening,
-            parallel,
-            &mut report.warnings,
-        )
-        .await,
-    );
+    let routes: Vec<Route> = checks::routes(desired)
+        .into_iter()
+        .filter(|r| declared.contains(&r.from) && declared.contains(&r.to))
+        .collect();
+    report
+        .checks
+        .extend(reachability(hosts, &routes, &listening, parallel, &mut report.warnings).await);
     if !public {
         exposure(desired, &mut report.warnings);
     }

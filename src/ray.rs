@@ -23,7 +23,7 @@ pub fn list_nodes_command() -> Vec<String> {
 pub fn state_api_command(dashboard_port: u16) -> Vec<String> {
     let script = format!(
         "import json, sys, urllib.request\n\
-         d = json.load(urllib.request.urlopen('http://127.0.0.1:{dashboard_port}/api/v0/nodes?limit=10000&timeout=10', timeout=15))\n\
+         d = json.load(urllib.request.urlopen('http://127.0.0.1:{dashboard_port}/api/v0/nodes?limit=10000&timeout=10&detail=1', timeout=15))\n\
          if not d.get('result'):\n    sys.exit(d.get('msg') or 'the state API refused')\n\
          print(json.dumps(d['data']['result']['result']))\n"
     );

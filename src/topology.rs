@@ -889,6 +889,7 @@ fn head_command(config: &Config, ray_start: &[String]) -> Vec<String> {
         "{} & ray_pid=$!; \
          until (exec 3<>/dev/tcp/{}) 2>/dev/null; do kill -0 $ray_pid 2>/dev/null || exit 1; sleep 0.5; done; \
          n=0; until serve start --address={gcs} --http-host 0.0.0.0 --http-port {}; do \
+         kill -0 $ray_pid 2>/dev/null || exit 1; \
          n=$((n+1)); if [ $n -ge 5 ]; then kill $ray_pid; exit 1; fi; sleep 2; done; \
          wait $ray_pid",
         blocking.join(" "),

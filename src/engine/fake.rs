@@ -596,7 +596,7 @@ impl DockerBackend for FakeBackend {
             stdout,
             stderr: String::new(),
         };
-        if joined.contains("/dev/tcp/") {
+        if joined.contains("/proc/net/tcp") {
             // The GCS probe: answers per the script.
             let answers = self.with(|s| {
                 let answers = match s.gcs {

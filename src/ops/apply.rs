@@ -253,7 +253,7 @@ pub async fn ray_gaps(prepared: &Prepared) -> Vec<(NodeName, String)> {
         return Vec::new();
     };
     match crate::ray::nodes(&conn.backend, id, head).await {
-        Ok(nodes) => crate::ray::missing_nodes(&prepared.desired, &nodes),
+        Ok(nodes) => crate::ray::missing_nodes(&prepared.plan.desired(), &nodes),
         Err(_) => Vec::new(),
     }
 }
@@ -321,8 +321,10 @@ pub async fn execute(
         .get(&desired.head().name)
         .cloned()
         .unwrap_or_default();
+    // The nodes this plan brings up or keeps: a skipped host's are not awaited.
+    let planned = plan.desired();
     let missing = executor::wait_whole(
-        desired,
+        &planned,
         &head_container,
         &backends,
         &report.stale_node_ids,

@@ -482,7 +482,7 @@ pub fn diff(
             if let (false, Some(dead)) = (alive, entries.iter().max_by_key(|n| n.end_time_ms)) {
                 c.action = Action::Replace;
                 c.reason = Reason::RayDead {
-                    since_ms: dead.end_time_ms,
+                    since_ms: dead.end_time_ms.unwrap_or(0),
                 };
             }
         }

@@ -165,7 +165,7 @@ pub fn build(
         for h in desired.hosts() {
             if let Some(o) = observed.hosts.get(&h).filter(|o| !o.reachable) {
                 plan.notes.push(format!(
-                    "Skipped `{h}` (unreachable: {}): its nodes are neither planned nor removed; plan again once it answers.",
+                    "Skipped `{h}` ({}): its nodes are neither planned nor removed; plan again once it answers.",
                     crate::model::excerpt(o.error.as_deref().unwrap_or("no answer"), 200)
                 ));
             }
