@@ -484,6 +484,7 @@ mod port_tests {
             image: "i".to_string(),
             state: "running".to_string(),
             exit_code: None,
+            created: None,
             labels: labels
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -387,6 +387,9 @@ pub struct ObservedState {
     /// Ray's node list, asked of the cluster's head when it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ray: Option<Vec<RayNode>>,
+    /// When it was observed (seconds since the epoch), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<i64>,
 }
 
 /// A Ray node as `ray list nodes --format json` reports it.
@@ -466,6 +469,9 @@ pub struct ObservedContainer {
     pub state: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i64>,
+    /// When it was created (seconds since the epoch), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<i64>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
@@ -523,6 +529,7 @@ impl ObservedState {
             format_version: OBSERVATION_FORMAT.to_string(),
             hosts: BTreeMap::new(),
             ray: None,
+            observed_at: None,
         }
     }
 }

@@ -71,5 +71,9 @@ pub async fn observe<B: DockerBackend>(
         .await;
     let mut observed = ObservedState::new();
     observed.hosts = hosts.into_iter().collect();
+    observed.observed_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs() as i64);
     observed
 }

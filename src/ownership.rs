@@ -193,6 +193,7 @@ mod tests {
             image: "ray".to_string(),
             state: "running".to_string(),
             exit_code: None,
+            created: None,
             labels: labels
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -52,6 +52,7 @@ fn converged() -> ObservedState {
                 image: n.image.clone(),
                 state: "running".to_string(),
                 exit_code: None,
+                created: None,
                 labels: n
                     .labels(&desired.cluster)
                     .into_iter()

@@ -94,6 +94,7 @@ fn apply(o: &mut ObservedState, desired: &DesiredState) {
                 image: spec.image.clone(),
                 state: "running".to_string(),
                 exit_code: None,
+                created: None,
                 labels: spec.labels(&desired.cluster),
             });
         }

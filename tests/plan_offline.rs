@@ -119,6 +119,7 @@ fn container(
         image: node.image.clone(),
         state: state.to_string(),
         exit_code,
+        created: None,
         labels: node.labels(cluster),
     }
 }
@@ -163,6 +164,7 @@ fn stranger(name: &str, labels: &[(&str, &str)]) -> ObservedContainer {
         image: "postgres:16".to_string(),
         state: "running".to_string(),
         exit_code: None,
+        created: None,
         labels: labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -814,6 +816,22 @@ const CASES: &[Case] = &[
             REMOTE_1,
             Action::Replace,
             "its container runs, but Ray lists it DEAD since 2026-11-27 15:00:01 UTC",
+        )],
+    },
+    Case {
+        name: "a worker Ray does not list after a minute is replaced; a younger one waits",
+        desired_sets: &[],
+        observed_sets: &[],
+        mutate: |o| {
+            o.ray = Some(Vec::new());
+            o.observed_at = Some(10_000);
+            find(o, REMOTE_1).created = Some(10_000 - 61);
+            find(o, REMOTE_2).created = Some(10_000 - 5);
+        },
+        expect: &[(
+            REMOTE_1,
+            Action::Replace,
+            "its container has run for 61s, but Ray does not list it (it never joined this head)",
         )],
     },
     Case {

@@ -202,6 +202,7 @@ fn observation(desired: &DesiredState, converged: bool) -> ObservedState {
                     image: n.image.clone(),
                     state: "running".to_string(),
                     exit_code: None,
+                    created: None,
                     labels: n.labels(&desired.cluster),
                 });
         }

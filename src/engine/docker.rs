@@ -47,6 +47,7 @@ impl EngineBackend {
                 image: c.image.unwrap_or_default(),
                 state,
                 exit_code,
+                created: c.created,
                 labels,
             });
         }

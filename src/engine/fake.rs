@@ -419,6 +419,7 @@ impl DockerBackend for FakeBackend {
                             image: c.image.clone(),
                             state: c.state.clone(),
                             exit_code: c.exit_code,
+                            created: None,
                             labels: c.labels.clone(),
                         })
                         .collect()
@@ -448,6 +449,7 @@ impl DockerBackend for FakeBackend {
                             image: c.image.clone(),
                             state: c.state.clone(),
                             exit_code: c.exit_code,
+                            created: None,
                             labels: c.labels.clone(),
                         })
                         .collect()

@@ -64,6 +64,9 @@ pub enum Reason {
     /// Its container runs, but Ray lists the node DEAD (a frozen raylet, a
     /// node that never rejoined): only a new container brings it back.
     RayDead { since_ms: u64 },
+    /// Its container has run for a while, but Ray does not list the node at
+    /// all (it never joined this head, e.g. cut off while the head was replaced).
+    RayMissing { running_secs: i64 },
     /// Ours, but no longer declared on its host.
     NotDeclared,
     /// Ours, but now declared on another host.
@@ -174,6 +177,9 @@ impl Change {
             Reason::RayDead { since_ms: 0 } => {
                 "its container runs, but Ray lists it DEAD".to_string()
             }
+            Reason::RayMissing { running_secs } => format!(
+                "its container has run for {running_secs}s, but Ray does not list it (it never joined this head)"
+            ),
             Reason::RayDead { since_ms } => format!(
                 "its container runs, but Ray lists it DEAD since {}",
                 crate::model::utc(*since_ms)
@@ -335,6 +341,10 @@ pub fn targeted(targets: &[String], c: &Change) -> bool {
         })
 }
 
+/// How long a container may run before a node Ray does not list is
+/// replaced: a node joins in seconds.
+pub const RAY_JOIN_GRACE_SECS: i64 = 60;
+
 fn containers_on<'a>(observed: &'a ObservedState, host: &HostName) -> &'a [ObservedContainer] {
     observed
         .hosts
@@ -484,6 +494,24 @@ pub fn diff(
                 c.reason = Reason::RayDead {
                     since_ms: dead.end_time_ms.unwrap_or(0),
                 };
+                continue;
+            }
+            // Not listed at all: replaced once its container has had the time
+            // to join (a minute), never while it may still be starting.
+            if entries.is_empty() {
+                let created = c.container().and_then(|id| {
+                    containers_on(observed, &c.host)
+                        .iter()
+                        .find(|x| x.id == id)
+                        .and_then(|x| x.created)
+                });
+                if let (Some(now), Some(created)) = (observed.observed_at, created) {
+                    let running_secs = now - created;
+                    if running_secs >= RAY_JOIN_GRACE_SECS {
+                        c.action = Action::Replace;
+                        c.reason = Reason::RayMissing { running_secs };
+                    }
+                }
             }
         }
     }
