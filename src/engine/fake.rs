@@ -10,7 +10,6 @@
 //! `(by name)` in the journal, so a test can hold apply to acting by ID.
 
 use super::*;
-use crate::model::LABEL_CLUSTER;
 use futures_util::stream::{BoxStream, StreamExt};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -353,6 +352,28 @@ impl FakeBackend {
         f(&mut self.cluster.state.lock().unwrap())
     }
 
+    /// Every container of this host, as a listing reports it.
+    fn containers(&self) -> Vec<ObservedContainer> {
+        self.with(|s| {
+            s.hosts
+                .get(&self.host)
+                .map(|cs| {
+                    cs.iter()
+                        .map(|(n, c)| ObservedContainer {
+                            name: n.clone(),
+                            id: c.id.clone(),
+                            image: c.image.clone(),
+                            state: c.state.clone(),
+                            exit_code: c.exit_code,
+                            created: None,
+                            labels: c.labels.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+    }
+
     fn not_found(name: &str) -> BackendError {
         BackendError {
             kind: ErrorKind::NotFound,
@@ -408,24 +429,7 @@ impl DockerBackend for FakeBackend {
 
     async fn all_containers(&self) -> Result<Vec<ObservedContainer>> {
         self.call("list-all", "-", "").await?;
-        Ok(self.with(|s| {
-            s.hosts
-                .get(&self.host)
-                .map(|cs| {
-                    cs.iter()
-                        .map(|(n, c)| ObservedContainer {
-                            name: n.clone(),
-                            id: c.id.clone(),
-                            image: c.image.clone(),
-                            state: c.state.clone(),
-                            exit_code: c.exit_code,
-                            created: None,
-                            labels: c.labels.clone(),
-                        })
-                        .collect()
-                })
-                .unwrap_or_default()
-        }))
+        Ok(self.containers())
     }
 
     async fn list_containers(
@@ -434,28 +438,11 @@ impl DockerBackend for FakeBackend {
         names: &[String],
     ) -> Result<Vec<ObservedContainer>> {
         self.call("list", "-", "").await?;
-        Ok(self.with(|s| {
-            s.hosts
-                .get(&self.host)
-                .map(|cs| {
-                    cs.iter()
-                        .filter(|(n, c)| {
-                            c.labels.get(LABEL_CLUSTER).map(String::as_str) == Some(cluster)
-                                || names.contains(n)
-                        })
-                        .map(|(n, c)| ObservedContainer {
-                            name: n.clone(),
-                            id: c.id.clone(),
-                            image: c.image.clone(),
-                            state: c.state.clone(),
-                            exit_code: c.exit_code,
-                            created: None,
-                            labels: c.labels.clone(),
-                        })
-                        .collect()
-                })
-                .unwrap_or_default()
-        }))
+        Ok(self
+            .containers()
+            .into_iter()
+            .filter(|c| c.cluster() == Some(cluster) || names.contains(&c.name))
+            .collect())
     }
 
     async fn image_id(&self, image: &str) -> Result<Option<String>> {
