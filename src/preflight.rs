@@ -70,22 +70,12 @@ pub async fn run(
     let facts: BTreeMap<HostName, HostFacts> = stream::iter(declared.iter())
         .map(|h| async move {
             let conn = hosts.connections.get(h)?;
-            let listeners = match conn
-                .run_on_host(&["sh", "-c", checks::LISTENERS_SCRIPT], None)
-                .await
-            {
-                Some(o) if o.status.success() => {
-                    Ok(checks::parse_listeners(&String::from_utf8_lossy(&o.stdout)))
-                }
-                Some(o) if o.status.code() == Some(3) => {
-                    Err("`ss` (iproute2) is not installed there".to_string())
-                }
-                Some(o) => Err(format!(
-                    "listing its sockets failed: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                )),
-                None => Err("cannot run commands there".to_string()),
-            };
+            // Listed once per session, when the hosts were observed.
+            let listeners = hosts
+                .listeners
+                .get(h)
+                .cloned()
+                .unwrap_or_else(|| Err("its sockets were not listed".to_string()));
             let containers = conn.backend.all_containers().await.unwrap_or_default();
             Some((
                 h.clone(),

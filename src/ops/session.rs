@@ -23,6 +23,9 @@ pub struct Hosts {
     // still exist.
     pub connections: BTreeMap<HostName, Connection>,
     pub failures: BTreeMap<HostName, TransportError>,
+    /// Each host's listening sockets with their holders, asked once per
+    /// session (lowering and preflight both read it), or why not.
+    pub listeners: BTreeMap<HostName, std::result::Result<Vec<crate::checks::Listener>, String>>,
     pub transport: Transport,
 }
 
@@ -120,6 +123,7 @@ pub async fn open(
     let mut hosts = Hosts {
         connections: BTreeMap::new(),
         failures: BTreeMap::new(),
+        listeners: BTreeMap::new(),
         transport,
     };
     let declared = fresh.hosts();
@@ -181,27 +185,16 @@ pub async fn open(
         let more = observe_some(&hosts, &extra, fresh, parallel).await;
         observed.hosts.extend(more.hosts);
     }
-    // What listens on each host: new nodes never get those ports.
-    let listening: Vec<(HostName, Vec<u16>)> = stream::iter(hosts.connections.iter())
-        .map(|(h, conn)| async move {
-            let ports = conn
-                .run_on_host(&["ss", "-ltnH"], None)
-                .await
-                .filter(|o| o.status.success())
-                .map(|o| {
-                    crate::checks::parse_listeners(&String::from_utf8_lossy(&o.stdout))
-                        .into_iter()
-                        .map(|l| l.port)
-                        .collect()
-                })
-                .unwrap_or_default();
-            (h.clone(), ports)
-        })
+    // What listens on each host (and who holds it): new nodes never get
+    // those ports, and preflight names the holders.
+    hosts.listeners = stream::iter(hosts.connections.iter())
+        .map(|(h, conn)| async move { (h.clone(), listeners(conn).await) })
         .buffer_unordered(parallel)
         .collect()
         .await;
-    for (h, mut ports) in listening {
-        if let Some(o) = observed.hosts.get_mut(&h) {
+    for (h, found) in &hosts.listeners {
+        if let (Some(o), Ok(found)) = (observed.hosts.get_mut(h), found) {
+            let mut ports: Vec<u16> = found.iter().map(|l| l.port).collect();
             ports.sort();
             ports.dedup();
             o.listening = ports;
@@ -217,6 +210,26 @@ pub async fn open(
     };
     observed.ray = ray_view(&hosts, &observed, &desired).await;
     Ok((hosts, observed, desired))
+}
+
+/// A host's listening TCP sockets with their processes and containers.
+async fn listeners(conn: &Connection) -> std::result::Result<Vec<crate::checks::Listener>, String> {
+    match conn
+        .run_on_host(&["sh", "-c", crate::checks::LISTENERS_SCRIPT], None)
+        .await
+    {
+        Some(o) if o.status.success() => Ok(crate::checks::parse_listeners(
+            &String::from_utf8_lossy(&o.stdout),
+        )),
+        Some(o) if o.status.code() == Some(3) => {
+            Err("`ss` (iproute2) is not installed there".to_string())
+        }
+        Some(o) => Err(format!(
+            "listing its sockets failed: {}",
+            crate::model::excerpt(String::from_utf8_lossy(&o.stderr).trim(), 200)
+        )),
+        None => Err("cannot run commands there".to_string()),
+    }
 }
 
 /// Ray's node list from this cluster's head, when its container runs.
