@@ -405,6 +405,9 @@ pub struct RayNode {
     pub state: String,
     #[serde(default)]
     pub is_head_node: bool,
+    /// When Ray saw it start (milliseconds since the epoch), when reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time_ms: Option<u64>,
     /// When Ray saw it die (milliseconds since the epoch; `null` while alive).
     #[serde(default)]
     pub end_time_ms: Option<u64>,

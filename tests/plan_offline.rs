@@ -802,6 +802,7 @@ const CASES: &[Case] = &[
                 node_name: name.to_string(),
                 state: state.to_string(),
                 is_head_node: false,
+                start_time_ms: None,
                 end_time_ms: (end > 0).then_some(end),
                 resources_total: [("CPU".to_string(), serde_json::json!(4.0))].into(),
             };
@@ -832,6 +833,34 @@ const CASES: &[Case] = &[
             REMOTE_1,
             Action::Replace,
             "its container has run for 61s, but Ray does not list it (it never joined this head)",
+        )],
+    },
+    Case {
+        name: "a worker Ray does not list, older than the running head, is replaced at once",
+        desired_sets: &[],
+        observed_sets: &[],
+        mutate: |o| {
+            // The head's container is older than both workers: it was
+            // restarted (same container) after the first one was created.
+            find(o, HEAD).created = Some(10_000 - 3600);
+            o.ray = Some(vec![seedcore::model::RayNode {
+                node_id: "id-head".to_string(),
+                node_ip: HEAD_HOST.to_string(),
+                node_name: HEAD.to_string(),
+                state: "ALIVE".to_string(),
+                is_head_node: true,
+                start_time_ms: Some((10_000 - 30) * 1000 + 999),
+                end_time_ms: None,
+                resources_total: [("CPU".to_string(), serde_json::json!(4.0))].into(),
+            }]);
+            o.observed_at = Some(10_000);
+            find(o, REMOTE_1).created = Some(10_000 - 40);
+            find(o, REMOTE_2).created = Some(10_000 - 20);
+        },
+        expect: &[(
+            REMOTE_1,
+            Action::Replace,
+            "its container was created 10s before the running head started, and Ray does not list it (it belonged to an earlier head)",
         )],
     },
     Case {

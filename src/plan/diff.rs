@@ -67,6 +67,9 @@ pub enum Reason {
     /// Its container has run for a while, but Ray does not list the node at
     /// all (it never joined this head, e.g. cut off while the head was replaced).
     RayMissing { running_secs: i64 },
+    /// Ray does not list the node, and its container was created before the
+    /// running head started: it joined an earlier head, never this one.
+    PredatesHead { secs: i64 },
     /// Ours, but no longer declared on its host.
     NotDeclared,
     /// Ours, but now declared on another host.
@@ -179,6 +182,9 @@ impl Change {
             }
             Reason::RayMissing { running_secs } => format!(
                 "its container has run for {running_secs}s, but Ray does not list it (it never joined this head)"
+            ),
+            Reason::PredatesHead { secs } => format!(
+                "its container was created {secs}s before the running head started, and Ray does not list it (it belonged to an earlier head)"
             ),
             Reason::RayDead { since_ms } => format!(
                 "its container runs, but Ray lists it DEAD since {}",
@@ -479,6 +485,11 @@ pub fn diff(
     // Ray's own view, when the head answered: a worker whose container runs
     // but that Ray lists DEAD (and nowhere ALIVE) is restarted.
     if let Some(ray) = &observed.ray {
+        // When the running head's raylet started (Ray's clock).
+        let head_started_ms = ray
+            .iter()
+            .filter(|n| n.is_head_node && n.is_alive())
+            .find_map(|n| n.start_time_ms);
         for c in changes.iter_mut() {
             let Some(spec) = &c.after else { continue };
             if c.role != Role::Worker || c.action != Action::NoOp {
@@ -498,6 +509,7 @@ pub fn diff(
             }
             // Not listed at all: replaced once its container has had the time
             // to join (a minute), never while it may still be starting.
+            // One created before the running head's cannot have joined it.
             if entries.is_empty() {
                 let created = c.container().and_then(|id| {
                     containers_on(observed, &c.host)
@@ -505,6 +517,16 @@ pub fn diff(
                         .find(|x| x.id == id)
                         .and_then(|x| x.created)
                 });
+                if let (Some(head_ms), Some(created)) = (head_started_ms, created) {
+                    let head = i64::try_from(head_ms / 1000).unwrap_or(i64::MAX);
+                    if created < head {
+                        c.action = Action::Replace;
+                        c.reason = Reason::PredatesHead {
+                            secs: head - created,
+                        };
+                        continue;
+                    }
+                }
                 if let (Some(now), Some(created)) = (observed.observed_at, created) {
                     let running_secs = now - created;
                     if running_secs >= RAY_JOIN_GRACE_SECS {
