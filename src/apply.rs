@@ -25,6 +25,18 @@ pub struct ApplyOptions {
     /// How the operator reaches a host over SSH (`ssh -i KEY -p PORT USER@`),
     /// for hints that name a command.
     pub ssh: String,
+    /// What every container created by this apply gets besides its spec.
+    pub node_files: NodeFiles,
+}
+
+/// The files a created container gets before it starts (the Ray token, the
+/// secret environment, for the head the digest key) and the labels beside
+/// its spec's (secret digests, who applied it and when).
+#[derive(Debug, Clone, Default)]
+pub struct NodeFiles {
+    pub head: Vec<crate::engine::ContainerFile>,
+    pub worker: Vec<crate::engine::ContainerFile>,
+    pub labels: BTreeMap<String, String>,
 }
 
 impl ApplyOptions {
@@ -37,6 +49,7 @@ impl ApplyOptions {
             drain_timeout: Duration::from_secs(config.timeouts.drain_secs),
             poll_interval: Duration::from_millis(1000),
             ssh: ssh_prefix(&config.ssh),
+            node_files: NodeFiles::default(),
         }
     }
 }
@@ -403,11 +416,28 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
             }
             Step::Create { host, node } => {
                 let spec = self.spec(node)?;
-                let id = self
-                    .backend(host)?
-                    .create_container(spec, &spec.labels(&self.desired.cluster))
+                let extra = &self.options.node_files;
+                let mut labels = spec.labels(&self.desired.cluster);
+                labels.extend(extra.labels.clone());
+                let b = self.backend(host)?;
+                let id = b
+                    .create_container(spec, &labels)
                     .await
                     .map_err(|e| format!("cannot create `{node}`: {e}"))?;
+                let files = if spec.role == crate::model::Role::Head {
+                    &extra.head
+                } else {
+                    &extra.worker
+                };
+                if !files.is_empty() {
+                    if let Err(e) = b.put_files(&id, files).await {
+                        // Never leave a node that would start without them.
+                        let _ = b.remove_container(&id).await;
+                        return Err(format!(
+                            "cannot hand its token and secrets to `{node}`: {e}"
+                        ));
+                    }
+                }
                 self.containers.lock().unwrap().insert(node.clone(), id);
                 Ok(())
             }

@@ -9,6 +9,7 @@
 //! imperative shell.
 
 pub mod apply;
+pub mod audit;
 pub mod checks;
 pub mod cli;
 pub mod config;
@@ -22,5 +23,6 @@ pub mod plan;
 pub mod preflight;
 pub mod ray;
 pub mod render;
+pub mod secrets;
 pub mod topology;
 pub mod transport;

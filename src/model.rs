@@ -38,6 +38,22 @@ pub const LABEL_SCHEMA: &str = "io.seedcore.schema";
 pub const LABEL_SPEC_HASH: &str = "io.seedcore.spec-hash";
 /// `io.seedcore.spec`: the canonical spec itself, when it fits.
 pub const LABEL_SPEC: &str = "io.seedcore.spec";
+/// Keyed digests of the node's secrets (`NAME=digest,...`; the Ray token as
+/// `RAY_AUTH_TOKEN`), never their values; outside the spec and its hash.
+pub const LABEL_SECRETS: &str = "io.seedcore.secrets";
+/// Who applied the container (`user@machine`) and when (RFC 3339, UTC);
+/// outside the spec and its hash.
+pub const LABEL_APPLIED_BY: &str = "io.seedcore.applied-by";
+pub const LABEL_APPLIED_AT: &str = "io.seedcore.applied-at";
+
+/// Where a node finds the Ray token (a file handed to its container, 0400).
+pub const NODE_TOKEN_PATH: &str = "/run/seedcore/auth_token";
+/// Where a node finds its secret environment (NUL-separated `KEY=value`).
+pub const NODE_SECRETS_PATH: &str = "/run/seedcore/secrets";
+/// Where the head keeps the key of the cluster's secret digests.
+pub const NODE_DIGEST_KEY_PATH: &str = "/run/seedcore/digest_key";
+/// The name under which the Ray token's digest is kept with the secrets'.
+pub const TOKEN_SECRET_NAME: &str = "RAY_AUTH_TOKEN";
 /// Version of the label schema written by this seedcore.
 pub const SCHEMA_VERSION: &str = "2";
 /// Canonical specs longer than this are not stored in a label (the hash still is).
@@ -181,6 +197,10 @@ pub struct NodeSpec {
     /// The container's full command.
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// Names of the secret environment variables (their values are handed
+    /// to the container as a file, never put in its configuration).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_env: Vec<String>,
     pub ports: NodePorts,
     pub network_mode: String,
     pub restart_policy: String,
@@ -237,9 +257,18 @@ impl NodeSpec {
             ("network".to_string(), self.network_mode.clone()),
             ("restart".to_string(), self.restart_policy.clone()),
         ];
-        for (k, v) in &self.env {
-            lines.push((format!("env.{k}"), v.clone()));
-        }
+        let mut env: Vec<(String, String)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (format!("env.{k}"), v.clone()))
+            .chain(
+                self.secret_env
+                    .iter()
+                    .map(|k| (format!("env.{k}"), SENSITIVE.to_string())),
+            )
+            .collect();
+        env.sort();
+        lines.extend(env);
         if let Some(serve) = self.ports.head.as_ref().and_then(|h| h.serve) {
             lines.push(("serve_port".to_string(), serve.to_string()));
         }
@@ -288,6 +317,9 @@ pub fn bounded(text: &str, max: usize) -> String {
     }
     out
 }
+
+/// What is shown in place of a secret.
+pub const SENSITIVE: &str = "(sensitive)";
 
 /// Whether a review key is a `ray start` flag.
 pub fn is_ray_flag(key: &str) -> bool {
@@ -390,6 +422,10 @@ pub struct ObservedState {
     /// When it was observed (seconds since the epoch), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_at: Option<i64>,
+    /// What the cluster's head keeps (digest key, generated token): held in
+    /// memory only, never written with the observation.
+    #[serde(skip)]
+    pub head_secrets: crate::secrets::HeadSecrets,
 }
 
 /// A Ray node as `ray list nodes --format json` reports it.
@@ -533,6 +569,7 @@ impl ObservedState {
             hosts: BTreeMap::new(),
             ray: None,
             observed_at: None,
+            head_secrets: Default::default(),
         }
     }
 }

@@ -22,8 +22,11 @@ pub fn list_nodes_command() -> Vec<String> {
 /// nodes` calls), without importing Ray: 0.1 s instead of 2-3 s of Python.
 pub fn state_api_command(dashboard_port: u16) -> Vec<String> {
     let script = format!(
-        "import json, sys, urllib.request\n\
-         d = json.load(urllib.request.urlopen('http://127.0.0.1:{dashboard_port}/api/v0/nodes?limit=10000&timeout=10&detail=1', timeout=15))\n\
+        "import json, os, sys, urllib.request\n\
+         r = urllib.request.Request('http://127.0.0.1:{dashboard_port}/api/v0/nodes?limit=10000&timeout=10&detail=1')\n\
+         p = os.environ.get('RAY_AUTH_TOKEN_PATH')\n\
+         if os.environ.get('RAY_AUTH_MODE') == 'token' and p:\n    r.add_header('Authorization', 'Bearer ' + open(p).read().strip())\n\
+         d = json.load(urllib.request.urlopen(r, timeout=15))\n\
          if not d.get('result'):\n    sys.exit(d.get('msg') or 'the state API refused')\n\
          print(json.dumps(d['data']['result']['result']))\n"
     );

@@ -464,6 +464,7 @@ fn change_json(c: &Change) -> Value {
             "node_ip": a.node_ip,
             "shm_size": human_bytes(a.shm_size_bytes),
             "env": a.env,
+            "secret_env": a.secret_env,
             "ports": a.ports,
             "network_mode": a.network_mode,
             "restart_policy": a.restart_policy,

@@ -24,7 +24,7 @@
 //! Same inputs, same bytes: nodes are allocated in topology order, written
 //! ports first, then kept ones, then new ones.
 
-use crate::config::{defaults, Config, KeyError, PortRange};
+use crate::config::{defaults, Auth, Config, EnvValue, KeyError, PortRange};
 use crate::model::{
     ClusterIdentity, DesiredState, HeadPorts, HostName, NodeName, NodePorts, NodeSpec, Role,
 };
@@ -203,8 +203,27 @@ pub fn lower(
     if !config.cluster.usage_stats {
         env.insert("RAY_USAGE_STATS_ENABLED".to_string(), "0".to_string());
     }
+    let mut secret_env = Vec::new();
     for (k, v) in &config.cluster.env {
-        env.insert(k.clone(), v.clone());
+        match v {
+            EnvValue::Plain(v) => {
+                env.insert(k.clone(), v.clone());
+            }
+            EnvValue::Secret(_) => secret_env.push(k.clone()),
+        }
+    }
+    // Set on every node either way: Ray's default changes between releases.
+    match &config.cluster.auth {
+        Auth::None => {
+            env.insert("RAY_AUTH_MODE".to_string(), "disabled".to_string());
+        }
+        Auth::Token(_) => {
+            env.insert("RAY_AUTH_MODE".to_string(), "token".to_string());
+            env.insert(
+                "RAY_AUTH_TOKEN_PATH".to_string(),
+                crate::model::NODE_TOKEN_PATH.to_string(),
+            );
+        }
     }
 
     // The head: every port but its agents is written (or a documented default).
@@ -308,6 +327,7 @@ pub fn lower(
             ray_start: Vec::new(),
             command: Vec::new(),
             env: env.clone(),
+            secret_env: secret_env.clone(),
             ports: head_ports,
             network_mode: "host".to_string(),
             restart_policy: "unless-stopped".to_string(),
@@ -428,6 +448,7 @@ pub fn lower(
                         ray_start: Vec::new(),
                         command: Vec::new(),
                         env: env.clone(),
+                        secret_env: secret_env.clone(),
                         ports,
                         network_mode: "host".to_string(),
                         restart_policy: "unless-stopped".to_string(),
@@ -535,7 +556,7 @@ pub fn lower(
             match spec.role {
                 Role::Head => {
                     spec.ray_start = head_ray_start(config, &spec.ports);
-                    spec.command = head_command(config, &spec.ray_start);
+                    spec.command = head_command(config, &spec.ray_start, !secret_env.is_empty());
                 }
                 Role::Worker => {
                     spec.ray_start = worker_ray_start(
@@ -545,8 +566,13 @@ pub fn lower(
                         spec.cpus,
                         &spec.ports,
                     );
-                    spec.command = spec.ray_start.clone();
-                    spec.command.push("--block".to_string());
+                    let mut blocking = spec.ray_start.clone();
+                    blocking.push("--block".to_string());
+                    spec.command = if secret_env.is_empty() {
+                        blocking
+                    } else {
+                        node_script(true, "exec \"$@\"", &[], &blocking)
+                    };
                 }
             }
             spec
@@ -878,25 +904,53 @@ fn worker_ray_start(
 /// The head's container command. With Serve on, a small supervisor: Ray runs
 /// with `--block` in the background, Serve's HTTP proxy is started once the
 /// GCS answers, and the container lives exactly as long as Ray does.
-fn head_command(config: &Config, ray_start: &[String]) -> Vec<String> {
+fn head_command(config: &Config, ray_start: &[String], secrets: bool) -> Vec<String> {
     let mut blocking: Vec<String> = ray_start.to_vec();
     blocking.push("--block".to_string());
     if !config.head.serve {
-        return blocking;
+        return if secrets {
+            node_script(secrets, "exec \"$@\"", &[], &blocking)
+        } else {
+            blocking
+        };
     }
-    let gcs = format!("{}:{}", node_ip(&config.head.host), config.head.gcs_port);
-    let script = format!(
-        "{} & ray_pid=$!; \
-         until (exec 3<>/dev/tcp/{}) 2>/dev/null; do kill -0 $ray_pid 2>/dev/null || exit 1; sleep 0.5; done; \
-         n=0; until serve start --address={gcs} --http-host 0.0.0.0 --http-port {}; do \
-         kill -0 $ray_pid 2>/dev/null || exit 1; \
-         n=$((n+1)); if [ $n -ge 5 ]; then kill $ray_pid; exit 1; fi; sleep 2; done; \
-         wait $ray_pid",
-        blocking.join(" "),
-        gcs.replace(':', "/"),
-        config.head.serve_port
-    );
-    vec!["bash".to_string(), "-c".to_string(), script]
+    let params = [
+        node_ip(&config.head.host),
+        config.head.gcs_port.to_string(),
+        config.head.serve_port.to_string(),
+    ];
+    node_script(secrets, SERVE_SUPERVISOR, &params, &blocking)
+}
+
+/// Exports the node's secret environment from its file (NUL-separated
+/// `KEY=value` records; keys were validated), without evaluating anything.
+const LOAD_SECRETS: &str = "if [ -f /run/seedcore/secrets ]; then while IFS= read -r -d '' kv; do export \"$kv\"; done < /run/seedcore/secrets; fi; ";
+
+/// Runs `ray start --block` (the arguments) in the background, starts Serve
+/// once the GCS answers and lives as long as Ray does. Its parameters come
+/// as arguments, never pasted into the script.
+const SERVE_SUPERVISOR: &str = "gcs_host=$1 gcs_port=$2 serve_port=$3; shift 3; \
+     \"$@\" & ray_pid=$!; \
+     until (exec 3<>\"/dev/tcp/$gcs_host/$gcs_port\") 2>/dev/null; do kill -0 $ray_pid 2>/dev/null || exit 1; sleep 0.5; done; \
+     n=0; until serve start --address=\"$gcs_host:$gcs_port\" --http-host 0.0.0.0 --http-port \"$serve_port\"; do \
+     kill -0 $ray_pid 2>/dev/null || exit 1; \
+     n=$((n+1)); if [ $n -ge 5 ]; then kill $ray_pid; exit 1; fi; sleep 2; done; \
+     wait $ray_pid";
+
+/// `bash -c SCRIPT seedcore PARAMS... COMMAND...`: a fixed script (the secret
+/// loader when asked, then `body`); every value comes as an argument, never
+/// pasted into the script.
+fn node_script(secrets: bool, body: &str, params: &[String], command: &[String]) -> Vec<String> {
+    let loader = if secrets { LOAD_SECRETS } else { "" };
+    let mut argv = vec![
+        "bash".to_string(),
+        "-c".to_string(),
+        format!("{loader}{body}"),
+        "seedcore".to_string(),
+    ];
+    argv.extend(params.iter().cloned());
+    argv.extend(command.iter().cloned());
+    argv
 }
 
 /// A port range a host must accept from the other cluster hosts.

@@ -55,6 +55,7 @@ fn options(parallel: usize) -> ApplyOptions {
         drain_timeout: Duration::from_secs(1),
         poll_interval: Duration::from_millis(5),
         ssh: "ssh ".to_string(),
+        node_files: Default::default(),
     }
 }
 

@@ -431,7 +431,10 @@ fn set_overrides_scalars_of_every_type() {
         .map(|h| h.as_str())
         .collect();
     assert_eq!(hosts, ["10.0.0.7", "10.0.0.8"]);
-    assert_eq!(c.cluster.env["MY_SETTING"], "1");
+    assert_eq!(
+        c.cluster.env["MY_SETTING"],
+        config::EnvValue::Plain("1".to_string())
+    );
     let described: Vec<String> = loaded
         .source
         .overrides()
@@ -452,6 +455,7 @@ fn head_ip_override_acts_like_set_head_host() {
             key: "head.host".to_string(),
             value: "10.9.9.9".to_string(),
             source: OverrideSource::Env("HEAD_IP_OVERRIDE"),
+            sensitive: false,
         }]
     );
     let loaded = config::parse(EXAMPLE, &example_text(), &env).unwrap();

@@ -9,6 +9,7 @@
 mod errors;
 mod overrides;
 mod schema;
+mod secrets;
 mod source;
 mod validate;
 mod values;
@@ -17,6 +18,7 @@ pub use errors::*;
 pub use overrides::*;
 #[allow(unused_imports)]
 pub(crate) use schema::*;
+pub use secrets::{Auth, EnvValue, Secret, SecretOrigin, TokenSource, MAX_ENV_VALUE_BYTES};
 pub use source::*;
 #[allow(unused_imports)]
 pub(crate) use validate::*;
@@ -100,7 +102,9 @@ pub struct ClusterConfig {
     pub agent_ports: PortRange,
     pub usage_stats: bool,
     pub oversubscribe_cpus: bool,
-    pub env: BTreeMap<String, String>,
+    /// How Ray authenticates (`auth`, `token_file`, `token_env`).
+    pub auth: Auth,
+    pub env: BTreeMap<String, EnvValue>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -237,10 +241,7 @@ pub fn parse(path: &str, text: &str, overrides: &[Override]) -> Result<Loaded, C
         apply_override(&mut table, o).map_err(|e| {
             ConfigErrors(vec![ConfigError {
                 message: e.0,
-                location: Some(Location::Override(match o.source {
-                    OverrideSource::Flag => format!("--set {}={}", o.key, o.value),
-                    OverrideSource::Env(var) => format!("${var}={}", o.value),
-                })),
+                location: Some(Location::Override(o.location())),
                 hint: Some(e.1),
             }])
         })?;
@@ -255,6 +256,11 @@ pub fn parse(path: &str, text: &str, overrides: &[Override]) -> Result<Loaded, C
             }])
         })?;
     let config = validate(raw).map_err(|errs| source.errors(errs))?;
+    for o in &mut source.overrides {
+        if let Some(k) = o.key.strip_prefix("cluster.env.") {
+            o.sensitive = config.cluster.env.get(k).is_some_and(EnvValue::is_secret);
+        }
+    }
     Ok(Loaded { config, source })
 }
 

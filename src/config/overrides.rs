@@ -20,6 +20,9 @@ pub struct Override {
     pub key: String,
     pub value: String,
     pub source: OverrideSource,
+    /// It sets a secret (`[cluster.env]` entry that is one): its value is
+    /// never shown.
+    pub sensitive: bool,
 }
 
 impl Override {
@@ -36,14 +39,40 @@ impl Override {
             key: key.to_string(),
             value: value.to_string(),
             source: OverrideSource::Flag,
+            sensitive: false,
         })
     }
 
     /// How the plan header names this override.
     pub fn describe(&self) -> String {
+        let value = self.shown_value();
         match self.source {
-            OverrideSource::Flag => format!("{} = {} (--set)", self.key, self.value),
-            OverrideSource::Env(var) => format!("{} = {} (from ${var})", self.key, self.value),
+            OverrideSource::Flag => format!("{} = {value} (--set)", self.key),
+            OverrideSource::Env(var) => format!("{} = {value} (from ${var})", self.key),
+        }
+    }
+
+    /// The value as messages show it: `(sensitive)` for a secret, bounded
+    /// and escaped otherwise.
+    pub fn shown_value(&self) -> String {
+        if self.sensitive {
+            crate::model::SENSITIVE.to_string()
+        } else {
+            crate::model::excerpt(&self.value, 200)
+        }
+    }
+
+    /// How an error locates this override (an env value is never echoed:
+    /// whether it is a secret is not known yet).
+    pub fn location(&self) -> String {
+        let value = if self.sensitive || self.key.starts_with("cluster.env.") {
+            crate::model::SENSITIVE.to_string()
+        } else {
+            crate::model::excerpt(&self.value, 200)
+        };
+        match self.source {
+            OverrideSource::Flag => format!("--set {}={value}", self.key),
+            OverrideSource::Env(var) => format!("${var}={value}"),
         }
     }
 }
@@ -56,6 +85,7 @@ pub fn env_overrides(lookup: impl Fn(&str) -> Option<String>) -> Vec<Override> {
             key: "head.host".to_string(),
             value: v.trim().to_string(),
             source: OverrideSource::Env("HEAD_IP_OVERRIDE"),
+            sensitive: false,
         }],
         _ => Vec::new(),
     }
@@ -192,7 +222,21 @@ pub(crate) fn apply_override(
             )
         })?;
     }
-    cursor.insert(parts[parts.len() - 1].to_string(), value);
+    let last = parts[parts.len() - 1];
+    // An env entry written as a table (a secret) stays one.
+    let value = match (cursor.get(last), value) {
+        (Some(toml::Value::Table(t)), toml::Value::String(v))
+            if o.key.starts_with("cluster.env.") =>
+        {
+            let mut t2 = toml::Table::new();
+            t2.insert("value".to_string(), toml::Value::String(v));
+            let secret = !matches!(t.get("secret"), Some(toml::Value::Boolean(false)));
+            t2.insert("secret".to_string(), toml::Value::Boolean(secret));
+            toml::Value::Table(t2)
+        }
+        (_, v) => v,
+    };
+    cursor.insert(last.to_string(), value);
     Ok(())
 }
 

@@ -31,8 +31,11 @@ pub(crate) struct RawCluster {
     pub(crate) agent_ports: Option<String>,
     pub(crate) usage_stats: Option<bool>,
     pub(crate) oversubscribe_cpus: Option<bool>,
+    pub(crate) auth: Option<String>,
+    pub(crate) token_file: Option<String>,
+    pub(crate) token_env: Option<String>,
     #[serde(default)]
-    pub(crate) env: BTreeMap<String, String>,
+    pub(crate) env: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,6 +112,9 @@ pub(crate) const CLUSTER_KEYS: &[(&str, Kind)] = &[
     ("agent_ports", Kind::Str),
     ("usage_stats", Kind::Bool),
     ("oversubscribe_cpus", Kind::Bool),
+    ("auth", Kind::Str),
+    ("token_file", Kind::Str),
+    ("token_env", Kind::Str),
     ("env", Kind::StrMap),
 ];
 pub(crate) const SSH_KEYS: &[(&str, Kind)] = &[

@@ -27,11 +27,32 @@ impl Source {
             .map(|i| line_start + i)
             .unwrap_or(self.text.len());
         let column = self.text[line_start..offset].chars().count() + 1;
-        (
-            line,
-            column,
-            self.text[line_start..line_end].trim_end().to_string(),
-        )
+        (line, column, self.masked(line_start, line_end))
+    }
+
+    /// A line of the file as errors quote it: the values of `[cluster.env]`
+    /// (which may be secrets) replaced by `(sensitive)`.
+    fn masked(&self, start: usize, end: usize) -> String {
+        let mut hidden: Vec<Range<usize>> = self
+            .spans
+            .iter()
+            .filter(|(path, _)| path.starts_with("cluster.env."))
+            .map(|(_, (_, v))| v.start.max(start)..v.end.min(end))
+            .filter(|r| r.start < r.end)
+            .collect();
+        hidden.sort_by_key(|r| r.start);
+        let mut out = String::new();
+        let mut at = start;
+        for r in hidden {
+            if r.start < at {
+                continue;
+            }
+            out.push_str(&self.text[at..r.start]);
+            out.push_str(crate::model::SENSITIVE);
+            at = r.end;
+        }
+        out.push_str(&self.text[at..end]);
+        out.trim_end().to_string()
     }
 
     pub(crate) fn at_span(&self, span: Range<usize>) -> Location {
@@ -54,10 +75,7 @@ impl Source {
     /// file, else the nearest enclosing table written in the file.
     pub fn locate(&self, key: &str) -> Option<Location> {
         if let Some(o) = self.overrides.iter().rev().find(|o| o.key == key) {
-            return Some(Location::Override(match o.source {
-                OverrideSource::Flag => format!("--set {}={}", o.key, o.value),
-                OverrideSource::Env(var) => format!("${var}={}", o.value),
-            }));
+            return Some(Location::Override(o.location()));
         }
         if let Some((_, value)) = self.spans.get(key) {
             return Some(self.at_span(value.clone()));
@@ -74,10 +92,7 @@ impl Source {
                     .rev()
                     .find(|o| o.key.starts_with(&format!("{parent}.")))
                 {
-                    return Some(Location::Override(match o.source {
-                        OverrideSource::Flag => format!("--set {}={}", o.key, o.value),
-                        OverrideSource::Env(var) => format!("${var}={}", o.value),
-                    }));
+                    return Some(Location::Override(o.location()));
                 }
             }
             if let Some((k, _)) = self.spans.get(&parent) {

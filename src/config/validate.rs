@@ -176,6 +176,14 @@ pub(crate) fn check_name(c: &mut Checker, key: &str, name: &str, what: &str) {
 }
 
 pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<KeyError>> {
+    validate_with(raw, &secrets::Operator)
+}
+
+/// Validates, reading secrets through `reader`.
+pub(crate) fn validate_with(
+    raw: RawConfig,
+    reader: &dyn secrets::SecretReader,
+) -> Result<Config, Vec<KeyError>> {
     let mut c = Checker { errors: Vec::new() };
 
     let name = raw
@@ -191,23 +199,95 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<KeyError>> {
         raw.cluster.agent_ports.as_deref(),
         defaults::AGENT_PORTS,
     );
-    for k in raw.cluster.env.keys() {
-        let ok = k.len() <= 256
-            && k.chars()
-                .next()
-                .is_some_and(|ch| ch.is_ascii_alphabetic() || ch == '_')
-            && k.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
-        if !ok {
+    let mut env = BTreeMap::new();
+    for (k, v) in &raw.cluster.env {
+        let key = format!("cluster.env.{k}");
+        if !secrets::is_env_name(k) {
             c.err(
-                &format!("cluster.env.{k}"),
+                &key,
                 format!(
                     "`{}` is not an environment variable name",
                     crate::model::excerpt(k, 80)
                 ),
                 "use letters, digits and `_`, starting with a letter or `_`",
             );
+            continue;
+        }
+        if k.starts_with("RAY_AUTH_") {
+            c.err(
+                &key,
+                format!("`{k}` is set by seedcore from `cluster.auth`"),
+                "set `cluster.auth` (and `token_file` or `token_env`) instead",
+            );
+            continue;
+        }
+        match secrets::env_value(reader, v) {
+            Ok(value) => {
+                env.insert(k.clone(), value);
+            }
+            Err((message, hint)) => c.err(&key, format!("`{key}`: {message}"), hint),
         }
     }
+    let auth = match (
+        raw.cluster.auth.as_deref(),
+        raw.cluster.token_file.as_deref(),
+        raw.cluster.token_env.as_deref(),
+    ) {
+        (Some("none"), None, None) => Auth::None,
+        (Some("none"), _, _) => {
+            c.err(
+                "cluster.auth",
+                "`cluster.auth` is `none`, but a token is given".to_string(),
+                "remove `token_file` and `token_env`, or set `auth = \"token\"`",
+            );
+            Auth::None
+        }
+        (None | Some("token"), None, None) => Auth::Token(TokenSource::Generated),
+        (None | Some("token"), file, env) => match secrets::read_secret(reader, env, file) {
+            Ok(token)
+                if token.expose().len() < 16
+                    || token
+                        .expose()
+                        .chars()
+                        .any(|ch| ch.is_whitespace() || ch.is_control()) =>
+            {
+                c.err(
+                    if file.is_some() { "cluster.token_file" } else { "cluster.token_env" },
+                    "the Ray token is shorter than 16 characters or holds spaces or control characters".to_string(),
+                    "use a long random token, e.g. `openssl rand -hex 32`",
+                );
+                Auth::None
+            }
+            Ok(token) => Auth::Token(TokenSource::Given(token)),
+            Err((message, hint)) => {
+                let key = if file.is_some() && env.is_some() {
+                    "cluster.token_env"
+                } else if file.is_some() {
+                    "cluster.token_file"
+                } else {
+                    "cluster.token_env"
+                };
+                let message = if file.is_some() && env.is_some() {
+                    "give one of `token_file` and `token_env`, not both".to_string()
+                } else {
+                    format!("the Ray token: {message}")
+                };
+                c.err(key, message, hint);
+                Auth::None
+            }
+        },
+        (Some(other), _, _) => {
+            c.err(
+                "cluster.auth",
+                format!(
+                    "`cluster.auth` is `{}`; it takes `token` or `none`",
+                    crate::model::excerpt(other, 40)
+                ),
+                "`token` (the default) turns on Ray's token authentication; `none` leaves the cluster open",
+            );
+            Auth::None
+        }
+    };
     let id = raw.cluster.id.filter(|id| {
         let ok = !id.is_empty()
             && id.len() <= 64
@@ -230,7 +310,8 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<KeyError>> {
         agent_ports,
         usage_stats: raw.cluster.usage_stats.unwrap_or(false),
         oversubscribe_cpus: raw.cluster.oversubscribe_cpus.unwrap_or(false),
-        env: raw.cluster.env,
+        auth,
+        env,
     };
 
     let known_hosts = match raw.ssh.known_hosts.as_deref() {

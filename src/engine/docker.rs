@@ -236,6 +236,64 @@ impl DockerBackend for EngineBackend {
         }
     }
 
+    async fn put_files(&self, container: &str, files: &[ContainerFile]) -> Result<()> {
+        let tar =
+            tar_of(files).map_err(|e| BackendError::other(format!("cannot pack files: {e}")))?;
+        self.docker
+            .upload_to_container(
+                container,
+                Some(bollard::query_parameters::UploadToContainerOptions {
+                    path: "/".to_string(),
+                    ..Default::default()
+                }),
+                bollard::body_full(tar.into()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn read_file(&self, container: &str, path: &str) -> Result<Option<Vec<u8>>> {
+        use futures_util::TryStreamExt;
+        let stream = self.docker.download_from_container(
+            container,
+            Some(bollard::query_parameters::DownloadFromContainerOptions {
+                path: path.to_string(),
+            }),
+        );
+        let chunks: std::result::Result<Vec<_>, _> = stream.try_collect().await;
+        let bytes: Vec<u8> = match chunks {
+            Ok(chunks) => chunks.into_iter().flat_map(|c| c.to_vec()).collect(),
+            Err(e) => {
+                let e = BackendError::from(e);
+                return if e.kind == ErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(e)
+                };
+            }
+        };
+        let mut archive = tar::Archive::new(bytes.as_slice());
+        let entries = archive.entries().map_err(|e| {
+            BackendError::other(format!("cannot read the archive of `{path}`: {e}"))
+        })?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| {
+                BackendError::other(format!("cannot read the archive of `{path}`: {e}"))
+            })?;
+            if entry.header().entry_type().is_file() {
+                use std::io::Read;
+                let mut out = Vec::new();
+                entry
+                    .by_ref()
+                    .take(1 << 20)
+                    .read_to_end(&mut out)
+                    .map_err(|e| BackendError::other(format!("cannot read `{path}`: {e}")))?;
+                return Ok(Some(out));
+            }
+        }
+        Ok(None)
+    }
+
     async fn exec(&self, container: &str, cmd: &[String]) -> Result<ExecOutput> {
         use bollard::exec::{StartExecOptions, StartExecResults};
         use bollard::models::ExecConfig;
@@ -313,4 +371,35 @@ fn async_stream_logs(
     futures_util::stream::once(async move { docker })
         .flat_map(move |docker| docker.logs(&container, Some(opts.clone())))
         .map(|item| item.map(|o| o.to_string()).map_err(BackendError::from))
+}
+
+/// A tar archive of files (and their directories, 0700), owned by root.
+fn tar_of(files: &[ContainerFile]) -> std::io::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut dirs = std::collections::BTreeSet::new();
+    for f in files {
+        let rel = f.path.trim_start_matches('/');
+        if let Some((dir, _)) = rel.rsplit_once('/') {
+            // Only seedcore's own directory: system ones (`/run`) keep their modes.
+            if dir.starts_with("run/seedcore") && dirs.insert(dir.to_string()) {
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o700);
+                h.set_uid(0);
+                h.set_gid(0);
+                h.set_size(0);
+                h.set_mtime(0);
+                builder.append_data(&mut h, format!("{dir}/"), std::io::empty())?;
+            }
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(f.mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_size(f.bytes.len() as u64);
+        h.set_mtime(0);
+        builder.append_data(&mut h, rel, f.bytes.as_slice())?;
+    }
+    builder.into_inner()
 }

@@ -25,6 +25,8 @@ struct FakeContainer {
     labels: BTreeMap<String, String>,
     cpus: u32,
     command: Vec<String>,
+    /// Files put into it (path -> bytes).
+    files: BTreeMap<String, Vec<u8>>,
 }
 
 impl FakeContainer {
@@ -230,6 +232,7 @@ impl FakeCluster {
                     .collect(),
                 cpus: 1,
                 command: command.iter().map(|c| c.to_string()).collect(),
+                files: BTreeMap::new(),
             },
         );
         id
@@ -505,6 +508,7 @@ impl DockerBackend for FakeBackend {
                     labels: labels.clone(),
                     cpus: spec.cpus,
                     command: spec.command.clone(),
+                    files: BTreeMap::new(),
                 },
             );
             Ok(id)
@@ -562,6 +566,36 @@ impl DockerBackend for FakeBackend {
                     started_at: None,
                     restart_count: 0,
                 })
+        }))
+    }
+
+    async fn put_files(&self, target: &str, files: &[ContainerFile]) -> Result<()> {
+        let listed: Vec<String> = files.iter().map(|f| format!("{f:?}")).collect();
+        let name = self
+            .call_on("put-files", target, &format!(": {}", listed.join(", ")))
+            .await?;
+        self.with(
+            |s| match s.hosts.get_mut(&self.host).and_then(|h| h.get_mut(&name)) {
+                Some(c) => {
+                    for f in files {
+                        c.files.insert(f.path.clone(), f.bytes.clone());
+                    }
+                    Ok(())
+                }
+                None => Err(Self::not_found(&name)),
+            },
+        )
+    }
+
+    async fn read_file(&self, target: &str, path: &str) -> Result<Option<Vec<u8>>> {
+        let name = self
+            .call_on("read-file", target, &format!(": {path}"))
+            .await?;
+        Ok(self.with(|s| {
+            s.hosts
+                .get(&self.host)
+                .and_then(|h| h.get(&name))
+                .and_then(|c| c.files.get(path).cloned())
         }))
     }
 

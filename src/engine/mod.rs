@@ -94,6 +94,27 @@ pub struct ContainerDetails {
     pub restart_count: i64,
 }
 
+/// A file handed to a container before it starts (the Ray token, the
+/// secret environment). Its `Debug` never shows the bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ContainerFile {
+    pub path: String,
+    pub bytes: Vec<u8>,
+    pub mode: u32,
+}
+
+impl std::fmt::Debug for ContainerFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({} bytes, {:04o})",
+            self.path,
+            self.bytes.len(),
+            self.mode
+        )
+    }
+}
+
 /// Which log lines to fetch.
 #[derive(Debug, Clone, Default)]
 pub struct LogOptions {
@@ -136,6 +157,19 @@ pub trait DockerBackend: Send + Sync {
         &self,
         name: &str,
     ) -> impl Future<Output = Result<Option<ContainerDetails>>> + Send;
+    /// Puts files into a container (created or running), owned by root.
+    fn put_files(
+        &self,
+        container: &str,
+        files: &[ContainerFile],
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// A file's bytes from a container, running or not; `None` when the
+    /// container or the file is absent.
+    fn read_file(
+        &self,
+        container: &str,
+        path: &str,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
     /// Runs a command in a running container and collects its output.
     fn exec(
         &self,

@@ -13,7 +13,7 @@ use crate::model::{DesiredState, NodeName};
 use crate::plan::artifact::SavedPlan;
 use crate::plan::{self, DiffOptions, Plan, Step, Summary};
 use futures_util::stream::{self, StreamExt};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,8 @@ pub struct Prepared {
     pub kind: Kind,
     /// Executing a saved plan (already reviewed).
     pub saved: bool,
+    /// What the head keeps (digest key, generated token), as observed.
+    pub head_secrets: crate::secrets::HeadSecrets,
 }
 
 /// How an executed plan ended.
@@ -136,6 +138,7 @@ pub fn make_plan(
             restart,
             skip_unreachable: scope.skip_unreachable,
             targets: scope.targets.clone(),
+            secrets: crate::secrets::expected(&loaded.config, &observed.head_secrets),
         },
         loaded
             .source
@@ -145,6 +148,14 @@ pub fn make_plan(
             .collect(),
     )
     .map_err(Error::Plan)
+    .map(|mut plan| {
+        if loaded.config.cluster.auth == crate::config::Auth::None {
+            plan.notes.push(
+                "Ray token authentication is off (`cluster.auth = \"none\"`): whoever reaches the GCS, the dashboard or the Ray client server can run code on the cluster. Remove the line to turn it on.".to_string(),
+            );
+        }
+        plan
+    })
 }
 
 /// Connects, observes and plans an apply; with `saved`, checks that the
@@ -164,8 +175,16 @@ pub async fn prepare(
             // if the hosts still look as they did.
             let desired = saved.plan.desired();
             let now = plan::fingerprint(&observed, &desired);
+            let secrets_now = crate::secrets::expected(&loaded.config, &observed.head_secrets);
+            let secrets_then = saved.plan.secrets.clone();
             saved
                 .check_hosts(&now)
+                .and_then(|()| match (&secrets_then, &secrets_now) {
+                    (Some(then), Some(now)) if then != now => Err(
+                        crate::plan::artifact::SavedPlanError::SecretsChanged(crate::secrets::changed(then, now)),
+                    ),
+                    _ => Ok(()),
+                })
                 .map(|()| (desired, saved.plan, true))
                 .map_err(|e| {
                     Error::SavedPlan(format!(
@@ -185,6 +204,7 @@ pub async fn prepare(
                 plan,
                 kind: Kind::Apply,
                 saved,
+                head_secrets: observed.head_secrets,
             })
         }
         Err(e) => {
@@ -210,6 +230,7 @@ pub async fn prepare_destroy(
         plan,
         kind: Kind::Destroy,
         saved: false,
+        head_secrets: observed.head_secrets,
     })
 }
 
@@ -228,6 +249,7 @@ pub async fn prepare_restart(
             plan,
             kind: Kind::Apply,
             saved: false,
+            head_secrets: observed.head_secrets,
         }),
         Err(e) => {
             hosts.close().await;
@@ -268,7 +290,8 @@ pub async fn execute(
     on_waiting: &dyn Fn(usize, Duration),
 ) -> Result<Finished> {
     let (plan, desired, hosts) = (&prepared.plan, &prepared.desired, &prepared.hosts);
-    let options = ApplyOptions::from_config(&loaded.config, parallel);
+    let mut options = ApplyOptions::from_config(&loaded.config, parallel);
+    options.node_files = node_files(&loaded.config, &prepared.head_secrets);
     let backends = hosts.backends();
     let started = Instant::now();
     let report = executor::execute(plan, desired, &backends, &options, reporter).await;
@@ -379,4 +402,70 @@ fn failure_summary(plan: &Plan, report: &executor::ApplyReport) -> String {
     }
     text.push_str("hint: fix the cause above and run `seedcore apply` again: it continues from what is on the hosts now");
     text
+}
+
+/// What the containers this apply creates get: the token (the head's, the
+/// operator's, or a new one when the head is new), the secret environment,
+/// the digest key for the head, and their labels.
+pub fn node_files(
+    config: &crate::config::Config,
+    head: &crate::secrets::HeadSecrets,
+) -> crate::apply::NodeFiles {
+    use crate::config::{Auth, TokenSource};
+    use crate::engine::ContainerFile;
+    use crate::model::{
+        LABEL_APPLIED_AT, LABEL_APPLIED_BY, LABEL_SECRETS, NODE_DIGEST_KEY_PATH, NODE_SECRETS_PATH,
+        NODE_TOKEN_PATH,
+    };
+    let key = head
+        .digest_key
+        .clone()
+        .unwrap_or_else(|| crate::secrets::random(32));
+    let token = match &config.cluster.auth {
+        Auth::None => None,
+        Auth::Token(TokenSource::Given(t)) => Some(t.clone()),
+        Auth::Token(TokenSource::Generated) => {
+            Some(head.token.clone().unwrap_or_else(crate::secrets::new_token))
+        }
+    };
+    let with_token = crate::secrets::HeadSecrets {
+        digest_key: Some(key.clone()),
+        token: token.clone(),
+    };
+    let digests = crate::secrets::expected(config, &with_token).unwrap_or_default();
+    let mut files = Vec::new();
+    if let Some(t) = &token {
+        files.push(ContainerFile {
+            path: NODE_TOKEN_PATH.to_string(),
+            bytes: format!("{}\n", t.expose()).into_bytes(),
+            mode: 0o400,
+        });
+    }
+    let env = crate::secrets::env_file(config);
+    if !env.is_empty() {
+        files.push(ContainerFile {
+            path: NODE_SECRETS_PATH.to_string(),
+            bytes: env,
+            mode: 0o400,
+        });
+    }
+    let mut head_files = files.clone();
+    if !files.is_empty() {
+        head_files.push(ContainerFile {
+            path: NODE_DIGEST_KEY_PATH.to_string(),
+            bytes: key,
+            mode: 0o400,
+        });
+    }
+    let mut labels = BTreeMap::new();
+    if !digests.is_empty() {
+        labels.insert(LABEL_SECRETS.to_string(), crate::secrets::label(&digests));
+    }
+    labels.insert(LABEL_APPLIED_BY.to_string(), crate::audit::operator());
+    labels.insert(LABEL_APPLIED_AT.to_string(), crate::audit::now_rfc3339());
+    crate::apply::NodeFiles {
+        head: head_files,
+        worker: files,
+        labels,
+    }
 }

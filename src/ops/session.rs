@@ -209,7 +209,53 @@ pub async fn open(
         }
     };
     observed.ray = ray_view(&hosts, &observed, &desired).await;
+    observed.head_secrets = head_secrets(&hosts, &observed, &desired).await;
     Ok((hosts, observed, desired))
+}
+
+/// What this cluster's head keeps (its digest key and generated token),
+/// read from its container whether it runs or not.
+async fn head_secrets(
+    hosts: &Hosts,
+    observed: &ObservedState,
+    desired: &DesiredState,
+) -> crate::secrets::HeadSecrets {
+    use crate::engine::DockerBackend;
+    let mut found = crate::secrets::HeadSecrets::default();
+    let head = desired.head();
+    let Some(conn) = hosts.connections.get(&head.host) else {
+        return found;
+    };
+    let Some(container) = observed.hosts.get(&head.host).and_then(|o| {
+        o.containers.iter().find(|c| {
+            c.name == head.name.0 && ownership::owner(&desired.cluster, c) == ownership::Owner::Ours
+        })
+    }) else {
+        return found;
+    };
+    if let Ok(Some(key)) = conn
+        .backend
+        .read_file(&container.id, crate::model::NODE_DIGEST_KEY_PATH)
+        .await
+    {
+        found.digest_key = (key.len() >= 16).then_some(key);
+    }
+    if let Ok(Some(token)) = conn
+        .backend
+        .read_file(&container.id, crate::model::NODE_TOKEN_PATH)
+        .await
+    {
+        if let Ok(text) = String::from_utf8(token) {
+            let text = text.trim().to_string();
+            if !text.is_empty() {
+                found.token = Some(crate::config::Secret::new(
+                    crate::config::SecretOrigin::Inline,
+                    text,
+                ));
+            }
+        }
+    }
+    found
 }
 
 /// A host's listening TCP sockets with their processes and containers.

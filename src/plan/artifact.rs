@@ -47,6 +47,8 @@ pub enum SavedPlanError {
     Format { found: String, ours: String },
     #[error("the configuration or its overrides changed since it was saved")]
     ConfigChanged,
+    #[error("the values of {} changed since it was made (seen through their keyed digests)", .0.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))]
+    SecretsChanged(Vec<String>),
     #[error("the hosts changed since it was made:\n{}", describe(.0))]
     Stale(Vec<(HostName, Vec<String>)>),
 }

@@ -70,6 +70,9 @@ pub enum Reason {
     /// Ray does not list the node, and its container was created before the
     /// running head started: it joined an earlier head, never this one.
     PredatesHead { secs: i64 },
+    /// The values of these secrets (or the Ray token, `RAY_AUTH_TOKEN`)
+    /// changed: seen through their keyed digests, never their values.
+    SecretsChanged { names: Vec<String> },
     /// Ours, but no longer declared on its host.
     NotDeclared,
     /// Ours, but now declared on another host.
@@ -190,6 +193,19 @@ impl Change {
                 "its container runs, but Ray lists it DEAD since {}",
                 crate::model::utc(*since_ms)
             ),
+            Reason::SecretsChanged { names } => {
+                let names: Vec<String> = names
+                    .iter()
+                    .map(|n| {
+                        if n == crate::model::TOKEN_SECRET_NAME {
+                            "the Ray token".to_string()
+                        } else {
+                            format!("env.{}", excerpt(n, 80))
+                        }
+                    })
+                    .collect();
+                format!("{} changed (sensitive)", names.join(", "))
+            }
             Reason::NotDeclared => "not in configuration".to_string(),
             Reason::MovedTo { host } => format!("moved to `{host}`"),
             Reason::Destroy {
@@ -333,6 +349,10 @@ pub struct DiffOptions {
     /// Only change these (`--target`: node, group, host, `head`, `workers`);
     /// empty for everything.
     pub targets: Vec<String>,
+    /// The keyed digests of the secrets every node should carry (see
+    /// `secrets`), when the head's key is known: a node carrying others is
+    /// replaced.
+    pub secrets: Option<BTreeMap<String, String>>,
 }
 
 /// Whether a change is one of the `--target`s.
@@ -480,6 +500,32 @@ pub fn diff(
             change.reason = Reason::RestartRequested;
         }
         changes.push(change);
+    }
+
+    // Secrets: a node that stays but carries other digests than expected.
+    if let Some(expected) = &options.secrets {
+        for c in changes.iter_mut() {
+            if !matches!(c.action, Action::NoOp | Action::Start) {
+                continue;
+            }
+            let Some(container) = c
+                .container()
+                .and_then(|id| containers_on(observed, &c.host).iter().find(|x| x.id == id))
+            else {
+                continue;
+            };
+            let carried = crate::secrets::parse_label(
+                container
+                    .labels
+                    .get(crate::model::LABEL_SECRETS)
+                    .map(String::as_str),
+            );
+            let names = crate::secrets::changed(&carried, expected);
+            if !names.is_empty() {
+                c.action = Action::Replace;
+                c.reason = Reason::SecretsChanged { names };
+            }
+        }
     }
 
     // Ray's own view, when the head answered: a worker whose container runs

@@ -123,6 +123,10 @@ pub struct Plan {
     /// The preflight checks, when the plan was made against live hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preflight: Option<crate::checks::Report>,
+    /// The keyed digests of the secrets the plan was made with (never their
+    /// values): a saved plan is stale once they differ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<BTreeMap<String, String>>,
 }
 
 impl Plan {
@@ -159,8 +163,10 @@ pub fn build(
 ) -> Result<Plan, PlanError> {
     let skip = options.skip_unreachable;
     let targets = options.targets.clone();
+    let secrets = options.secrets.clone();
     let changes = diff(desired, observed, options)?;
     let mut plan = assemble(desired, observed, changes, overrides);
+    plan.secrets = secrets;
     if skip {
         for h in desired.hosts() {
             if let Some(o) = observed.hosts.get(&h).filter(|o| !o.reachable) {
@@ -301,5 +307,6 @@ fn assemble(
         others,
         graph,
         preflight: None,
+        secrets: None,
     }
 }
