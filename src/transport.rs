@@ -173,7 +173,7 @@ pub struct Connection {
     pub host: HostName,
     pub engine: EngineInfo,
     pub backend: EngineBackend,
-    session: Option<Session>,
+    session: Option<Arc<Session>>,
     // Removed (with the socket in it) when the connection goes.
     _forward_dir: Option<tempfile::TempDir>,
 }
@@ -201,10 +201,27 @@ impl Connection {
         cmd.spawn().await.ok()
     }
 
+    /// Starts a long-lived program on the host (argv, quoted) with stdin and
+    /// stdout piped, owning its handle on the session: it ends when its stdin
+    /// closes (seedcore releasing it, or dying). `None` for the `local` host.
+    pub async fn spawn_owned(&self, argv: &[&str]) -> Option<openssh::Child<Arc<Session>>> {
+        let s = self.session.as_ref()?;
+        let (program, args) = argv.split_first()?;
+        let mut cmd = Session::to_command(Arc::clone(s), *program);
+        cmd.args(args.iter().copied())
+            .stdin(openssh::Stdio::piped())
+            .stdout(openssh::Stdio::piped())
+            .stderr(openssh::Stdio::null());
+        cmd.spawn().await.ok()
+    }
+
     /// Closes the SSH master and removes the forwarded socket.
     pub async fn close(self) {
         if let Some(s) = self.session {
-            let _ = s.close().await;
+            // A holder of another handle (a lock keeper) is gone by now.
+            if let Ok(s) = Arc::try_unwrap(s) {
+                let _ = s.close().await;
+            }
         }
     }
 
@@ -335,7 +352,7 @@ impl Transport {
             host: host.clone(),
             engine,
             backend,
-            session: Some(session),
+            session: Some(Arc::new(session)),
             _forward_dir: Some(forward_dir),
         })
     }

@@ -397,6 +397,7 @@ pub async fn destroy(
     workers_only: bool,
     auto_approve: bool,
     parallel: Option<usize>,
+    lock_timeout: std::time::Duration,
     style: Style,
 ) -> Result<u8> {
     if !auto_approve && !std::io::stdin().is_terminal() {
@@ -404,7 +405,8 @@ pub async fn destroy(
             "error: refusing to destroy without confirmation: stdin is not a terminal\nhint: review `seedcore status`, then run `seedcore destroy --auto-approve`".to_string(),
         ));
     }
-    let prepared = ops::apply::prepare_destroy(loaded, fresh, workers_only, parallel).await?;
+    let prepared =
+        ops::apply::prepare_destroy(loaded, fresh, workers_only, parallel, lock_timeout).await?;
     let unreachable: Vec<String> = prepared
         .hosts
         .failures
@@ -421,6 +423,7 @@ pub async fn destroy(
 }
 
 /// `seedcore restart`: replaces the named nodes (a head takes its workers).
+#[allow(clippy::too_many_arguments)]
 pub async fn restart(
     loaded: &Loaded,
     fresh: &DesiredState,
@@ -428,6 +431,7 @@ pub async fn restart(
     all: bool,
     auto_approve: bool,
     parallel: Option<usize>,
+    lock_timeout: std::time::Duration,
     style: Style,
 ) -> Result<u8> {
     if selection.is_empty() && !all {
@@ -448,8 +452,104 @@ pub async fn restart(
             "error: refusing to restart without confirmation: stdin is not a terminal\nhint: run `seedcore restart ... --auto-approve`".to_string(),
         ));
     }
-    let prepared = ops::apply::prepare_restart(loaded, fresh, chosen, parallel).await?;
+    let prepared =
+        ops::apply::prepare_restart(loaded, fresh, chosen, parallel, lock_timeout).await?;
     live::run(prepared, loaded, style, auto_approve, parallel).await
+}
+
+/// `--lock-timeout`: a duration such as `30s`, `10m`, `1h`.
+pub fn lock_timeout(text: &str) -> Result<std::time::Duration> {
+    match parse_duration(text) {
+        Some(secs) if (0..=86_400).contains(&secs) => Ok(std::time::Duration::from_secs(secs as u64)),
+        _ => Err(UserError(format!(
+            "error: `--lock-timeout {}` is not a duration of at most a day\nhint: write e.g. `30s`, `10m` or `1h`",
+            crate::model::excerpt(text, 40)
+        ))),
+    }
+}
+
+/// Connects to the head's host alone (for the lock and the history).
+async fn head_connection(
+    loaded: &Loaded,
+    fresh: &DesiredState,
+) -> Result<(crate::transport::Transport, crate::transport::Connection)> {
+    let transport = crate::transport::Transport::new(&loaded.config.ssh)
+        .await
+        .map_err(|e| {
+            UserError(format!(
+                "error: cannot create the SSH control directory: {e}"
+            ))
+        })?;
+    let head = &fresh.head().host;
+    match transport.connect(head).await {
+        Ok(conn) => Ok((transport, conn)),
+        Err(e) => Err(UserError(e.to_string())),
+    }
+}
+
+/// `seedcore lock status`.
+pub async fn lock_status(loaded: &Loaded, fresh: &DesiredState) -> Result<u8> {
+    let (transport, conn) = head_connection(loaded, fresh).await?;
+    let found = crate::lock::status(&conn, &fresh.cluster.name).await;
+    let head = conn.host.clone();
+    conn.close().await;
+    transport.cleanup();
+    match found.map_err(|e| UserError(format!("error: cannot read the lock on `{head}`: {e}")))? {
+        None => {
+            write_stdout(&format!(
+                "The cluster `{}` is not locked (on `{head}`).\n",
+                fresh.cluster.name
+            ))?;
+            Ok(exit::OK)
+        }
+        Some(holder) => {
+            let state = match holder.alive {
+                Some(true) => "its holder is running",
+                _ => "STALE: its holder is gone; `seedcore lock release` removes it",
+            };
+            write_stdout(&format!(
+                "The cluster `{}` is locked on `{head}` by {}: {state}.\n",
+                fresh.cluster.name,
+                holder.describe()
+            ))?;
+            Ok(exit::ERROR)
+        }
+    }
+}
+
+/// `seedcore lock release`.
+pub async fn lock_release(loaded: &Loaded, fresh: &DesiredState, force: bool) -> Result<u8> {
+    let (transport, conn) = head_connection(loaded, fresh).await?;
+    let done = crate::lock::release(&conn, &fresh.cluster.name, force).await;
+    let head = conn.host.clone();
+    conn.close().await;
+    transport.cleanup();
+    match done.map_err(|e| UserError(format!("error: on `{head}`: {e}")))? {
+        crate::lock::Released::Released => {
+            write_stdout(&format!("Released the lock of `{}` on `{head}`.\n", fresh.cluster.name))?;
+            Ok(exit::OK)
+        }
+        crate::lock::Released::NoLock => {
+            write_stdout(&format!("The cluster `{}` is not locked (on `{head}`).\n", fresh.cluster.name))?;
+            Ok(exit::OK)
+        }
+        crate::lock::Released::StillHeld => Err(UserError(format!(
+            "error: the lock on `{head}` is held by a running seedcore: nothing was released\nhint: `seedcore lock status` names it; let it finish, or stop it and pass `--force`"
+        ))),
+    }
+}
+
+/// `seedcore history`: the head's audit trail.
+pub async fn history(loaded: &Loaded, fresh: &DesiredState, lines: usize) -> Result<u8> {
+    let (transport, conn) = head_connection(loaded, fresh).await?;
+    let found = crate::audit::read(&conn, &fresh.cluster.name, lines.clamp(1, 10_000)).await;
+    let head = conn.host.clone();
+    conn.close().await;
+    transport.cleanup();
+    let entries =
+        found.map_err(|e| UserError(format!("error: cannot read the history on `{head}`: {e}")))?;
+    write_stdout(&crate::audit::render(head.as_str(), &entries))?;
+    Ok(exit::OK)
 }
 
 /// `seedcore env`: shell exports for client tools.

@@ -107,7 +107,8 @@ pub async fn apply(
             "error: refusing to apply without confirmation: stdin is not a terminal\nhint: review `seedcore plan`, then run `seedcore apply --auto-approve` (or save the plan with `seedcore plan --out FILE` and apply that file)".to_string(),
         ));
     }
-    let scope = args.scope.scope();
+    let mut scope = args.scope.scope();
+    scope.lock_timeout = super::day2::lock_timeout(&args.lock_timeout)?;
     let prepared = ops::apply::prepare(loaded, fresh, saved, &scope).await?;
     if prepared.saved {
         eprintln!(

@@ -128,6 +128,9 @@ pub enum Command {
         /// Hosts and steps worked on at once (default: `ssh.max_parallel`).
         #[arg(long)]
         parallel: Option<usize>,
+        /// Wait this long for another operator's lock on the cluster, e.g. `10m` (default: fail at once).
+        #[arg(long, value_name = "DURATION", default_value = "0s")]
+        lock_timeout: String,
     },
     /// Replace the named nodes (a restarted head takes every worker with it).
     Restart {
@@ -143,9 +146,35 @@ pub enum Command {
         /// Hosts and steps worked on at once (default: `ssh.max_parallel`).
         #[arg(long)]
         parallel: Option<usize>,
+        /// Wait this long for another operator's lock on the cluster, e.g. `10m` (default: fail at once).
+        #[arg(long, value_name = "DURATION", default_value = "0s")]
+        lock_timeout: String,
     },
     /// Print shell exports for Ray clients: `eval "$(seedcore env)"`.
     Env,
+    /// The cluster lock that apply, destroy and restart hold on the head's host.
+    Lock {
+        #[command(subcommand)]
+        action: LockAction,
+    },
+    /// The latest changes made to the cluster, from the head's audit trail.
+    History {
+        /// How many of the latest entries.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LockAction {
+    /// Who holds the lock, and whether they are still running (exit 1 when locked).
+    Status,
+    /// Remove a stale lock (one whose holder is gone).
+    Release {
+        /// Remove it even while its holder runs (stops that holder's keeper).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// How far a plan reaches.
@@ -172,6 +201,7 @@ impl ScopeArgs {
             targets: self.targets.clone(),
             parallel: self.parallel,
             skip_preflight: self.skip_preflight,
+            lock_timeout: std::time::Duration::ZERO,
         }
     }
 }
@@ -184,6 +214,9 @@ pub struct ApplyArgs {
     /// Apply without asking (required when stdin is not a terminal).
     #[arg(long)]
     pub auto_approve: bool,
+    /// Wait this long for another operator's lock on the cluster, e.g. `10m` (default: fail at once).
+    #[arg(long, value_name = "DURATION", default_value = "0s")]
+    pub lock_timeout: String,
     #[command(flatten)]
     pub scope: ScopeArgs,
 }
@@ -368,7 +401,9 @@ pub fn run(cli: Cli) -> Result<u8> {
             auto_approve,
             workers_only,
             parallel,
+            lock_timeout,
         } => {
+            let lock_timeout = day2::lock_timeout(&lock_timeout)?;
             let (loaded, desired) = load(&cli.config, &overrides)?;
             live::block_on(day2::destroy(
                 &loaded,
@@ -376,6 +411,7 @@ pub fn run(cli: Cli) -> Result<u8> {
                 workers_only,
                 auto_approve,
                 parallel,
+                lock_timeout,
                 style,
             ))?
         }
@@ -384,7 +420,9 @@ pub fn run(cli: Cli) -> Result<u8> {
             all,
             auto_approve,
             parallel,
+            lock_timeout,
         } => {
+            let lock_timeout = day2::lock_timeout(&lock_timeout)?;
             let (loaded, desired) = load(&cli.config, &overrides)?;
             live::block_on(day2::restart(
                 &loaded,
@@ -393,8 +431,22 @@ pub fn run(cli: Cli) -> Result<u8> {
                 all,
                 auto_approve,
                 parallel,
+                lock_timeout,
                 style,
             ))?
+        }
+        Command::Lock { action } => {
+            let (loaded, desired) = load(&cli.config, &overrides)?;
+            match action {
+                LockAction::Status => live::block_on(day2::lock_status(&loaded, &desired))?,
+                LockAction::Release { force } => {
+                    live::block_on(day2::lock_release(&loaded, &desired, force))?
+                }
+            }
+        }
+        Command::History { lines } => {
+            let (loaded, desired) = load(&cli.config, &overrides)?;
+            live::block_on(day2::history(&loaded, &desired, lines))?
         }
         Command::Env => {
             let (_, desired) = load(&cli.config, &overrides)?;

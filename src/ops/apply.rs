@@ -34,6 +34,8 @@ pub struct Prepared {
     pub saved: bool,
     /// What the head keeps (digest key, generated token), as observed.
     pub head_secrets: crate::secrets::HeadSecrets,
+    /// The command, for the audit trail (`apply`, `destroy`, `restart`).
+    pub command: &'static str,
 }
 
 /// How an executed plan ended.
@@ -80,6 +82,8 @@ pub struct Scope {
     pub parallel: Option<usize>,
     /// Leave out the preflight checks (the plan says so).
     pub skip_preflight: bool,
+    /// How long to wait for another holder of the cluster lock.
+    pub lock_timeout: Duration,
 }
 
 /// Runs the preflight checks for a plan against the open session (or marks
@@ -167,8 +171,14 @@ pub async fn prepare(
     saved: Option<SavedPlan>,
     scope: &Scope,
 ) -> Result<Prepared> {
-    let (hosts, observed, desired) =
-        session::open(loaded, fresh, scope.parallel, scope.skip_unreachable).await?;
+    let (hosts, observed, desired) = session::open_locked(
+        loaded,
+        fresh,
+        scope.parallel,
+        scope.skip_unreachable,
+        &lock_request("apply", scope.lock_timeout),
+    )
+    .await?;
     let planned = match saved {
         Some(saved) => {
             // Exactly the saved steps, for exactly the saved desired state,
@@ -198,6 +208,7 @@ pub async fn prepare(
     match planned {
         Ok((desired, mut plan, saved)) => {
             plan.preflight = Some(check(&hosts, &observed, &desired, &plan, loaded, scope).await);
+            note_plan(&hosts, &plan).await;
             Ok(Prepared {
                 hosts,
                 desired,
@@ -205,6 +216,7 @@ pub async fn prepare(
                 kind: Kind::Apply,
                 saved,
                 head_secrets: observed.head_secrets,
+                command: "apply",
             })
         }
         Err(e) => {
@@ -221,8 +233,16 @@ pub async fn prepare_destroy(
     fresh: &DesiredState,
     workers_only: bool,
     parallel: Option<usize>,
+    lock_timeout: Duration,
 ) -> Result<Prepared> {
-    let (hosts, observed, desired) = session::open(loaded, fresh, parallel, true).await?;
+    let (hosts, observed, desired) = session::open_locked(
+        loaded,
+        fresh,
+        parallel,
+        true,
+        &lock_request("destroy", lock_timeout),
+    )
+    .await?;
     let plan = plan::destroy(&desired, &observed, workers_only);
     Ok(Prepared {
         hosts,
@@ -231,6 +251,7 @@ pub async fn prepare_destroy(
         kind: Kind::Destroy,
         saved: false,
         head_secrets: observed.head_secrets,
+        command: "destroy",
     })
 }
 
@@ -240,8 +261,16 @@ pub async fn prepare_restart(
     fresh: &DesiredState,
     chosen: BTreeSet<NodeName>,
     parallel: Option<usize>,
+    lock_timeout: Duration,
 ) -> Result<Prepared> {
-    let (hosts, observed, desired) = session::open(loaded, fresh, parallel, false).await?;
+    let (hosts, observed, desired) = session::open_locked(
+        loaded,
+        fresh,
+        parallel,
+        false,
+        &lock_request("restart", lock_timeout),
+    )
+    .await?;
     match make_plan(loaded, &desired, &observed, chosen, &Scope::default()) {
         Ok(plan) => Ok(Prepared {
             hosts,
@@ -250,6 +279,7 @@ pub async fn prepare_restart(
             kind: Kind::Apply,
             saved: false,
             head_secrets: observed.head_secrets,
+            command: "restart",
         }),
         Err(e) => {
             hosts.close().await;
@@ -327,6 +357,7 @@ pub async fn execute(
         })
         .await;
 
+    record(prepared, loaded, &report).await;
     if !report.succeeded() {
         return Err(Error::Failed(failure_summary(plan, &report)));
     }
@@ -467,5 +498,89 @@ pub fn node_files(
         head: head_files,
         worker: files,
         labels,
+    }
+}
+
+fn lock_request(command: &str, timeout: Duration) -> crate::lock::Request {
+    crate::lock::Request {
+        command: command.to_string(),
+        timeout,
+    }
+}
+
+/// A short digest of what a plan changes (its steps and their containers),
+/// for the lock and the audit trail.
+pub fn plan_digest(plan: &Plan) -> String {
+    use sha2::{Digest, Sha256};
+    let text = serde_json::to_string(&plan.changes).unwrap_or_default();
+    let mut d = crate::model::hex(&Sha256::digest(text.as_bytes()));
+    d.truncate(12);
+    d
+}
+
+/// Tells the lock which plan it protects.
+async fn note_plan(hosts: &Hosts, plan: &Plan) {
+    if let Some(lock) = &hosts.lock {
+        if let Some(conn) = hosts.connections.get(&lock.host) {
+            lock.note(conn, "plan", &plan_digest(plan)).await;
+        }
+    }
+}
+
+/// Appends the apply to the audit trail of every host it touched (and the
+/// head's, where `seedcore history` reads). A host that cannot be written to
+/// is warned about; the apply's outcome stands.
+async fn record(prepared: &Prepared, loaded: &Loaded, report: &executor::ApplyReport) {
+    let plan = &prepared.plan;
+    let s = plan.summary();
+    let failed = report
+        .outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Failed { .. }))
+        .count();
+    let outcome = if report.succeeded() {
+        "ok".to_string()
+    } else {
+        format!("failed ({failed} step(s))")
+    };
+    let cwd = std::env::current_dir()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let entry = crate::audit::Entry::new(&[
+        ("time", crate::audit::now_rfc3339()),
+        ("by", crate::audit::operator()),
+        ("from", cwd),
+        ("command", prepared.command.to_string()),
+        ("config", loaded.source.path.clone()),
+        (
+            "commit",
+            crate::audit::config_commit(Path::new(&loaded.source.path)).unwrap_or("-".into()),
+        ),
+        ("plan", plan_digest(plan)),
+        (
+            "changes",
+            format!(
+                "{} added, {} changed, {} destroyed",
+                s.add, s.change, s.destroy
+            ),
+        ),
+        ("outcome", outcome),
+    ]);
+    let mut touched: BTreeSet<&crate::model::HostName> =
+        plan.effective().map(|c| &c.host).collect();
+    touched.insert(&prepared.desired.head().host);
+    for host in touched {
+        if let Some(conn) = prepared.hosts.connections.get(host) {
+            if host.is_local() {
+                continue;
+            }
+            if let Err(e) = crate::audit::append(conn, &prepared.desired.cluster.name, &entry).await
+            {
+                eprintln!(
+                    "warning: cannot append to the audit trail on `{host}` ({}): {e}",
+                    crate::audit::log_path(&prepared.desired.cluster.name)
+                );
+            }
+        }
     }
 }

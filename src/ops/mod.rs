@@ -32,6 +32,9 @@ pub enum Error {
     /// Steps failed, or the cluster did not come whole.
     #[error("{0}")]
     Failed(String),
+    /// Another operator holds the cluster lock, or it cannot be taken.
+    #[error("{0}")]
+    Locked(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

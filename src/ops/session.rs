@@ -26,6 +26,10 @@ pub struct Hosts {
     /// Each host's listening sockets with their holders, asked once per
     /// session (lowering and preflight both read it), or why not.
     pub listeners: BTreeMap<HostName, std::result::Result<Vec<crate::checks::Listener>, String>>,
+    /// The cluster lock, for operations that change the cluster.
+    pub lock: Option<crate::lock::Held>,
+    /// Said about the lock (a stale one broken, none taken).
+    pub lock_notes: Vec<String>,
     pub transport: Transport,
 }
 
@@ -47,10 +51,15 @@ impl Hosts {
                     e.summary()
                 )
             })
+            .chain(self.lock_notes.iter().cloned())
             .collect()
     }
 
-    pub async fn close(self) {
+    /// Releases the lock (if held), then closes every connection.
+    pub async fn close(mut self) {
+        if let Some(lock) = self.lock.take() {
+            lock.release().await;
+        }
         for (_, c) in self.connections {
             c.close().await;
         }
@@ -114,6 +123,28 @@ pub async fn open(
     parallel: Option<usize>,
     partial: bool,
 ) -> Result<(Hosts, ObservedState, DesiredState)> {
+    open_with(loaded, fresh, parallel, partial, None).await
+}
+
+/// [`open`], taking the cluster lock on the head's host before anything is
+/// observed (so that what is planned is what the lock protects).
+pub async fn open_locked(
+    loaded: &Loaded,
+    fresh: &DesiredState,
+    parallel: Option<usize>,
+    partial: bool,
+    lock: &crate::lock::Request,
+) -> Result<(Hosts, ObservedState, DesiredState)> {
+    open_with(loaded, fresh, parallel, partial, Some(lock)).await
+}
+
+async fn open_with(
+    loaded: &Loaded,
+    fresh: &DesiredState,
+    parallel: Option<usize>,
+    partial: bool,
+    lock: Option<&crate::lock::Request>,
+) -> Result<(Hosts, ObservedState, DesiredState)> {
     let transport = Transport::new(&loaded.config.ssh).await.map_err(|e| {
         Error::Hosts(format!(
             "error: cannot create the SSH control directory: {e}\nhint: seedcore keeps its SSH sockets in `$XDG_RUNTIME_DIR/seedcore` or `/tmp/seedcore-<uid>`; make that place writable for your user"
@@ -124,6 +155,8 @@ pub async fn open(
         connections: BTreeMap::new(),
         failures: BTreeMap::new(),
         listeners: BTreeMap::new(),
+        lock: None,
+        lock_notes: Vec::new(),
         transport,
     };
     let declared = fresh.hosts();
@@ -162,6 +195,35 @@ pub async fn open(
         return Err(Error::Hosts(format!(
             "{text}\nerror: the plan is incomplete: {n} host(s) could not be observed\nhint: to go on with the other hosts, pass `--skip-unreachable` (nothing on the unreachable hosts is planned or removed), or narrow the plan with `--target NODE|GROUP|HOST`"
         )));
+    }
+    if let Some(request) = lock {
+        let head = &fresh.head().host;
+        match hosts.connections.get(head) {
+            Some(conn) if !head.is_local() => {
+                match crate::lock::acquire(conn, &fresh.cluster.name, request).await {
+                    Ok(held) => {
+                        if let Some(old) = &held.broke {
+                            hosts.lock_notes.push(format!(
+                                "warning: broke a stale cluster lock on `{head}` (its holder is gone): {}",
+                                old.describe()
+                            ));
+                        }
+                        hosts.lock = Some(held);
+                    }
+                    Err(e) => {
+                        hosts.close().await;
+                        return Err(Error::Locked(e.to_string()));
+                    }
+                }
+            }
+            Some(_) => hosts.lock_notes.push(
+                "warning: the head runs on this machine (`local`): no cluster lock is taken"
+                    .to_string(),
+            ),
+            None => hosts.lock_notes.push(format!(
+                "warning: `{head}` (the head's host) is unreachable: no cluster lock is taken"
+            )),
+        }
     }
     let lists: Vec<BTreeMap<String, Vec<HostName>>> = stream::iter(hosts.connections.values())
         .map(|conn| memory::read(conn, &fresh.cluster.name))
