@@ -27,6 +27,8 @@ pub struct ApplyOptions {
     pub ssh: String,
     /// What every container created by this apply gets besides its spec.
     pub node_files: NodeFiles,
+    /// Fired by a signal: no new step starts, waits end at once.
+    pub interrupt: std::sync::Arc<crate::interrupt::Interrupt>,
 }
 
 /// The files a created container gets before it starts (the Ray token, the
@@ -50,6 +52,7 @@ impl ApplyOptions {
             poll_interval: Duration::from_millis(1000),
             ssh: ssh_prefix(&config.ssh),
             node_files: NodeFiles::default(),
+            interrupt: crate::interrupt::Interrupt::new(),
         }
     }
 }
@@ -298,6 +301,22 @@ pub async fn execute<B: DockerBackend>(
                 let ready = deps
                     .iter()
                     .all(|d| matches!(outcome.get(d), Some(Outcome::Done { .. })));
+                if let Some(signal) = options.interrupt.fired() {
+                    // Interrupted: what has not started never will.
+                    if ready || deps.is_empty() {
+                        let o = Outcome::Skipped {
+                            because: format!("interrupted ({})", crate::interrupt::name(signal)),
+                        };
+                        reporter.event(Event::Finished {
+                            step: graph.graph[*i].clone(),
+                            outcome: o.clone(),
+                        });
+                        outcomes.push((graph.graph[*i].clone(), o.clone()));
+                        outcome.insert(*i, o);
+                        launched_any = true;
+                    }
+                    continue;
+                }
                 if ready && in_flight.len() < options.max_parallel {
                     in_flight.push(*i);
                     let step = graph.graph[*i].clone();
@@ -305,7 +324,23 @@ pub async fn execute<B: DockerBackend>(
                     running.push(async move {
                         exec.reporter.event(Event::Started { step: step.clone() });
                         let t = Instant::now();
-                        let result = match exec.run(&step).await {
+                        // Waits end at once when interrupted; Docker calls
+                        // under way finish.
+                        let run = async {
+                            if step.is_wait() {
+                                tokio::select! {
+                                    r = exec.run(&step) => r,
+                                    s = exec.options.interrupt.wait() => Err(format!(
+                                        "interrupted ({}) while waiting",
+                                        crate::interrupt::name(s)
+                                    )),
+                                }
+                            } else {
+                                exec.run(&step).await
+                            }
+                        };
+                        let result = match run.await {
+                            Err(e) if exec.options.interrupt.fired().is_some() => Err(e),
                             Err(e) => Err(exec.explain_failure(&step, e).await),
                             ok => ok,
                         };
@@ -325,7 +360,15 @@ pub async fn execute<B: DockerBackend>(
                 }
             }
         }
-        match running.next().await {
+        let next = if options.interrupt.fired().is_some() || running.is_empty() {
+            running.next().await
+        } else {
+            tokio::select! {
+                n = running.next() => n,
+                _ = options.interrupt.wait() => continue,
+            }
+        };
+        match next {
             Some((i, o)) => {
                 in_flight.retain(|x| *x != i);
                 outcomes.push((graph.graph[i].clone(), o.clone()));

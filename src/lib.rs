@@ -14,6 +14,7 @@ pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod interrupt;
 pub mod lock;
 pub mod memory;
 pub mod model;

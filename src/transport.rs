@@ -300,6 +300,7 @@ impl Transport {
         close_stale_masters(&base).await;
         let control_dir = base.join(format!("p{}", std::process::id()));
         make_private_dir(&control_dir)?;
+        watch_over(&control_dir);
         Ok(Transport {
             ssh: ssh.clone(),
             control_dir,
@@ -574,6 +575,36 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// Once this process is gone, however it ended (even `SIGKILL`), closes the
+/// SSH masters it left in its control directory within about a second, and
+/// removes the directory (with the forwarded Docker sockets in it).
+const WATCHDOG: &str = r#"pid=$1; dir=$2
+while kill -0 "$pid" 2>/dev/null; do sleep 1; done
+for m in "$dir"/.*/master "$dir"/*/master; do
+  [ -S "$m" ] && ssh -o BatchMode=yes -S "$m" -O exit seedcore >/dev/null 2>&1
+done
+rm -rf "$dir""#;
+
+/// Starts the watchdog once per process, in its own process group (so a
+/// signal to seedcore's group does not take it along).
+fn watch_over(control_dir: &Path) {
+    static STARTED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    STARTED.get_or_init(|| {
+        use std::os::unix::process::CommandExt;
+        let _ = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(WATCHDOG)
+            .arg("seedcore-watchdog")
+            .arg(std::process::id().to_string())
+            .arg(control_dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn();
+    });
 }
 
 /// Closes SSH masters whose seedcore process is gone (e.g. killed), so they

@@ -56,6 +56,7 @@ fn options(parallel: usize) -> ApplyOptions {
         poll_interval: Duration::from_millis(5),
         ssh: "ssh ".to_string(),
         node_files: Default::default(),
+        interrupt: seedcore::interrupt::Interrupt::new(),
     }
 }
 

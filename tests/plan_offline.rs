@@ -674,13 +674,13 @@ const CASES: &[Case] = &[
         expect: &[(REMOTE_2, Action::Start, "container exited")],
     },
     Case {
-        name: "created but never started",
+        name: "created but never started: replaced (it may lack its token and secrets)",
         desired_sets: &[],
         observed_sets: &[],
         mutate: |o| find(o, REMOTE_2).state = "created".to_string(),
         expect: &[(
             REMOTE_2,
-            Action::Start,
+            Action::Replace,
             "container created but never started",
         )],
     },

@@ -18,31 +18,80 @@ impl From<ops::Error> for UserError {
     }
 }
 
-/// Runs a future on a runtime, ending it cleanly on Ctrl-C: the future (and
-/// with it every SSH session, whose drop shuts its master down) is dropped
-/// first, then we exit 130.
+/// Runs a future on a runtime, ending it cleanly on `SIGINT`, `SIGTERM` or
+/// `SIGHUP`. Before any step runs, the future (and with it the lock and every
+/// SSH session) is dropped and we exit 128 + the signal. While steps run, the
+/// executor winds down itself (see [`crate::interrupt`]). A second signal
+/// aborts at once; the lock keeper and the SSH watchdog clean up after us.
 pub fn block_on<T>(fut: impl Future<Output = T>) -> Result<T> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| UserError(format!("error: cannot start the async runtime: {e}")))?;
+    let interrupt = crate::interrupt::global();
     let finished = rt.block_on(async {
+        tokio::spawn(listen(interrupt.clone()));
+        let before_steps = async {
+            loop {
+                let signal = interrupt.wait().await;
+                if !interrupt.executing() {
+                    return signal;
+                }
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
-            v = fut => Some(v),
-            _ = tokio::signal::ctrl_c() => None,
+            v = fut => Ok(v),
+            signal = before_steps => Err(signal),
         }
     });
     // Don't wait for a blocked reader (the confirmation prompt).
     rt.shutdown_background();
     match finished {
-        Some(v) => Ok(v),
-        None => {
+        Ok(v) => Ok(v),
+        Err(signal) => {
             eprintln!(
-                "\nInterrupted: every SSH connection is closed. Steps under way may have stopped halfway; `seedcore plan` shows where the hosts stand."
+                "\nInterrupted ({}) before any step ran: nothing was changed; the lock is released and every SSH connection closed.",
+                crate::interrupt::name(signal)
             );
-            std::process::exit(130);
+            std::process::exit(i32::from(crate::interrupt::exit_code(signal)));
         }
+    }
+}
+
+/// Fires the interrupt on the first signal; exits at once on the second.
+async fn listen(interrupt: std::sync::Arc<crate::interrupt::Interrupt>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return;
+    };
+    let mut seen = 0;
+    loop {
+        let signo = tokio::select! {
+            _ = int.recv() => 2,
+            _ = term.recv() => 15,
+            _ = hup.recv() => 1,
+        };
+        seen += 1;
+        if seen > 1 {
+            eprintln!(
+                "\nAborted ({}): steps under way may have stopped halfway; `seedcore plan` shows where the hosts stand.",
+                crate::interrupt::name(signo)
+            );
+            std::process::exit(i32::from(crate::interrupt::exit_code(signo)));
+        }
+        if interrupt.executing() {
+            eprintln!(
+                "\nInterrupted ({}): starting no new step, letting the Docker calls under way finish (again to abort at once)...",
+                crate::interrupt::name(signo)
+            );
+        }
+        interrupt.fire(signo);
     }
 }
 
@@ -191,7 +240,13 @@ async fn show_and_execute(
     };
     let finished = ops::apply::execute(prepared, loaded, parallel, &reporter, &waiting).await;
     reporter.finish();
-    let finished = finished?;
+    let finished = match finished {
+        Err(ops::Error::Interrupted { text, signal }) => {
+            eprintln!("{text}");
+            return Ok(crate::interrupt::exit_code(signal));
+        }
+        other => other?,
+    };
     let s = finished.summary;
     let secs = finished.elapsed.as_secs_f64();
     if prepared.kind == Kind::Destroy {

@@ -322,8 +322,10 @@ pub async fn execute(
     let (plan, desired, hosts) = (&prepared.plan, &prepared.desired, &prepared.hosts);
     let mut options = ApplyOptions::from_config(&loaded.config, parallel);
     options.node_files = node_files(&loaded.config, &prepared.head_secrets);
+    options.interrupt = crate::interrupt::global();
     let backends = hosts.backends();
     let started = Instant::now();
+    options.interrupt.set_executing(true);
     let report = executor::execute(plan, desired, &backends, &options, reporter).await;
     // Remember every host that still runs (or may run) our nodes.
     let mut remember = desired.hosts();
@@ -357,7 +359,14 @@ pub async fn execute(
         })
         .await;
 
-    record(prepared, loaded, &report).await;
+    let interrupted = options.interrupt.fired();
+    record(prepared, loaded, &report, interrupted).await;
+    if let Some(signal) = interrupted {
+        return Err(Error::Interrupted {
+            text: interrupted_summary(plan, &report, signal),
+            signal,
+        });
+    }
     if !report.succeeded() {
         return Err(Error::Failed(failure_summary(plan, &report)));
     }
@@ -377,16 +386,26 @@ pub async fn execute(
         .unwrap_or_default();
     // The nodes this plan brings up or keeps: a skipped host's are not awaited.
     let planned = plan.desired();
-    let missing = executor::wait_whole(
+    let whole = executor::wait_whole(
         &planned,
         &head_container,
         &backends,
         &report.stale_node_ids,
         options.nodes_alive_timeout,
         Duration::from_secs(1),
-    )
-    .await
-    .map_err(Error::Failed)?;
+    );
+    let missing = tokio::select! {
+        m = whole => m.map_err(Error::Failed)?,
+        signal = options.interrupt.wait() => {
+            return Err(Error::Interrupted {
+                text: format!(
+                    "\nInterrupted ({}) while waiting for Ray to list every node: every step was done.\nhint: `seedcore status` shows whether Ray lists them now",
+                    crate::interrupt::name(signal)
+                ),
+                signal,
+            });
+        }
+    };
     if !missing.is_empty() {
         let list: Vec<String> = missing
             .iter()
@@ -401,6 +420,44 @@ pub async fn execute(
         summary,
         elapsed: started.elapsed(),
     })
+}
+
+/// What an interrupted apply did, step by step, and how to go on.
+fn interrupted_summary(plan: &Plan, report: &executor::ApplyReport, signal: i32) -> String {
+    let count = |f: &dyn Fn(&Outcome) -> bool| report.outcomes.iter().filter(|(_, o)| f(o)).count();
+    let done = count(&|o| matches!(o, Outcome::Done { .. }));
+    let failed = count(&|o| matches!(o, Outcome::Failed { .. }));
+    let skipped = count(&|o| matches!(o, Outcome::Skipped { .. }));
+    let mut text = format!(
+        "\nInterrupted ({}): {done} step(s) done, {failed} cut short or failed, {skipped} not started.\n",
+        crate::interrupt::name(signal)
+    );
+    for c in plan.effective() {
+        let steps: Vec<&(Step, Outcome)> = report
+            .outcomes
+            .iter()
+            .filter(|(s, _)| s.node() == Some(&c.node) && *s.host() == c.host)
+            .collect();
+        let all_done = steps.iter().all(|(_, o)| matches!(o, Outcome::Done { .. }));
+        let none = steps
+            .iter()
+            .all(|(_, o)| matches!(o, Outcome::Skipped { .. }));
+        let state = if all_done {
+            "done"
+        } else if none {
+            "not started"
+        } else {
+            "partly done"
+        };
+        text.push_str(&format!(
+            "  {} on {}: {} {state}\n",
+            c.node,
+            c.host,
+            c.action.as_str()
+        ));
+    }
+    text.push_str("The cluster lock is released and every SSH connection closed.\nhint: `seedcore plan` shows where the hosts stand; `seedcore apply` continues from there");
+    text
 }
 
 /// One line per node of a failed run: its failed step, or the step skipped
@@ -530,7 +587,12 @@ async fn note_plan(hosts: &Hosts, plan: &Plan) {
 /// Appends the apply to the audit trail of every host it touched (and the
 /// head's, where `seedcore history` reads). A host that cannot be written to
 /// is warned about; the apply's outcome stands.
-async fn record(prepared: &Prepared, loaded: &Loaded, report: &executor::ApplyReport) {
+async fn record(
+    prepared: &Prepared,
+    loaded: &Loaded,
+    report: &executor::ApplyReport,
+    interrupted: Option<i32>,
+) {
     let plan = &prepared.plan;
     let s = plan.summary();
     let failed = report
@@ -538,7 +600,9 @@ async fn record(prepared: &Prepared, loaded: &Loaded, report: &executor::ApplyRe
         .iter()
         .filter(|(_, o)| matches!(o, Outcome::Failed { .. }))
         .count();
-    let outcome = if report.succeeded() {
+    let outcome = if let Some(signal) = interrupted {
+        format!("interrupted ({})", crate::interrupt::name(signal))
+    } else if report.succeeded() {
         "ok".to_string()
     } else {
         format!("failed ({failed} step(s))")

@@ -35,6 +35,9 @@ pub enum Error {
     /// Another operator holds the cluster lock, or it cannot be taken.
     #[error("{0}")]
     Locked(String),
+    /// A signal stopped the apply: what was done, and the signal.
+    #[error("{text}")]
+    Interrupted { text: String, signal: i32 },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

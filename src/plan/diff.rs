@@ -736,7 +736,9 @@ fn node_change(node: &NodeSpec, existing: Option<&ObservedContainer>) -> Change 
             };
         }
         "created" => {
-            change.action = Action::Start;
+            // Left between create and start (an apply cut off): it may lack
+            // the files a node gets before it starts. Only a new one is sure.
+            change.action = Action::Replace;
             change.reason = Reason::NeverStarted;
         }
         other => {

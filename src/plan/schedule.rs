@@ -61,6 +61,19 @@ pub enum Step {
 }
 
 impl Step {
+    /// Whether an interruption may cut it short: waits, drains and pulls
+    /// change nothing when abandoned (creates, starts and removes finish).
+    pub fn is_wait(&self) -> bool {
+        matches!(
+            self,
+            Step::WaitGcs { .. }
+                | Step::WaitReady { .. }
+                | Step::WaitServe { .. }
+                | Step::Drain { .. }
+                | Step::PullImage { .. }
+        )
+    }
+
     pub fn host(&self) -> &HostName {
         match self {
             Step::PullImage { host, .. }
