@@ -39,6 +39,8 @@ pub struct NodeFiles {
     pub head: Vec<crate::engine::ContainerFile>,
     pub worker: Vec<crate::engine::ContainerFile>,
     pub labels: BTreeMap<String, String>,
+    /// The Ray token the nodes get (its `Debug` hides the value).
+    pub token: Option<crate::config::Secret>,
 }
 
 impl ApplyOptions {

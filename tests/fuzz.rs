@@ -23,6 +23,10 @@ const REGRESSIONS: &[&str] = &[
     "[head]\nhost = \"10.0.0.1\"\n[workers.w]\nhosts = [\"10.0.0.2\"]\nworker_ports = \"12000-65535\"\nworker_ports_per_node = 65535\n",
     "[head]\nhost = \"10.0.0.1\"\nobject_manager_port = 65535\n[workers.w]\nhosts = [\"10.0.0.1\"]\ncount = 256\nobject_manager_port = 65535\n",
     "[head]\nhost = \"10.0.0.1\"\n[cluster]\nagent_ports = \"65533-65535\"\n",
+    "[head]\nhost = \"10.0.0.1\"\n[cluster.env]\nK = { value = \"a\\u0000b\", secret = true }\n",
+    "[head]\nhost = \"10.0.0.1\"\n[cluster.env]\nK = { file = \"/proc/self/mem\" }\n",
+    "[head]\nhost = \"10.0.0.1\"\n[cluster]\nauth = \"none\"\ntoken_env = \"\"\n",
+    "[head]\nhost = \"10.0.0.1\"\n[cluster.env]\nK = { file = \"/dev/stdin\" }\n",
 ];
 
 /// Everything a configuration text goes through before apply.
@@ -80,6 +84,10 @@ fn near_valid_line() -> impl Strategy<Value = String> {
         "public",
         "known_hosts",
         "port",
+        "auth",
+        "token_file",
+        "token_env",
+        "HF_TOKEN",
     ]);
     let value = prop_oneof![
         any::<i64>().prop_map(|v| v.to_string()),
@@ -87,6 +95,11 @@ fn near_valid_line() -> impl Strategy<Value = String> {
         "\\PC{0,40}".prop_map(|v| format!("{v:?}")),
         prop::collection::vec("[0-9.]{1,15}", 0..4).prop_map(|v| format!("{v:?}")),
         Just("true".to_string()),
+        "\\PC{0,20}".prop_map(|v| format!("{{ value = {v:?}, secret = true }}")),
+        "[A-Z_]{0,8}".prop_map(|v| format!("{{ env = {v:?} }}")),
+        "[a-z.~]{0,8}".prop_map(|v| format!("{{ file = {v:?} }}")),
+        Just("{ value = \"x\", env = \"Y\" }".to_string()),
+        Just("\"none\"".to_string()),
     ];
     let table = prop::sample::select(vec![
         "",

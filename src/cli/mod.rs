@@ -449,8 +449,8 @@ pub fn run(cli: Cli) -> Result<u8> {
             live::block_on(day2::history(&loaded, &desired, lines))?
         }
         Command::Env => {
-            let (_, desired) = load(&cli.config, &overrides)?;
-            write_stdout(&day2::env(&desired))?;
+            let (loaded, desired) = load(&cli.config, &overrides)?;
+            write_stdout(&day2::env(&loaded, &desired))?;
             Ok(exit::OK)
         }
     }

@@ -114,6 +114,10 @@ impl SecretReader for Operator {
     }
     fn file(&self, path: &Path) -> std::io::Result<Vec<u8>> {
         use std::io::Read;
+        // Never a FIFO, a device or a terminal: they could block forever.
+        if !std::fs::metadata(path)?.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
         let mut bytes = Vec::new();
         std::fs::File::open(path)?
             .take(MAX_ENV_VALUE_BYTES as u64 + 2)
@@ -199,7 +203,7 @@ pub(crate) fn read_secret(
             let shown = crate::model::excerpt(&p.display().to_string(), 200);
             let bytes = reader.file(&p).map_err(|e| {
                 (
-                    format!("cannot read `{shown}`: {}", e.kind()),
+                    format!("cannot read `{shown}`: {}", io_reason(&e)),
                     "check the path and its permissions (it is read on the machine seedcore runs on)"
                         .to_string(),
                 )
@@ -297,5 +301,15 @@ pub(crate) fn env_value(
             "the value must be a string or a table".to_string(),
             SHAPES.to_string(),
         )),
+    }
+}
+
+/// An I/O error in a few words (never the file's content).
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".to_string(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        std::io::ErrorKind::Other => crate::model::excerpt(&e.to_string(), 80),
+        k => crate::model::excerpt(&k.to_string(), 80),
     }
 }

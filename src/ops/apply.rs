@@ -361,6 +361,15 @@ pub async fn execute(
 
     let interrupted = options.interrupt.fired();
     record(prepared, loaded, &report, interrupted).await;
+    if let (crate::config::Auth::Token(crate::config::TokenSource::Generated), Some(token)) =
+        (&loaded.config.cluster.auth, &options.node_files.token)
+    {
+        if prepared.kind == Kind::Apply && report.succeeded() {
+            if let Err(e) = save_token(&desired.cluster, token) {
+                eprintln!("warning: cannot keep a copy of the Ray token for clients: {e}");
+            }
+        }
+    }
     if let Some(signal) = interrupted {
         return Err(Error::Interrupted {
             text: interrupted_summary(plan, &report, signal),
@@ -555,6 +564,7 @@ pub fn node_files(
         head: head_files,
         worker: files,
         labels,
+        token,
     }
 }
 
@@ -647,4 +657,41 @@ async fn record(
             }
         }
     }
+}
+
+/// Where the operator's copy of a generated Ray token is kept (0600), for
+/// `seedcore env`: `~/.seedcore/NAME/HEAD.token`.
+pub fn token_copy_path(cluster: &crate::model::ClusterIdentity) -> Option<std::path::PathBuf> {
+    let home = std::env::var_os("HOME")?;
+    Some(
+        std::path::PathBuf::from(home)
+            .join(".seedcore")
+            .join(&cluster.name)
+            .join(format!("{}.token", cluster.head)),
+    )
+}
+
+fn save_token(
+    cluster: &crate::model::ClusterIdentity,
+    token: &crate::config::Secret,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let path = token_copy_path(cluster).ok_or_else(|| std::io::Error::other("HOME is not set"))?;
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let tmp = path.with_extension("token.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(format!("{}\n", token.expose()).as_bytes())?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&tmp, &path)
 }
