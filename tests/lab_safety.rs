@@ -337,13 +337,13 @@ fn token_auth_refuses_clients_without_it_and_no_secret_leaks() {
     let config = secret_config(&lab, &dir, PLANTED_INLINE);
     let saved = dir.join("plan.json");
 
-    let mut runs = Vec::new();
-    runs.push(run_with(&lab, &config, &["validate"]));
-    runs.push(run_with(&lab, &config, &["plan"]));
-    runs.push(run_with(&lab, &config, &["plan", "--output", "json"]));
-    runs.push(run_with(&lab, &config, &["plan", "--output", "markdown"]));
-    let out = run_with(&lab, &config, &["plan", "--out", saved.to_str().unwrap()]);
-    runs.push(out);
+    let mut runs = vec![
+        run_with(&lab, &config, &["validate"]),
+        run_with(&lab, &config, &["plan"]),
+        run_with(&lab, &config, &["plan", "--output", "json"]),
+        run_with(&lab, &config, &["plan", "--output", "markdown"]),
+        run_with(&lab, &config, &["plan", "--out", saved.to_str().unwrap()]),
+    ];
     let plan = &runs[1];
     assert_contains(plan, "env.HF_TOKEN");
     assert_contains(plan, "(sensitive)");

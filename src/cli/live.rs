@@ -201,7 +201,13 @@ async fn show_and_execute(
     }
     if plan.summary().is_empty() {
         if prepared.kind == Kind::Apply {
-            let gaps = ops::apply::ray_gaps(prepared).await;
+            let gaps = ops::apply::await_gaps(prepared, loaded, &|n, timeout| {
+                eprintln!(
+                    "Waiting until Ray lists the {n} node(s) still joining (timeouts.nodes_alive: {}s)...",
+                    timeout.as_secs()
+                )
+            })
+            .await;
             if !gaps.is_empty() {
                 let list: Vec<String> = gaps
                     .iter()

@@ -30,9 +30,36 @@ impl Source {
         (line, column, self.masked(line_start, line_end))
     }
 
+    /// Whether a line may hold an env value when the file could not be
+    /// parsed (no spans yet): under `[cluster.env]`, or an `env` key or
+    /// inline table of `[cluster]`, or a dotted `cluster.env` key.
+    fn may_hold_env(&self, start: usize) -> bool {
+        let line = self.text[start..].lines().next().unwrap_or("").trim_start();
+        let header = self.text[..start]
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| l.starts_with('['))
+            .map(|l| {
+                l.trim_matches(|c| c == '[' || c == ']')
+                    .replace([' ', '"'], "")
+            })
+            .unwrap_or_default();
+        header.starts_with("cluster.env")
+            || (header == "cluster" && line.starts_with("env"))
+            || line.replace([' ', '"'], "").starts_with("cluster.env")
+            || line.starts_with("[cluster.env")
+    }
+
     /// A line of the file as errors quote it: the values of `[cluster.env]`
     /// (which may be secrets) replaced by `(sensitive)`.
     fn masked(&self, start: usize, end: usize) -> String {
+        if self.spans.is_empty() && self.may_hold_env(start) {
+            return format!(
+                "{} (this line is not shown: it may hold a secret)",
+                crate::model::SENSITIVE
+            );
+        }
         let mut hidden: Vec<Range<usize>> = self
             .spans
             .iter()

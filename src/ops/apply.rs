@@ -310,6 +310,43 @@ pub async fn ray_gaps(prepared: &Prepared) -> Vec<(NodeName, String)> {
     }
 }
 
+/// With nothing for Docker to change, waits (up to `timeouts.nodes_alive`)
+/// for the nodes Ray does not list yet: containers that started moments ago
+/// are still joining. Returns those still missing.
+pub async fn await_gaps(
+    prepared: &Prepared,
+    loaded: &Loaded,
+    on_waiting: &dyn Fn(usize, Duration),
+) -> Vec<(NodeName, String)> {
+    let gaps = ray_gaps(prepared).await;
+    if gaps.is_empty() {
+        return gaps;
+    }
+    let head = prepared.desired.head();
+    let Some(id) = prepared
+        .plan
+        .changes
+        .iter()
+        .find(|c| c.node == head.name)
+        .and_then(|c| c.container())
+    else {
+        return gaps;
+    };
+    let timeout = Duration::from_secs(loaded.config.timeouts.nodes_alive_secs);
+    on_waiting(gaps.len(), timeout);
+    let backends = prepared.hosts.backends();
+    executor::wait_whole(
+        &prepared.plan.desired(),
+        id,
+        &backends,
+        &Default::default(),
+        timeout,
+        Duration::from_secs(1),
+    )
+    .await
+    .unwrap_or(gaps)
+}
+
 /// Executes a prepared plan. `on_waiting` is told before the final wait for
 /// Ray (for an apply) so the caller can say what is happening.
 pub async fn execute(

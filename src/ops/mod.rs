@@ -61,7 +61,15 @@ pub fn config_digest(loaded: &Loaded) -> ConfigDigest {
             .source
             .overrides()
             .iter()
-            .map(|o| format!("{}={}", o.key, o.value))
+            // A secret's value is never kept: its change is seen through
+            // the plan's keyed digests instead.
+            .map(|o| {
+                if o.sensitive {
+                    format!("{}={}", o.key, crate::model::SENSITIVE)
+                } else {
+                    format!("{}={}", o.key, o.value)
+                }
+            })
             .collect(),
     }
 }
