@@ -22,9 +22,12 @@ fn every_command_has_help() {
     insta::assert_snapshot!("help", help(&["--help"]));
     for cmd in [
         "validate", "plan", "check", "graph", "observe", "apply", "status", "logs", "destroy",
-        "restart", "env",
+        "restart", "env", "lock", "history",
     ] {
         insta::assert_snapshot!(format!("help_{cmd}"), help(&[cmd, "--help"]));
+    }
+    for sub in ["status", "release"] {
+        insta::assert_snapshot!(format!("help_lock_{sub}"), help(&["lock", sub, "--help"]));
     }
 }
 
