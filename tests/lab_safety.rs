@@ -443,6 +443,33 @@ except Exception as e: print('client=refused', type(e).__name__)
     let with = probe(true);
     assert!(with.contains("client=accepted nodes=4"), "{with}");
 
+    // Rotating the generated token: every node restarts with a new one.
+    let rotate = run_with(
+        &lab,
+        &config,
+        &["restart", "--rotate-token", "--auto-approve"],
+    );
+    rotate.expect_ok();
+    assert_contains(&rotate, "A new Ray token is generated");
+    wait_whole(&lab);
+    let rotated = lab
+        .docker_ok(1, &["exec", HEAD, "cat", "/run/seedcore/auth_token"])
+        .trim()
+        .to_string();
+    assert_ne!(rotated, token, "the token did not change");
+    assert!(!rotate.output().contains(&rotated) && !rotate.output().contains(&token));
+    for (k, node) in BASE {
+        let t = lab.docker_ok(k, &["exec", node, "cat", "/run/seedcore/auth_token"]);
+        assert_eq!(t.trim(), rotated, "{node} has another token");
+    }
+    let with = probe(true);
+    assert!(
+        with.contains("client=accepted nodes=4"),
+        "after rotation: {with}"
+    );
+    run_with(&lab, &config, &["plan"]).expect_ok();
+    assert_contains(&run_with(&lab, &config, &["plan"]), "No changes.");
+
     // Another secret value: every node is replaced, its value shown nowhere.
     let changed = secret_config(&lab, &dir, "hf_PLANTED_rotated_77aa01");
     let plan = run_with(&lab, &changed, &["plan"]);

@@ -422,18 +422,36 @@ pub async fn destroy(
     }
 }
 
+/// What `seedcore restart` replaces.
+#[derive(Debug, Clone, Copy)]
+pub struct Restart {
+    /// Every node.
+    pub all: bool,
+    /// With a new Ray token (every node).
+    pub rotate_token: bool,
+}
+
 /// `seedcore restart`: replaces the named nodes (a head takes its workers).
 #[allow(clippy::too_many_arguments)]
 pub async fn restart(
     loaded: &Loaded,
     fresh: &DesiredState,
     selection: &[String],
-    all: bool,
+    how: Restart,
     auto_approve: bool,
     parallel: Option<usize>,
     lock_timeout: std::time::Duration,
     style: Style,
 ) -> Result<u8> {
+    if how.rotate_token
+        && loaded.config.cluster.auth
+            != crate::config::Auth::Token(crate::config::TokenSource::Generated)
+    {
+        return Err(UserError(
+            "error: `--rotate-token` renews a token seedcore generated, and this cluster's token is not one (`token_file`, `token_env` or `auth = \"none\"`)\nhint: change the token where it comes from; the next `seedcore apply` replaces every node with the new one".to_string(),
+        ));
+    }
+    let all = how.all || how.rotate_token;
     if selection.is_empty() && !all {
         return Err(UserError(
             "error: name the nodes to restart, or pass `--all`\nhint: `seedcore restart head`, `seedcore restart workers`, `seedcore restart NODE...`".to_string(),
@@ -452,8 +470,15 @@ pub async fn restart(
             "error: refusing to restart without confirmation: stdin is not a terminal\nhint: run `seedcore restart ... --auto-approve`".to_string(),
         ));
     }
-    let prepared =
+    let mut prepared =
         ops::apply::prepare_restart(loaded, fresh, chosen, parallel, lock_timeout).await?;
+    if how.rotate_token {
+        // The new nodes get a new token (see `ops::apply::node_files`).
+        prepared.head_secrets.token = None;
+        prepared.plan.notes.push(
+            "A new Ray token is generated: every node restarts with it; clients need the new one (`seedcore env` says where it is).".to_string(),
+        );
+    }
     live::run(prepared, loaded, style, auto_approve, parallel).await
 }
 

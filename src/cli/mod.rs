@@ -140,6 +140,9 @@ pub enum Command {
         /// Restart every node.
         #[arg(long)]
         all: bool,
+        /// Generate a new Ray token and restart every node with it (a generated token only).
+        #[arg(long)]
+        rotate_token: bool,
         /// Restart without asking (required when stdin is not a terminal).
         #[arg(long)]
         auto_approve: bool,
@@ -418,6 +421,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Restart {
             nodes,
             all,
+            rotate_token,
             auto_approve,
             parallel,
             lock_timeout,
@@ -428,7 +432,7 @@ pub fn run(cli: Cli) -> Result<u8> {
                 &loaded,
                 &desired,
                 &nodes,
-                all,
+                day2::Restart { all, rotate_token },
                 auto_approve,
                 parallel,
                 lock_timeout,
