@@ -29,6 +29,17 @@ pub struct ApplyOptions {
     pub node_files: NodeFiles,
     /// Fired by a signal: no new step starts, waits end at once.
     pub interrupt: std::sync::Arc<crate::interrupt::Interrupt>,
+    /// For `push`: this machine's engine, the images as it lays them out,
+    /// and the layer stacks each host has.
+    pub pushes: Pushes,
+}
+
+/// What push steps need.
+#[derive(Debug, Clone, Default)]
+pub struct Pushes {
+    pub source: Option<crate::engine::EngineBackend>,
+    pub images: BTreeMap<String, crate::transfer::SourceImage>,
+    pub layers: BTreeMap<HostName, std::collections::BTreeSet<String>>,
 }
 
 /// The files a created container gets before it starts (the Ray token, the
@@ -55,6 +66,7 @@ impl ApplyOptions {
             ssh: ssh_prefix(&config.ssh),
             node_files: NodeFiles::default(),
             interrupt: crate::interrupt::Interrupt::new(),
+            pushes: Pushes::default(),
         }
     }
 }
@@ -424,6 +436,43 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
 
     async fn run(&self, step: &Step) -> Result<(), String> {
         match step {
+            Step::PushImage { host, image, .. } => {
+                let p = &self.options.pushes;
+                let source = p.source.as_ref().ok_or_else(|| {
+                    "no connection to this machine's Docker engine".to_string()
+                })?;
+                let src = p
+                    .images
+                    .get(image)
+                    .ok_or_else(|| format!("`{image}` is not on this machine's engine"))?;
+                let has = p.layers.get(host).cloned().unwrap_or_default();
+                let total = src.bytes_for(&has);
+                let last = std::sync::Mutex::new(Instant::now());
+                let report = |sent: u64| {
+                    let mut at = last.lock().unwrap();
+                    if at.elapsed() >= Duration::from_secs(2) {
+                        *at = Instant::now();
+                        self.progress(
+                            step,
+                            format!(
+                                "sent {} of {}",
+                                crate::model::human_size(sent),
+                                crate::model::human_size(total)
+                            ),
+                        );
+                    }
+                };
+                let sent = self
+                    .backend(host)?
+                    .receive_image(source, src, &has, &report)
+                    .await
+                    .map_err(|e| format!("cannot push `{image}` to `{host}`: {e}"))?;
+                self.progress(
+                    step,
+                    format!("sent {} (image {} checked)", crate::model::human_size(sent), crate::model::excerpt(&src.id, 24)),
+                );
+                Ok(())
+            }
             Step::PullImage { host, image } => self
                 .backend(host)?
                 .pull_image(image)

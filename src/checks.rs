@@ -485,6 +485,7 @@ mod port_tests {
             state: "running".to_string(),
             exit_code: None,
             created: None,
+            image_id: None,
             labels: labels
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -568,6 +569,7 @@ mod port_tests {
                     error: None,
                     engine: None,
                     images: None,
+                    layers: None,
                     containers: if h == head {
                         vec![ours.clone()]
                     } else {

@@ -27,4 +27,5 @@ pub mod ray;
 pub mod render;
 pub mod secrets;
 pub mod topology;
+pub mod transfer;
 pub mod transport;

@@ -353,6 +353,28 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A byte count for people: `512 B`, `3.4 KiB`, `1.07 GiB`.
+pub fn human_size(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    let digits = if v < 10.0 {
+        2
+    } else if v < 100.0 {
+        1
+    } else {
+        0
+    };
+    format!("{v:.digits$} {}", UNITS[unit])
+}
+
 /// `2147483648` -> `2g`, for display.
 pub fn human_bytes(n: u64) -> String {
     const K: u64 = 1024;
@@ -426,6 +448,9 @@ pub struct ObservedState {
     /// memory only, never written with the observation.
     #[serde(skip)]
     pub head_secrets: crate::secrets::HeadSecrets,
+    /// Images to push, as this machine's engine lays them out (`push`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sources: BTreeMap<String, crate::transfer::SourceImage>,
 }
 
 /// A Ray node as `ray list nodes --format json` reports it.
@@ -477,6 +502,10 @@ pub struct HostObservation {
     /// (reference -> image ID, or `null` when missing). Absent when unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<BTreeMap<String, Option<String>>>,
+    /// The chain IDs of every layer stack the host's engine has, when an
+    /// image is to be pushed there (what it need not be sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<std::collections::BTreeSet<String>>,
     #[serde(default)]
     pub containers: Vec<ObservedContainer>,
     /// TCP ports something listens on (`ss -ltn`), when known: seedcore
@@ -511,6 +540,9 @@ pub struct ObservedContainer {
     /// When it was created (seconds since the epoch), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<i64>,
+    /// The ID of the image it runs, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
@@ -570,6 +602,7 @@ impl ObservedState {
             ray: None,
             observed_at: None,
             head_secrets: Default::default(),
+            sources: BTreeMap::new(),
         }
     }
 }

@@ -31,6 +31,7 @@ pub async fn observe_host<B: DockerBackend>(
             error: None,
             engine: Some(engine),
             images: Some(images),
+            layers: None,
             containers,
             listening: Vec::new(),
         })
@@ -46,6 +47,7 @@ pub fn unreachable_host(error: String) -> HostObservation {
         error: Some(error),
         engine: None,
         images: None,
+        layers: None,
         containers: Vec::new(),
         listening: Vec::new(),
     }

@@ -194,6 +194,7 @@ mod tests {
             state: "running".to_string(),
             exit_code: None,
             created: None,
+            image_id: None,
             labels: labels
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -210,6 +211,7 @@ mod tests {
                 error: None,
                 engine: None,
                 images: None,
+                layers: None,
                 containers,
                 listening: Vec::new(),
             },

@@ -272,6 +272,16 @@ fn steps_section(out: &mut String, plan: &Plan) {
 fn step_label(step: &Step) -> String {
     match step {
         Step::PullImage { image, .. } => format!("pull {image}"),
+        Step::PushImage {
+            image,
+            bytes,
+            layers,
+            of,
+            ..
+        } => format!(
+            "push {image} ({layers} of {of} layers, {})",
+            crate::model::human_size(*bytes)
+        ),
         other => other.to_string(),
     }
 }

@@ -57,6 +57,7 @@ fn options(parallel: usize) -> ApplyOptions {
         ssh: "ssh ".to_string(),
         node_files: Default::default(),
         interrupt: seedcore::interrupt::Interrupt::new(),
+        pushes: Default::default(),
     }
 }
 

@@ -314,6 +314,7 @@ fn a_head_only_config_is_valid_and_the_plan_says_there_are_no_workers() {
             error: None,
             engine: None,
             images: None,
+            layers: None,
             containers: Vec::new(),
             listening: Vec::new(),
         },

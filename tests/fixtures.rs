@@ -25,6 +25,7 @@ fn host(containers: Vec<ObservedContainer>) -> HostObservation {
             memory_bytes: 64 << 30,
         }),
         images: None,
+        layers: None,
         containers,
         listening: Vec::new(),
     }
@@ -53,6 +54,7 @@ fn converged() -> ObservedState {
                 state: "running".to_string(),
                 exit_code: None,
                 created: None,
+                image_id: None,
                 labels: n
                     .labels(&desired.cluster)
                     .into_iter()

@@ -61,6 +61,7 @@ fn empty() -> ObservedState {
                     memory_bytes: 1 << 36,
                 }),
                 images: None,
+                layers: None,
                 containers: Vec::new(),
                 listening: Vec::new(),
             },
@@ -95,6 +96,7 @@ fn apply(o: &mut ObservedState, desired: &DesiredState) {
                 state: "running".to_string(),
                 exit_code: None,
                 created: None,
+                image_id: None,
                 labels: spec.labels(&desired.cluster),
             });
         }

@@ -91,6 +91,7 @@ fn reachable(containers: Vec<ObservedContainer>) -> HostObservation {
             memory_bytes: 64 << 30,
         }),
         images: None,
+        layers: None,
         containers,
         listening: Vec::new(),
     }
@@ -120,6 +121,7 @@ fn container(
         state: state.to_string(),
         exit_code,
         created: None,
+        image_id: None,
         labels: node.labels(cluster),
     }
 }
@@ -165,6 +167,7 @@ fn stranger(name: &str, labels: &[(&str, &str)]) -> ObservedContainer {
         state: "running".to_string(),
         exit_code: None,
         created: None,
+        image_id: None,
         labels: labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -1554,6 +1557,109 @@ fn pull_steps_precede_creates_when_images_are_missing() {
         &"Image `rayproject/ray:2.60.0` is missing on `172.31.20.11`: apply will pull it there."
             .to_string()
     ));
+}
+
+#[test]
+fn push_steps_carry_only_the_missing_layers_and_a_rebuilt_image_replaces_its_nodes() {
+    use seedcore::transfer::{chain_ids, SavedLayer, SourceImage};
+    let wanted = desired(&[]);
+    let image = "rayproject/ray:2.60.0".to_string();
+    let diffs: Vec<String> = (1..=4).map(|i| format!("sha256:{i:064x}")).collect();
+    let chains = chain_ids(&diffs);
+    let source = SourceImage {
+        image: image.clone(),
+        id: "sha256:new".to_string(),
+        layers: diffs
+            .iter()
+            .zip(&chains)
+            .enumerate()
+            .map(|(i, (d, c))| SavedLayer {
+                diff_id: d.clone(),
+                chain_id: c.clone(),
+                path: format!("l{i}/layer.tar"),
+                bytes: if i == 3 { 6_000 } else { 300_000_000 },
+            })
+            .collect(),
+        other_bytes: 4_000,
+    };
+    // Remote host 1 lacks the image but has the first three layers; the
+    // others run containers of an older build of the same name.
+    let mut o = empty(&wanted);
+    o.sources.insert(image.clone(), source);
+    let h = host(&mut o, REMOTE_HOST_1);
+    h.images = Some([(image.clone(), None)].into_iter().collect());
+    h.layers = Some(chains[..3].iter().cloned().collect());
+    let p = build(&wanted, &o);
+    let pushes: Vec<&Step> = p
+        .graph
+        .graph
+        .node_weights()
+        .filter(|s| matches!(s, Step::PushImage { .. }))
+        .collect();
+    assert_eq!(pushes.len(), 1, "{pushes:?}");
+    let Step::PushImage {
+        host,
+        bytes,
+        layers,
+        of,
+        ..
+    } = pushes[0]
+    else {
+        unreachable!()
+    };
+    assert_eq!((host.as_str(), *layers, *of), (REMOTE_HOST_1, 1, 4));
+    assert_eq!(*bytes, 4_000 + 6_000 + 1024);
+    assert!(p
+        .graph
+        .graph
+        .node_weights()
+        .all(|s| !matches!(s, Step::PullImage { .. })));
+    let push = step_index(&p, |s| matches!(s, Step::PushImage { .. }));
+    let create = step_index(
+        &p,
+        |s| matches!(s, Step::Create { node, .. } if node.as_str() == REMOTE_1),
+    );
+    assert!(before(&p, push[0], create[0]));
+    assert!(
+        p.notes.iter().any(|n| n
+            == "Image `rayproject/ray:2.60.0` will be pushed from this machine to `172.31.20.11`: 1 of its 4 layers, 10.8 KiB."),
+        "{:?}",
+        p.notes
+    );
+    let text = render::text(&p, Style::default());
+    assert!(
+        text.contains("push rayproject/ray:2.60.0 (1 of 4 layers, 10.8 KiB)"),
+        "{text}"
+    );
+
+    // Containers that run another image ID than this machine's are replaced.
+    let mut o = converged(&wanted);
+    o.sources.insert(
+        image.clone(),
+        SourceImage {
+            image: image.clone(),
+            id: "sha256:1111111111112222".to_string(),
+            layers: Vec::new(),
+            other_bytes: 0,
+        },
+    );
+    for h in o.hosts.values_mut() {
+        h.images = Some([(image.clone(), Some("sha256:1111111111112222".to_string()))].into());
+    }
+    find(&mut o, REMOTE_2).image_id = Some("sha256:0000000000009999".to_string());
+    find(&mut o, LOCAL_1).image_id = Some("sha256:1111111111112222".to_string());
+    let p = build(&wanted, &o);
+    let replaced: Vec<(String, String)> = p
+        .effective()
+        .map(|c| (c.node.0.clone(), c.cause()))
+        .collect();
+    assert_eq!(
+        replaced,
+        [(
+            REMOTE_2.to_string(),
+            "image rebuilt: it runs 000000000000, this machine has 111111111111".to_string()
+        )]
+    );
 }
 
 // ---------------------------------------------------------------------------

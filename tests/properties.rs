@@ -185,6 +185,7 @@ fn observation(desired: &DesiredState, converged: bool) -> ObservedState {
                 error: None,
                 engine: None,
                 images: None,
+                layers: None,
                 containers: Vec::new(),
                 listening: Vec::new(),
             },
@@ -203,6 +204,7 @@ fn observation(desired: &DesiredState, converged: bool) -> ObservedState {
                     state: "running".to_string(),
                     exit_code: None,
                     created: None,
+                    image_id: None,
                     labels: n.labels(&desired.cluster),
                 });
         }

@@ -147,6 +147,7 @@ fn reachable(containers: Vec<ObservedContainer>) -> HostObservation {
         error: None,
         engine: None,
         images: None,
+        layers: None,
         containers,
         listening: Vec::new(),
     }
@@ -816,6 +817,7 @@ fn a_changed_secret_value_replaces_every_node_through_digests_alone() {
                 state: "running".to_string(),
                 exit_code: None,
                 created: None,
+                image_id: None,
                 labels,
             });
     }

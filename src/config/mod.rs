@@ -82,6 +82,17 @@ pub enum KnownHostsPolicy {
     AcceptNew,
 }
 
+/// Where hosts get their images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ImageSource {
+    /// From a registry, by the host's engine (`docker pull`).
+    #[default]
+    Pull,
+    /// From the engine of the machine running seedcore, only the layers a
+    /// host lacks (see `transfer`).
+    Push,
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -102,6 +113,9 @@ pub struct ClusterConfig {
     pub agent_ports: PortRange,
     pub usage_stats: bool,
     pub oversubscribe_cpus: bool,
+    /// Where hosts get the images: their registry (`pull`) or the engine of
+    /// the machine running seedcore (`push`).
+    pub image_source: ImageSource,
     /// How Ray authenticates (`auth`, `token_file`, `token_env`).
     pub auth: Auth,
     pub env: BTreeMap<String, EnvValue>,

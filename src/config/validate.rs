@@ -303,11 +303,27 @@ pub(crate) fn validate_with(
         }
         ok
     });
+    let image_source = match raw.cluster.image_source.as_deref() {
+        None | Some("pull") => ImageSource::Pull,
+        Some("push") => ImageSource::Push,
+        Some(other) => {
+            c.err(
+                "cluster.image_source",
+                format!(
+                    "`cluster.image_source` is `{}`; it takes `pull` or `push`",
+                    crate::model::excerpt(other, 40)
+                ),
+                "`pull`: each host pulls from a registry; `push`: seedcore moves the image from this machine's Docker, only the layers a host lacks",
+            );
+            ImageSource::Pull
+        }
+    };
     let cluster = ClusterConfig {
         name,
         id,
         image,
         agent_ports,
+        image_source,
         usage_stats: raw.cluster.usage_stats.unwrap_or(false),
         oversubscribe_cpus: raw.cluster.oversubscribe_cpus.unwrap_or(false),
         auth,

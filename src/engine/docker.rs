@@ -48,6 +48,7 @@ impl EngineBackend {
                 state,
                 exit_code,
                 created: c.created,
+                image_id: c.image_id.clone(),
                 labels,
             });
         }
@@ -234,6 +235,18 @@ impl DockerBackend for EngineBackend {
                 }
             }
         }
+    }
+
+    async fn receive_image(
+        &self,
+        source: &EngineBackend,
+        image: &crate::transfer::SourceImage,
+        has: &std::collections::BTreeSet<String>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<u64> {
+        crate::transfer::push(&source.docker, &self.docker, image, has, progress)
+            .await
+            .map_err(BackendError::other)
     }
 
     async fn put_files(&self, container: &str, files: &[ContainerFile]) -> Result<()> {

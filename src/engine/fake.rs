@@ -369,6 +369,7 @@ impl FakeBackend {
                             state: c.state.clone(),
                             exit_code: c.exit_code,
                             created: None,
+                            image_id: Some(format!("sha256:{}", c.image)),
                             labels: c.labels.clone(),
                         })
                         .collect()
@@ -567,6 +568,34 @@ impl DockerBackend for FakeBackend {
                     restart_count: 0,
                 })
         }))
+    }
+
+    async fn receive_image(
+        &self,
+        _source: &crate::engine::EngineBackend,
+        image: &crate::transfer::SourceImage,
+        has: &std::collections::BTreeSet<String>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<u64> {
+        let bytes = image.bytes_for(has);
+        self.call(
+            "receive-image",
+            &image.image,
+            &format!(
+                " ({} of {} layers)",
+                image.missing(has).count(),
+                image.layers.len()
+            ),
+        )
+        .await?;
+        progress(bytes);
+        self.with(|s| {
+            s.images
+                .entry(self.host.clone())
+                .or_default()
+                .push(image.image.clone())
+        });
+        Ok(bytes)
     }
 
     async fn put_files(&self, target: &str, files: &[ContainerFile]) -> Result<()> {

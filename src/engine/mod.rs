@@ -170,6 +170,16 @@ pub trait DockerBackend: Send + Sync {
         container: &str,
         path: &str,
     ) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
+    /// Receives an image from `source` (the engine of the machine running
+    /// seedcore), without the layers whose chain IDs are in `has`; checks
+    /// its ID, then tags it. Returns the bytes sent.
+    fn receive_image(
+        &self,
+        source: &EngineBackend,
+        image: &crate::transfer::SourceImage,
+        has: &std::collections::BTreeSet<String>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> impl Future<Output = Result<u64>> + Send;
     /// Runs a command in a running container and collects its output.
     fn exec(
         &self,

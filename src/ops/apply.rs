@@ -36,6 +36,8 @@ pub struct Prepared {
     pub head_secrets: crate::secrets::HeadSecrets,
     /// The command, for the audit trail (`apply`, `destroy`, `restart`).
     pub command: &'static str,
+    /// What push steps need (`image_source = "push"`).
+    pub pushes: crate::apply::Pushes,
 }
 
 /// How an executed plan ended.
@@ -210,6 +212,7 @@ pub async fn prepare(
             plan.preflight = Some(check(&hosts, &observed, &desired, &plan, loaded, scope).await);
             note_plan(&hosts, &plan).await;
             Ok(Prepared {
+                pushes: pushes_of(&hosts, &observed),
                 hosts,
                 desired,
                 plan,
@@ -250,6 +253,7 @@ pub async fn prepare_destroy(
         plan,
         kind: Kind::Destroy,
         saved: false,
+        pushes: Default::default(),
         head_secrets: observed.head_secrets,
         command: "destroy",
     })
@@ -273,6 +277,7 @@ pub async fn prepare_restart(
     .await?;
     match make_plan(loaded, &desired, &observed, chosen, &Scope::default()) {
         Ok(plan) => Ok(Prepared {
+            pushes: pushes_of(&hosts, &observed),
             hosts,
             desired,
             plan,
@@ -360,6 +365,7 @@ pub async fn execute(
     let mut options = ApplyOptions::from_config(&loaded.config, parallel);
     options.node_files = node_files(&loaded.config, &prepared.head_secrets);
     options.interrupt = crate::interrupt::global();
+    options.pushes = prepared.pushes.clone();
     let backends = hosts.backends();
     let started = Instant::now();
     options.interrupt.set_executing(true);
@@ -731,4 +737,16 @@ fn save_token(
     f.write_all(format!("{}\n", token.expose()).as_bytes())?;
     f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     std::fs::rename(&tmp, &path)
+}
+
+fn pushes_of(hosts: &Hosts, observed: &crate::model::ObservedState) -> crate::apply::Pushes {
+    crate::apply::Pushes {
+        source: hosts.source.clone(),
+        images: observed.sources.clone(),
+        layers: observed
+            .hosts
+            .iter()
+            .filter_map(|(h, o)| Some((h.clone(), o.layers.clone()?)))
+            .collect(),
+    }
 }

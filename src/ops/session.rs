@@ -14,7 +14,7 @@ use crate::ownership;
 use crate::topology;
 use crate::transport::{Connection, Transport, TransportError};
 use futures_util::stream::{self, StreamExt};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Open connections, and the hosts that could not be reached.
 pub struct Hosts {
@@ -30,6 +30,8 @@ pub struct Hosts {
     pub lock: Option<crate::lock::Held>,
     /// Said about the lock (a stale one broken, none taken).
     pub lock_notes: Vec<String>,
+    /// This machine's engine, when images are pushed from it.
+    pub source: Option<crate::engine::EngineBackend>,
     pub transport: Transport,
 }
 
@@ -157,6 +159,7 @@ async fn open_with(
         listeners: BTreeMap::new(),
         lock: None,
         lock_notes: Vec::new(),
+        source: None,
         transport,
     };
     let declared = fresh.hosts();
@@ -272,7 +275,107 @@ async fn open_with(
     };
     observed.ray = ray_view(&hosts, &observed, &desired).await;
     observed.head_secrets = head_secrets(&hosts, &observed, &desired).await;
+    if loaded.config.cluster.image_source == crate::config::ImageSource::Push {
+        if let Err(e) = push_sources(&mut hosts, &mut observed, &desired).await {
+            hosts.close().await;
+            return Err(Error::Hosts(e));
+        }
+    }
     Ok((hosts, observed, desired))
+}
+
+/// This machine's Docker engine (`DOCKER_HOST=unix://...` or the default socket).
+pub fn local_engine() -> std::result::Result<crate::engine::EngineBackend, String> {
+    let socket = std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
+        .unwrap_or_else(|| "/var/run/docker.sock".to_string());
+    bollard::Docker::connect_with_socket(&socket, 600, bollard::API_DEFAULT_VERSION)
+        .map(|docker| crate::engine::EngineBackend { docker })
+        .map_err(|e| format!("cannot reach this machine's Docker engine at `{socket}`: {e}"))
+}
+
+/// For `image_source = "push"`: the images as this machine's engine lays
+/// them out, and the layer stacks of each host that lacks one.
+async fn push_sources(
+    hosts: &mut Hosts,
+    observed: &mut ObservedState,
+    desired: &DesiredState,
+) -> std::result::Result<(), String> {
+    let hint = "hint: build or pull the image on this machine (`docker build -t IMAGE .`), or set `cluster.image_source = \"pull\"` to let each host pull it from a registry";
+    let source = local_engine().map_err(|e| format!("error: {e}\n{hint}"))?;
+    let source = match source.docker.negotiate_version().await {
+        Ok(docker) => crate::engine::EngineBackend { docker },
+        Err(e) => {
+            return Err(format!(
+                "error: cannot reach this machine's Docker engine: {e}\n{hint}"
+            ))
+        }
+    };
+    let by_host = desired.images_by_host();
+    let mut images: BTreeSet<String> = BTreeSet::new();
+    for list in by_host.values() {
+        images.extend(list.iter().cloned());
+    }
+    for image in images {
+        let id = match source.docker.inspect_image(&image).await {
+            Ok(i) => i.id.unwrap_or_default(),
+            Err(e) => {
+                return Err(format!(
+                    "error: `image_source = \"push\"`, but this machine's Docker engine has no `{}` ({})\n{hint}",
+                    crate::model::excerpt(&image, 200),
+                    crate::model::excerpt(&e.to_string(), 200)
+                ))
+            }
+        };
+        let needing: Vec<HostName> = by_host
+            .iter()
+            .filter(|(_, l)| l.contains(&image))
+            .map(|(h, _)| h.clone())
+            .filter(|h| {
+                observed.hosts.get(h).is_some_and(|o| {
+                    o.reachable
+                        && o.images
+                            .as_ref()
+                            .and_then(|m| m.get(&image).cloned().flatten())
+                            .as_deref()
+                            != Some(id.as_str())
+                })
+            })
+            .collect();
+        if needing.is_empty() {
+            // Every host has exactly this image: nothing to index.
+            observed.sources.insert(
+                image.clone(),
+                crate::transfer::SourceImage {
+                    image: image.clone(),
+                    id,
+                    layers: Vec::new(),
+                    other_bytes: 0,
+                },
+            );
+            continue;
+        }
+        let indexed = crate::transfer::index(&source.docker, &image)
+            .await
+            .map_err(|e| format!("error: {e}"))?;
+        observed.sources.insert(image.clone(), indexed);
+        for h in needing {
+            if observed.hosts.get(&h).is_some_and(|o| o.layers.is_some()) {
+                continue;
+            }
+            if let Some(conn) = hosts.connections.get(&h) {
+                let layers = crate::transfer::chains_on(&conn.backend.docker)
+                    .await
+                    .map_err(|e| format!("error: on `{h}`: {e}"))?;
+                if let Some(o) = observed.hosts.get_mut(&h) {
+                    o.layers = Some(layers);
+                }
+            }
+        }
+    }
+    hosts.source = Some(source);
+    Ok(())
 }
 
 /// What this cluster's head keeps (its digest key and generated token),

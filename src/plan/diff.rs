@@ -73,6 +73,9 @@ pub enum Reason {
     /// The values of these secrets (or the Ray token, `RAY_AUTH_TOKEN`)
     /// changed: seen through their keyed digests, never their values.
     SecretsChanged { names: Vec<String> },
+    /// The image was rebuilt (pushed from this machine): the container runs
+    /// another image ID than the one this machine has under its name.
+    ImageRebuilt { running: String, expected: String },
     /// Ours, but no longer declared on its host.
     NotDeclared,
     /// Ours, but now declared on another host.
@@ -206,6 +209,11 @@ impl Change {
                     .collect();
                 format!("{} changed (sensitive)", names.join(", "))
             }
+            Reason::ImageRebuilt { running, expected } => format!(
+                "image rebuilt: it runs {}, this machine has {}",
+                excerpt(&short_id(running), 24),
+                excerpt(&short_id(expected), 24)
+            ),
             Reason::NotDeclared => "not in configuration".to_string(),
             Reason::MovedTo { host } => format!("moved to `{host}`"),
             Reason::Destroy {
@@ -500,6 +508,31 @@ pub fn diff(
             change.reason = Reason::RestartRequested;
         }
         changes.push(change);
+    }
+
+    // Pushed images: a node that stays but runs another image ID than this
+    // machine has under the name (the image was rebuilt).
+    for c in changes.iter_mut() {
+        if !matches!(c.action, Action::NoOp | Action::Start) {
+            continue;
+        }
+        let Some(spec) = &c.after else { continue };
+        let Some(src) = observed.sources.get(&spec.image) else {
+            continue;
+        };
+        let running = c
+            .container()
+            .and_then(|id| containers_on(observed, &c.host).iter().find(|x| x.id == id))
+            .and_then(|x| x.image_id.clone());
+        if let Some(running) = running {
+            if !src.id.is_empty() && running != src.id {
+                c.action = Action::Replace;
+                c.reason = Reason::ImageRebuilt {
+                    running,
+                    expected: src.id.clone(),
+                };
+            }
+        }
     }
 
     // Secrets: a node that stays but carries other digests than expected.
@@ -808,4 +841,13 @@ impl Summary {
     pub fn is_empty(&self) -> bool {
         self.add == 0 && self.change == 0 && self.destroy == 0
     }
+}
+
+/// `sha256:0123456789ab...` -> `0123456789ab`.
+fn short_id(id: &str) -> String {
+    id.strip_prefix("sha256:")
+        .unwrap_or(id)
+        .chars()
+        .take(12)
+        .collect()
 }

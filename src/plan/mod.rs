@@ -235,6 +235,7 @@ fn assemble(
     overrides: Vec<String>,
 ) -> Plan {
     let mut missing: BTreeSet<(HostName, String)> = BTreeSet::new();
+    let mut pushes = schedule::Transfers::new();
     let mut hosts = Vec::new();
     for (host, images) in desired.images_by_host() {
         let Some(obs) = observed.hosts.get(&host) else {
@@ -243,8 +244,21 @@ fn assemble(
         let mut lacking = Vec::new();
         if let Some(known) = &obs.images {
             for image in images {
-                if !matches!(known.get(&image), Some(Some(_))) {
-                    lacking.push(image.clone());
+                let here = known.get(&image).cloned().flatten();
+                match observed.sources.get(&image) {
+                    // Pushed: the host needs exactly the source's image.
+                    Some(src) if here.as_deref() != Some(src.id.as_str()) => {
+                        let has = obs.layers.clone().unwrap_or_default();
+                        let missing_layers = src.missing(&has).count() as u32;
+                        pushes.insert(
+                            (host.clone(), image.clone()),
+                            (src.bytes_for(&has), missing_layers, src.layers.len() as u32),
+                        );
+                        lacking.push(image.clone());
+                    }
+                    Some(_) => {}
+                    None if here.is_none() => lacking.push(image.clone()),
+                    None => {}
                 }
             }
         }
@@ -261,7 +275,7 @@ fn assemble(
     let order = desired.hosts();
     hosts.sort_by_key(|h| order.iter().position(|o| *o == h.host));
 
-    let graph = schedule(&changes, &missing);
+    let graph = schedule(&changes, &missing, &pushes);
     let mut notes = Vec::new();
     if desired.workers().next().is_none() {
         notes.push(
@@ -280,6 +294,24 @@ fn assemble(
                     "Image `{}` is missing on `{}`: apply will pull it there.",
                     crate::model::excerpt(image, 200),
                     h.host
+                ));
+            }
+            let pushed = graph.graph.node_weights().find_map(|s| match s {
+                Step::PushImage {
+                    host,
+                    image: i,
+                    bytes,
+                    layers,
+                    of,
+                } if *host == h.host && i == image => Some((*bytes, *layers, *of)),
+                _ => None,
+            });
+            if let Some((bytes, layers, of)) = pushed {
+                notes.push(format!(
+                    "Image `{}` will be pushed from this machine to `{}`: {layers} of its {of} layers, {}.",
+                    crate::model::excerpt(image, 200),
+                    h.host,
+                    crate::model::human_size(bytes)
                 ));
             }
         }

@@ -13,6 +13,16 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(tag = "step", rename_all = "kebab-case")]
 pub enum Step {
+    /// Move an image from this machine's engine to a host, only the layers
+    /// it lacks (`image_source = "push"`).
+    PushImage {
+        host: HostName,
+        image: String,
+        /// Bytes to send, layers to send, layers in the image.
+        bytes: u64,
+        layers: u32,
+        of: u32,
+    },
     /// Fetch an image missing on a host.
     PullImage {
         host: HostName,
@@ -71,12 +81,14 @@ impl Step {
                 | Step::WaitServe { .. }
                 | Step::Drain { .. }
                 | Step::PullImage { .. }
+                | Step::PushImage { .. }
         )
     }
 
     pub fn host(&self) -> &HostName {
         match self {
             Step::PullImage { host, .. }
+            | Step::PushImage { host, .. }
             | Step::Drain { host, .. }
             | Step::Remove { host, .. }
             | Step::Create { host, .. }
@@ -89,7 +101,7 @@ impl Step {
 
     pub fn node(&self) -> Option<&NodeName> {
         match self {
-            Step::PullImage { .. } => None,
+            Step::PullImage { .. } | Step::PushImage { .. } => None,
             Step::Drain { node, .. }
             | Step::Remove { node, .. }
             | Step::Create { node, .. }
@@ -103,6 +115,7 @@ impl Step {
     pub fn verb(&self) -> &'static str {
         match self {
             Step::PullImage { .. } => "pull",
+            Step::PushImage { .. } => "push",
             Step::Drain { .. } => "drain",
             Step::Remove { .. } => "remove",
             Step::Create { .. } => "create",
@@ -118,6 +131,17 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Step::PullImage { host, image } => write!(f, "pull {image} on {host}"),
+            Step::PushImage {
+                host,
+                image,
+                bytes,
+                layers,
+                of,
+            } => write!(
+                f,
+                "push {image} to {host} ({layers} of {of} layers, {})",
+                crate::model::human_size(*bytes)
+            ),
             other => write!(
                 f,
                 "{} {}",
@@ -299,7 +323,14 @@ impl PlanGraph {
 /// Builds the step graph for a list of changes.
 ///
 /// `missing_images` are `(host, image)` pairs known to be absent.
-pub fn schedule(changes: &[Change], missing_images: &BTreeSet<(HostName, String)>) -> PlanGraph {
+/// What a push to a host sends: bytes, layers, layers in the image.
+pub type Transfers = BTreeMap<(HostName, String), (u64, u32, u32)>;
+
+pub fn schedule(
+    changes: &[Change],
+    missing_images: &BTreeSet<(HostName, String)>,
+    pushes: &Transfers,
+) -> PlanGraph {
     let mut g: DiGraph<Step, ()> = DiGraph::new();
     let mut idx: BTreeMap<Step, NodeIndex> = BTreeMap::new();
     let mut add = |g: &mut DiGraph<Step, ()>, s: Step| -> NodeIndex {
@@ -393,7 +424,20 @@ pub fn schedule(changes: &[Change], missing_images: &BTreeSet<(HostName, String)
                         g.add_edge(r, create, ());
                     }
                     if let Some(image) = c.after.as_ref().map(|a| a.image.clone()) {
-                        if missing_images.contains(&(host.clone(), image.clone())) {
+                        let key = (host.clone(), image.clone());
+                        if let Some((bytes, layers, of)) = pushes.get(&key) {
+                            let p = add(
+                                &mut g,
+                                Step::PushImage {
+                                    host: host.clone(),
+                                    image,
+                                    bytes: *bytes,
+                                    layers: *layers,
+                                    of: *of,
+                                },
+                            );
+                            g.add_edge(p, create, ());
+                        } else if missing_images.contains(&key) {
                             let p = add(
                                 &mut g,
                                 Step::PullImage {
