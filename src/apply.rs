@@ -40,6 +40,9 @@ pub struct Pushes {
     pub source: Option<crate::engine::EngineBackend>,
     pub images: BTreeMap<String, crate::transfer::SourceImage>,
     pub layers: BTreeMap<HostName, std::collections::BTreeSet<String>>,
+    /// What to build (`[cluster.build]`), and what this apply built.
+    pub build: Option<crate::config::BuildConfig>,
+    pub built: std::sync::Arc<tokio::sync::Mutex<BTreeMap<String, crate::transfer::SourceImage>>>,
 }
 
 /// The files a created container gets before it starts (the Ray token, the
@@ -436,14 +439,32 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
 
     async fn run(&self, step: &Step) -> Result<(), String> {
         match step {
+            Step::BuildImage { image, .. } => {
+                let p = &self.options.pushes;
+                let source = p.source.as_ref().ok_or_else(|| {
+                    "no connection to this machine's Docker engine".to_string()
+                })?;
+                let build = p
+                    .build
+                    .as_ref()
+                    .ok_or_else(|| format!("nothing says how to build `{image}`"))?;
+                self.progress(step, format!("building from {}", build.context.display()));
+                crate::transfer::build(&source.docker, build, image)
+                    .await
+                    .map_err(|e| format!("cannot build `{image}`: {e}"))?;
+                let indexed = crate::transfer::index(&source.docker, image).await?;
+                p.built.lock().await.insert(image.clone(), indexed);
+                Ok(())
+            }
             Step::PushImage { host, image, .. } => {
                 let p = &self.options.pushes;
                 let source = p.source.as_ref().ok_or_else(|| {
                     "no connection to this machine's Docker engine".to_string()
                 })?;
-                let src = p
-                    .images
-                    .get(image)
+                let built = p.built.lock().await.get(image).cloned();
+                let src = built
+                    .as_ref()
+                    .or_else(|| p.images.get(image))
                     .ok_or_else(|| format!("`{image}` is not on this machine's engine"))?;
                 let has = p.layers.get(host).cloned().unwrap_or_default();
                 let total = src.bytes_for(&has);

@@ -451,6 +451,9 @@ pub struct ObservedState {
     /// Images to push, as this machine's engine lays them out (`push`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sources: BTreeMap<String, crate::transfer::SourceImage>,
+    /// Images this machine's engine has yet to build (`[cluster.build]`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub to_build: std::collections::BTreeSet<String>,
 }
 
 /// A Ray node as `ray list nodes --format json` reports it.
@@ -603,6 +606,7 @@ impl ObservedState {
             observed_at: None,
             head_secrets: Default::default(),
             sources: BTreeMap::new(),
+            to_build: Default::default(),
         }
     }
 }

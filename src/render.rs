@@ -272,6 +272,7 @@ fn steps_section(out: &mut String, plan: &Plan) {
 fn step_label(step: &Step) -> String {
     match step {
         Step::PullImage { image, .. } => format!("pull {image}"),
+        Step::PushImage { image, of: 0, .. } => format!("push {image} (after its build)"),
         Step::PushImage {
             image,
             bytes,

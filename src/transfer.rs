@@ -456,6 +456,64 @@ pub async fn push(
     Ok(written)
 }
 
+/// Builds `[cluster.build]` on this machine's engine, tagged `image`.
+pub async fn build(
+    engine: &bollard::Docker,
+    build: &crate::config::BuildConfig,
+    image: &str,
+) -> Result<(), String> {
+    use futures_util::StreamExt;
+    let context = build.context.clone();
+    let tar = tokio::task::spawn_blocking(move || {
+        let mut b = tar::Builder::new(Vec::new());
+        b.follow_symlinks(false);
+        b.append_dir_all(".", &context)?;
+        b.into_inner()
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("cannot read the build context: {e}"))?;
+    let mut answers = engine.build_image(
+        bollard::query_parameters::BuildImageOptions {
+            dockerfile: build.dockerfile.clone(),
+            t: Some(image.to_string()),
+            rm: true,
+            buildargs: Some(build.args.clone().into_iter().collect()),
+            ..Default::default()
+        },
+        None,
+        Some(bollard::body_full(tar.into())),
+    );
+    let mut tail: Vec<String> = Vec::new();
+    while let Some(a) = answers.next().await {
+        match a {
+            Ok(info) => {
+                if let Some(e) = info.error_detail.and_then(|d| d.message) {
+                    return Err(format!(
+                        "{}\n{}",
+                        crate::model::excerpt(&e, 400),
+                        tail.join("")
+                    ));
+                }
+                if let Some(s) = info.stream {
+                    tail.push(crate::model::bounded(&s, 300));
+                    if tail.len() > 10 {
+                        tail.remove(0);
+                    }
+                }
+            }
+            Err(e) => {
+                return Err(format!(
+                    "{}\n{}",
+                    crate::model::excerpt(&e.to_string(), 400),
+                    tail.join("")
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A stream of chunks pulled by a blocking function on a blocking thread.
 fn async_stream_of<F>(
     mut next: F,

@@ -518,3 +518,59 @@ fn a_topology_error_caused_by_set_points_at_the_flag() {
     );
     insta::assert_snapshot!("set_slice_too_small", shown);
 }
+
+#[test]
+fn a_build_tags_the_image_with_its_context_digest() {
+    let dir = std::env::temp_dir().join(format!("seedcore-build-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("ctx/sub")).unwrap();
+    std::fs::write(dir.join("ctx/Dockerfile"), "FROM scratch\n").unwrap();
+    std::fs::write(dir.join("ctx/sub/app.py"), "print(1)\n").unwrap();
+    let path = dir.join("seedcore.toml");
+    let text = "[cluster]\nimage = \"my/app:dev\"\nbuild = { context = \"ctx\", args = { V = \"1\" } }\n[head]\nhost = \"10.0.0.1\"\n";
+    let load = |text: &str| config::parse(path.to_str().unwrap(), text, &[]);
+    let first = load(text).unwrap().config;
+    assert!(
+        first.cluster.image.starts_with("my/app:ctx-")
+            && first.cluster.image.len() == "my/app:ctx-".len() + 12,
+        "{}",
+        first.cluster.image
+    );
+    assert_eq!(first.cluster.image_source, config::ImageSource::Push);
+    assert_eq!(
+        load(text).unwrap().config.cluster.image,
+        first.cluster.image,
+        "deterministic"
+    );
+    // A changed file, a changed arg: another tag.
+    std::fs::write(dir.join("ctx/sub/app.py"), "print(2)\n").unwrap();
+    let second = load(text).unwrap().config.cluster.image;
+    assert_ne!(second, first.cluster.image);
+    let third = load(&text.replace("V = \"1\"", "V = \"2\""))
+        .unwrap()
+        .config
+        .cluster
+        .image;
+    assert_ne!(third, second);
+    // A context without its Dockerfile, a missing context, pull with a build: refused.
+    let err = load(&text.replace("context = \"ctx\"", "context = \"ctx/sub\""))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("has no `Dockerfile`"), "{err}");
+    let err = load(&text.replace("context = \"ctx\"", "context = \"nowhere\""))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is not a directory"), "{err}");
+    let err = load(&text.replace("[cluster]\n", "[cluster]\nimage_source = \"pull\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cannot take an image built on this machine"),
+        "{err}"
+    );
+    let err = load(&text.replace("args = { V = \"1\" }", "dockerfile = \"../x\""))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is not a path inside the context"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

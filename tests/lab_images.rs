@@ -28,6 +28,12 @@ const BASE: [&str; 4] = [
     "seedlab-ray-remote-10.77.0.13-1",
 ];
 
+/// One test at a time: they drive the same cluster.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn push_config(lab: &Lab) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("lab-images");
     std::fs::create_dir_all(&dir).expect("scratch dir");
@@ -147,6 +153,7 @@ fn local_size(image: &str) -> f64 {
 
 #[test]
 fn push_moves_only_missing_layers_and_never_tags_a_partial_image() {
+    let _serial = serial();
     let lab = Lab::require();
     let config = push_config(&lab);
     let _restore = Restore(&lab);
@@ -253,4 +260,83 @@ fn push_moves_only_missing_layers_and_never_tags_a_partial_image() {
     let apply = run(&lab, &config, &["apply", "--auto-approve"]);
     apply.expect_ok();
     wait_whole(&lab);
+}
+
+#[test]
+fn a_build_config_builds_here_and_a_changed_context_replaces_the_nodes() {
+    let _serial = serial();
+    let lab = Lab::require();
+    let _restore = Restore(&lab);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("lab-images-build");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("ctx")).expect("context dir");
+    std::fs::write(
+        dir.join("ctx/Dockerfile"),
+        format!("FROM {IMAGE}\nARG GREETING\nCOPY app.txt /opt/app.txt\nRUN echo \"$GREETING\" > /opt/greeting\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("ctx/app.txt"), "version 1\n").unwrap();
+    let base = std::fs::read_to_string(lab.config_path()).expect("lab config");
+    let text = base.replacen(
+        "[cluster]\nname = \"seedlab\"\nimage = \"seedcore-ray:lab\"\n",
+        "[cluster]\nname = \"seedlab\"\nimage = \"seedcore-app:dev\"\nbuild = { context = \"ctx\", args = { GREETING = \"hello\" } }\n",
+        1,
+    );
+    assert!(text.contains("build = {"), "{text}");
+    let config = dir.join("seedcore.toml");
+    std::fs::write(&config, text).unwrap();
+
+    let plan = run(&lab, &config, &["plan"]);
+    plan.expect_ok();
+    assert_contains(
+        &plan,
+        "will be built on this machine, then pushed to `10.77.0.12`",
+    );
+    assert_contains(&plan, "build seedcore-app:ctx-");
+    let apply = run(&lab, &config, &["apply", "--auto-approve"]);
+    apply.expect_ok();
+    wait_whole(&lab);
+    let tag = plan
+        .output()
+        .split("seedcore-app:ctx-")
+        .nth(1)
+        .map(|t| t.chars().take(12).collect::<String>())
+        .expect("the ctx tag");
+    let greeting = lab.docker_ok(
+        2,
+        &[
+            "exec",
+            "seedlab-ray-remote-10.77.0.12-1",
+            "cat",
+            "/opt/greeting",
+            "/opt/app.txt",
+        ],
+    );
+    assert_eq!(greeting, "hello\nversion 1\n");
+    // Each pushed host got only the layers on top of the lab image.
+    for ip in ["10.77.0.11", "10.77.0.12", "10.77.0.13"] {
+        let sent = sent_bytes(&apply, ip);
+        assert_eq!(sent.len(), 1, "{ip}:\n{}", apply.output());
+        assert!(sent[0] < 1024.0 * 1024.0, "{ip}: sent {} bytes", sent[0]);
+    }
+    let again = run(&lab, &config, &["plan"]);
+    assert_contains(&again, "No changes.");
+
+    // A changed file in the context: every node is replaced, "image rebuilt".
+    std::fs::write(dir.join("ctx/app.txt"), "version 2\n").unwrap();
+    let plan = run(&lab, &config, &["plan"]);
+    plan.expect_ok();
+    assert_contains(&plan, "image rebuilt: context changed (seedcore-app:ctx-");
+    assert_contains(
+        &plan,
+        &format!("seedcore-app:ctx-{tag} -> seedcore-app:ctx-"),
+    );
+    assert_contains(&plan, "Plan: 4 to add, 0 to change, 4 to destroy.");
+    // Back to the first content: nothing to do.
+    std::fs::write(dir.join("ctx/app.txt"), "version 1\n").unwrap();
+    let plan = run(&lab, &config, &["plan"]);
+    assert_contains(&plan, "No changes.");
+    let _ = Command::new("docker")
+        .args(["rmi", "-f", &format!("seedcore-app:ctx-{tag}")])
+        .output();
 }

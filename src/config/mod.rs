@@ -82,6 +82,19 @@ pub enum KnownHostsPolicy {
     AcceptNew,
 }
 
+/// An image built by this machine's engine from a context directory,
+/// tagged with a digest of the context (`IMAGE:ctx-<12 hex>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildConfig {
+    /// The context directory (relative ones are relative to the file).
+    pub context: PathBuf,
+    pub dockerfile: String,
+    pub args: BTreeMap<String, String>,
+    /// sha256 of the Dockerfile's name, the args and every file of the
+    /// context (path, mode, content); filled when the file is loaded.
+    pub digest: String,
+}
+
 /// Where hosts get their images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ImageSource {
@@ -116,6 +129,8 @@ pub struct ClusterConfig {
     /// Where hosts get the images: their registry (`pull`) or the engine of
     /// the machine running seedcore (`push`).
     pub image_source: ImageSource,
+    /// Build the cluster's image on this machine (`[cluster.build]`).
+    pub build: Option<BuildConfig>,
     /// How Ray authenticates (`auth`, `token_file`, `token_env`).
     pub auth: Auth,
     pub env: BTreeMap<String, EnvValue>,
@@ -269,13 +284,103 @@ pub fn parse(path: &str, text: &str, overrides: &[Override]) -> Result<Loaded, C
                 hint: Some("check the `--set` values".to_string()),
             }])
         })?;
-    let config = validate(raw).map_err(|errs| source.errors(errs))?;
+    let mut config = validate(raw).map_err(|errs| source.errors(errs))?;
+    if let Some(build) = config.cluster.build.as_mut() {
+        let dir = Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if build.context.is_relative() {
+            build.context = dir.join(&build.context);
+        }
+        build.digest = build_digest(build).map_err(|e| {
+            source.errors(vec![KeyError {
+                key: "cluster.build.context".to_string(),
+                message: e,
+                hint: Some("point `context` at a directory this machine can read, with the Dockerfile in it".to_string()),
+            }])
+        })?;
+        let repo = config
+            .cluster
+            .image
+            .rsplit_once(':')
+            .filter(|(_, tag)| !tag.contains('/'))
+            .map(|(r, _)| r.to_string())
+            .unwrap_or_else(|| config.cluster.image.clone());
+        config.cluster.image = format!("{repo}:ctx-{}", &build.digest[..12]);
+    }
     for o in &mut source.overrides {
         if let Some(k) = o.key.strip_prefix("cluster.env.") {
             o.sensitive = config.cluster.env.get(k).is_some_and(EnvValue::is_secret);
         }
     }
     Ok(Loaded { config, source })
+}
+
+/// The digest of a build: the Dockerfile's name, the args, and every file
+/// of the context (relative path, executable bit, content), in path order.
+fn build_digest(build: &BuildConfig) -> Result<String, String> {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::PermissionsExt;
+    let root = &build.context;
+    let shown = crate::model::excerpt(&root.display().to_string(), 200);
+    if !root.is_dir() {
+        return Err(format!("the build context `{shown}` is not a directory"));
+    }
+    if !root.join(&build.dockerfile).is_file() {
+        return Err(format!(
+            "the build context `{shown}` has no `{}`",
+            crate::model::excerpt(&build.dockerfile, 80)
+        ));
+    }
+    let mut files = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| format!("cannot read `{shown}`: {e}"))?;
+        for e in entries.flatten() {
+            let p = e.path();
+            let meta =
+                std::fs::symlink_metadata(&p).map_err(|e| format!("cannot read `{shown}`: {e}"))?;
+            if meta.is_dir() {
+                stack.push(p);
+            } else {
+                files.push((p, meta));
+            }
+            if files.len() > 100_000 {
+                return Err(format!(
+                    "the build context `{shown}` holds more than 100000 files"
+                ));
+            }
+        }
+    }
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut h = Sha256::new();
+    h.update(build.dockerfile.as_bytes());
+    h.update([0]);
+    for (k, v) in &build.args {
+        h.update(format!("{k}={v}").as_bytes());
+        h.update([0]);
+    }
+    for (p, meta) in files {
+        let rel = p
+            .strip_prefix(root)
+            .unwrap_or(&p)
+            .to_string_lossy()
+            .to_string();
+        h.update(rel.as_bytes());
+        h.update([0, u8::from(meta.permissions().mode() & 0o111 != 0)]);
+        if meta.is_file() {
+            let bytes = std::fs::read(&p)
+                .map_err(|e| format!("cannot read `{}`: {e}", crate::model::excerpt(&rel, 200)))?;
+            h.update(Sha256::digest(&bytes));
+        } else if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&p)
+                .map(|t| t.to_string_lossy().to_string())
+                .unwrap_or_default();
+            h.update(target.as_bytes());
+        }
+    }
+    Ok(crate::model::hex(&h.finalize()))
 }
 
 #[cfg(test)]

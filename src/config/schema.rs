@@ -32,11 +32,21 @@ pub(crate) struct RawCluster {
     pub(crate) usage_stats: Option<bool>,
     pub(crate) oversubscribe_cpus: Option<bool>,
     pub(crate) image_source: Option<String>,
+    pub(crate) build: Option<RawBuild>,
     pub(crate) auth: Option<String>,
     pub(crate) token_file: Option<String>,
     pub(crate) token_env: Option<String>,
     #[serde(default)]
     pub(crate) env: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBuild {
+    pub(crate) context: Option<String>,
+    pub(crate) dockerfile: Option<String>,
+    #[serde(default)]
+    pub(crate) args: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -114,10 +124,16 @@ pub(crate) const CLUSTER_KEYS: &[(&str, Kind)] = &[
     ("usage_stats", Kind::Bool),
     ("oversubscribe_cpus", Kind::Bool),
     ("image_source", Kind::Str),
+    ("build", Kind::Table(BUILD_KEYS)),
     ("auth", Kind::Str),
     ("token_file", Kind::Str),
     ("token_env", Kind::Str),
     ("env", Kind::StrMap),
+];
+pub(crate) const BUILD_KEYS: &[(&str, Kind)] = &[
+    ("context", Kind::Str),
+    ("dockerfile", Kind::Str),
+    ("args", Kind::StrMap),
 ];
 pub(crate) const SSH_KEYS: &[(&str, Kind)] = &[
     ("user", Kind::Str),

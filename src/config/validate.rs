@@ -303,7 +303,58 @@ pub(crate) fn validate_with(
         }
         ok
     });
+    let build = raw.cluster.build.map(|b| {
+        for k in b.args.keys() {
+            if !secrets::is_env_name(k) {
+                c.err(
+                    &format!("cluster.build.args.{k}"),
+                    format!(
+                        "`{}` is not a build argument name",
+                        crate::model::excerpt(k, 80)
+                    ),
+                    "use letters, digits and `_`, starting with a letter or `_`",
+                );
+            }
+        }
+        let dockerfile = b.dockerfile.unwrap_or_else(|| "Dockerfile".to_string());
+        if dockerfile.is_empty() || dockerfile.contains("..") || dockerfile.starts_with('/') {
+            c.err(
+                "cluster.build.dockerfile",
+                format!(
+                    "`{}` is not a path inside the context",
+                    crate::model::excerpt(&dockerfile, 80)
+                ),
+                "name the Dockerfile relative to the context, e.g. `Dockerfile`",
+            );
+        }
+        let context = match b.context {
+            Some(ctx) if !ctx.is_empty() => expand_home(&ctx),
+            _ => {
+                c.err(
+                    "cluster.build",
+                    "`[cluster.build]` needs `context`".to_string(),
+                    "write `build = { context = \"docker/\" }` (relative to this file)",
+                );
+                PathBuf::new()
+            }
+        };
+        BuildConfig {
+            context,
+            dockerfile,
+            args: b.args,
+            digest: String::new(),
+        }
+    });
     let image_source = match raw.cluster.image_source.as_deref() {
+        None if build.is_some() => ImageSource::Push,
+        Some("pull") if build.is_some() => {
+            c.err(
+                "cluster.image_source",
+                "`image_source = \"pull\"` cannot take an image built on this machine".to_string(),
+                "remove `image_source` (a built image is pushed), or remove `[cluster.build]`",
+            );
+            ImageSource::Pull
+        }
         None | Some("pull") => ImageSource::Pull,
         Some("push") => ImageSource::Push,
         Some(other) => {
@@ -324,6 +375,7 @@ pub(crate) fn validate_with(
         image,
         agent_ports,
         image_source,
+        build,
         usage_stats: raw.cluster.usage_stats.unwrap_or(false),
         oversubscribe_cpus: raw.cluster.oversubscribe_cpus.unwrap_or(false),
         auth,

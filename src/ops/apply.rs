@@ -212,7 +212,7 @@ pub async fn prepare(
             plan.preflight = Some(check(&hosts, &observed, &desired, &plan, loaded, scope).await);
             note_plan(&hosts, &plan).await;
             Ok(Prepared {
-                pushes: pushes_of(&hosts, &observed),
+                pushes: pushes_of(&hosts, &observed, loaded.config.cluster.build.as_ref()),
                 hosts,
                 desired,
                 plan,
@@ -277,7 +277,7 @@ pub async fn prepare_restart(
     .await?;
     match make_plan(loaded, &desired, &observed, chosen, &Scope::default()) {
         Ok(plan) => Ok(Prepared {
-            pushes: pushes_of(&hosts, &observed),
+            pushes: pushes_of(&hosts, &observed, loaded.config.cluster.build.as_ref()),
             hosts,
             desired,
             plan,
@@ -739,8 +739,14 @@ fn save_token(
     std::fs::rename(&tmp, &path)
 }
 
-fn pushes_of(hosts: &Hosts, observed: &crate::model::ObservedState) -> crate::apply::Pushes {
+fn pushes_of(
+    hosts: &Hosts,
+    observed: &crate::model::ObservedState,
+    build: Option<&crate::config::BuildConfig>,
+) -> crate::apply::Pushes {
     crate::apply::Pushes {
+        build: build.cloned(),
+        built: Default::default(),
         source: hosts.source.clone(),
         images: observed.sources.clone(),
         layers: observed

@@ -276,7 +276,13 @@ async fn open_with(
     observed.ray = ray_view(&hosts, &observed, &desired).await;
     observed.head_secrets = head_secrets(&hosts, &observed, &desired).await;
     if loaded.config.cluster.image_source == crate::config::ImageSource::Push {
-        if let Err(e) = push_sources(&mut hosts, &mut observed, &desired).await {
+        let building = loaded
+            .config
+            .cluster
+            .build
+            .is_some()
+            .then(|| loaded.config.cluster.image.clone());
+        if let Err(e) = push_sources(&mut hosts, &mut observed, &desired, building).await {
             hosts.close().await;
             return Err(Error::Hosts(e));
         }
@@ -301,6 +307,7 @@ async fn push_sources(
     hosts: &mut Hosts,
     observed: &mut ObservedState,
     desired: &DesiredState,
+    building: Option<String>,
 ) -> std::result::Result<(), String> {
     let hint = "hint: build or pull the image on this machine (`docker build -t IMAGE .`), or set `cluster.image_source = \"pull\"` to let each host pull it from a registry";
     let source = local_engine().map_err(|e| format!("error: {e}\n{hint}"))?;
@@ -320,6 +327,35 @@ async fn push_sources(
     for image in images {
         let id = match source.docker.inspect_image(&image).await {
             Ok(i) => i.id.unwrap_or_default(),
+            // Built by this apply (its tag names the context's digest).
+            Err(_) if building.as_deref() == Some(image.as_str()) => {
+                observed.to_build.insert(image.clone());
+                let needing: Vec<HostName> = by_host
+                    .iter()
+                    .filter(|(_, l)| l.contains(&image))
+                    .map(|(h, _)| h.clone())
+                    .filter(|h| {
+                        observed.hosts.get(h).is_some_and(|o| {
+                            o.reachable
+                                && o.images
+                                    .as_ref()
+                                    .and_then(|m| m.get(&image).cloned().flatten())
+                                    .is_none()
+                        })
+                    })
+                    .collect();
+                for h in needing {
+                    if let Some(conn) = hosts.connections.get(&h) {
+                        let layers = crate::transfer::chains_on(&conn.backend.docker)
+                            .await
+                            .map_err(|e| format!("error: on `{h}`: {e}"))?;
+                        if let Some(o) = observed.hosts.get_mut(&h) {
+                            o.layers = Some(layers);
+                        }
+                    }
+                }
+                continue;
+            }
             Err(e) => {
                 return Err(format!(
                     "error: `image_source = \"push\"`, but this machine's Docker engine has no `{}` ({})\n{hint}",

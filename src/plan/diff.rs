@@ -153,6 +153,15 @@ impl Change {
                 named
                     .iter()
                     .map(|f| match (&f.before, &f.after) {
+                        (Some(b), Some(a))
+                            if f.field == "image" && b.contains(":ctx-") && a.contains(":ctx-") =>
+                        {
+                            format!(
+                                "image rebuilt: context changed ({} -> {})",
+                                excerpt(b, 80),
+                                excerpt(a, 80)
+                            )
+                        }
                         (Some(b), Some(a)) => {
                             format!("{} {} -> {}", f.field, excerpt(b, 80), excerpt(a, 80))
                         }

@@ -245,6 +245,12 @@ fn assemble(
         if let Some(known) = &obs.images {
             for image in images {
                 let here = known.get(&image).cloned().flatten();
+                if observed.to_build.contains(&image) && here.is_none() {
+                    // Built by this apply: its layers are known only then.
+                    pushes.insert((host.clone(), image.clone()), (0, 0, 0));
+                    lacking.push(image.clone());
+                    continue;
+                }
                 match observed.sources.get(&image) {
                     // Pushed: the host needs exactly the source's image.
                     Some(src) if here.as_deref() != Some(src.id.as_str()) => {
@@ -275,7 +281,7 @@ fn assemble(
     let order = desired.hosts();
     hosts.sort_by_key(|h| order.iter().position(|o| *o == h.host));
 
-    let graph = schedule(&changes, &missing, &pushes);
+    let graph = schedule(&changes, &missing, &pushes, &observed.to_build);
     let mut notes = Vec::new();
     if desired.workers().next().is_none() {
         notes.push(
@@ -306,7 +312,13 @@ fn assemble(
                 } if *host == h.host && i == image => Some((*bytes, *layers, *of)),
                 _ => None,
             });
-            if let Some((bytes, layers, of)) = pushed {
+            if let Some((_, 0, 0)) = pushed {
+                notes.push(format!(
+                    "Image `{}` will be built on this machine, then pushed to `{}` (only the layers it lacks).",
+                    crate::model::excerpt(image, 200),
+                    h.host
+                ));
+            } else if let Some((bytes, layers, of)) = pushed {
                 notes.push(format!(
                     "Image `{}` will be pushed from this machine to `{}`: {layers} of its {of} layers, {}.",
                     crate::model::excerpt(image, 200),

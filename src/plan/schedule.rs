@@ -13,6 +13,11 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(tag = "step", rename_all = "kebab-case")]
 pub enum Step {
+    /// Build the image on this machine's engine (`[cluster.build]`).
+    BuildImage {
+        host: HostName,
+        image: String,
+    },
     /// Move an image from this machine's engine to a host, only the layers
     /// it lacks (`image_source = "push"`).
     PushImage {
@@ -82,12 +87,14 @@ impl Step {
                 | Step::Drain { .. }
                 | Step::PullImage { .. }
                 | Step::PushImage { .. }
+                | Step::BuildImage { .. }
         )
     }
 
     pub fn host(&self) -> &HostName {
         match self {
             Step::PullImage { host, .. }
+            | Step::BuildImage { host, .. }
             | Step::PushImage { host, .. }
             | Step::Drain { host, .. }
             | Step::Remove { host, .. }
@@ -101,7 +108,7 @@ impl Step {
 
     pub fn node(&self) -> Option<&NodeName> {
         match self {
-            Step::PullImage { .. } | Step::PushImage { .. } => None,
+            Step::PullImage { .. } | Step::PushImage { .. } | Step::BuildImage { .. } => None,
             Step::Drain { node, .. }
             | Step::Remove { node, .. }
             | Step::Create { node, .. }
@@ -116,6 +123,7 @@ impl Step {
         match self {
             Step::PullImage { .. } => "pull",
             Step::PushImage { .. } => "push",
+            Step::BuildImage { .. } => "build",
             Step::Drain { .. } => "drain",
             Step::Remove { .. } => "remove",
             Step::Create { .. } => "create",
@@ -131,6 +139,7 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Step::PullImage { host, image } => write!(f, "pull {image} on {host}"),
+            Step::BuildImage { image, .. } => write!(f, "build {image} on this machine"),
             Step::PushImage {
                 host,
                 image,
@@ -330,6 +339,7 @@ pub fn schedule(
     changes: &[Change],
     missing_images: &BTreeSet<(HostName, String)>,
     pushes: &Transfers,
+    builds: &BTreeSet<String>,
 ) -> PlanGraph {
     let mut g: DiGraph<Step, ()> = DiGraph::new();
     let mut idx: BTreeMap<Step, NodeIndex> = BTreeMap::new();
@@ -426,6 +436,15 @@ pub fn schedule(
                     if let Some(image) = c.after.as_ref().map(|a| a.image.clone()) {
                         let key = (host.clone(), image.clone());
                         if let Some((bytes, layers, of)) = pushes.get(&key) {
+                            let built = builds.contains(&image).then(|| {
+                                add(
+                                    &mut g,
+                                    Step::BuildImage {
+                                        host: HostName("local".to_string()),
+                                        image: image.clone(),
+                                    },
+                                )
+                            });
                             let p = add(
                                 &mut g,
                                 Step::PushImage {
@@ -436,6 +455,9 @@ pub fn schedule(
                                     of: *of,
                                 },
                             );
+                            if let Some(b) = built {
+                                g.update_edge(b, p, ());
+                            }
                             g.add_edge(p, create, ());
                         } else if missing_images.contains(&key) {
                             let p = add(
