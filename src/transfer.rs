@@ -69,7 +69,11 @@ impl SourceImage {
 
     /// Bytes a transfer to such a host sends (tar framing included, roughly).
     pub fn bytes_for(&self, has: &BTreeSet<String>) -> u64 {
-        self.other_bytes + self.missing(has).map(|l| l.bytes + 1024).sum::<u64>()
+        self.other_bytes
+            + self
+                .missing(has)
+                .map(|l| l.bytes.div_ceil(512) * 512 + 512)
+                .sum::<u64>()
     }
 }
 
@@ -119,11 +123,17 @@ pub fn index_save(
                 serde_json::from_slice(&text)
                     .map_err(|e| format!("cannot read manifest.json: {e}"))?,
             );
-            other += size + 512;
+            other += size.div_ceil(512) * 512 + 512;
         } else if path.ends_with(".tar") || path.starts_with("blobs/") {
             sizes.insert(path, size);
+        } else if path.ends_with("/VERSION")
+            || path.ends_with("/json")
+            || path.ends_with('/')
+            || path == "repositories"
+        {
+            // Not sent (see `filter_save`).
         } else {
-            other += size + 512;
+            other += size.div_ceil(512) * 512 + 512;
         }
     }
     let manifest = manifest.ok_or("the image archive has no manifest.json")?;
@@ -173,6 +183,11 @@ pub fn filter_save(
     drop: &BTreeSet<String>,
 ) -> Result<u64, String> {
     let mut counter = Counting { inner: write, n: 0 };
+    let dropped_dirs: Vec<String> = drop
+        .iter()
+        .filter_map(|p| p.strip_suffix("/layer.tar"))
+        .map(str::to_string)
+        .collect();
     {
         let mut out = tar::Builder::new(&mut counter);
         let mut archive = tar::Archive::new(read);
@@ -186,7 +201,23 @@ pub fn filter_save(
                 .map_err(|e| format!("a path in the image archive: {e}"))?
                 .to_string_lossy()
                 .to_string();
-            if drop.contains(&path) || path == "repositories" || path == "index.json" {
+            // Left out: the layers the target has (with their legacy
+            // directory), the legacy v1 files (`VERSION`, `json`) the loader
+            // does not read when `manifest.json` exists, and the files that
+            // would tag the image (`repositories`, `index.json`).
+            let legacy = path.ends_with("/VERSION") || path.ends_with("/json");
+            let in_dropped_dir = dropped_dirs.iter().any(|d| {
+                path == *d
+                    || path
+                        .strip_prefix(d.as_str())
+                        .is_some_and(|r| r.starts_with('/'))
+            });
+            if drop.contains(&path)
+                || legacy
+                || in_dropped_dir
+                || path == "repositories"
+                || path == "index.json"
+            {
                 continue;
             }
             let mut header = entry.header().clone();
@@ -582,7 +613,11 @@ mod tests {
             h.set_cksum();
             b.append_data(&mut h, path, data).unwrap();
         };
+        add("aaa/VERSION", b"1.0");
+        add("aaa/json", b"{}");
         add("aaa/layer.tar", &[1u8; 3000]);
+        add("bbb/VERSION", b"1.0");
+        add("bbb/json", b"{}");
         add("bbb/layer.tar", &[2u8; 100]);
         add("cfg.json", b"{}");
         add(

@@ -163,7 +163,7 @@ fn push_moves_only_missing_layers_and_never_tags_a_partial_image() {
     lab.seedcore(&["destroy", "--auto-approve"]).expect_ok();
     for k in 1..=3 {
         let _ = lab.docker(k, &["rmi", "-f", IMAGE, ONE_MORE]);
-        let _ = lab.docker(k, &["image", "prune", "-f"]);
+        let _ = lab.docker(k, &["image", "prune", "-af"]);
         assert!(!lab.docker(k, &["image", "inspect", IMAGE]).status.success());
     }
     let plan = run(&lab, &config, &["plan"]);

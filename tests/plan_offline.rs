@@ -1608,7 +1608,7 @@ fn push_steps_carry_only_the_missing_layers_and_a_rebuilt_image_replaces_its_nod
         unreachable!()
     };
     assert_eq!((host.as_str(), *layers, *of), (REMOTE_HOST_1, 1, 4));
-    assert_eq!(*bytes, 4_000 + 6_000 + 1024);
+    assert_eq!(*bytes, 4_000 + 6_144 + 512);
     assert!(p
         .graph
         .graph
@@ -1622,13 +1622,13 @@ fn push_steps_carry_only_the_missing_layers_and_a_rebuilt_image_replaces_its_nod
     assert!(before(&p, push[0], create[0]));
     assert!(
         p.notes.iter().any(|n| n
-            == "Image `rayproject/ray:2.60.0` will be pushed from this machine to `172.31.20.11`: 1 of its 4 layers, 10.8 KiB."),
+            == "Image `rayproject/ray:2.60.0` will be pushed from this machine to `172.31.20.11`: 1 of its 4 layers, 10.4 KiB."),
         "{:?}",
         p.notes
     );
     let text = render::text(&p, Style::default());
     assert!(
-        text.contains("push rayproject/ray:2.60.0 (1 of 4 layers, 10.8 KiB)"),
+        text.contains("push rayproject/ray:2.60.0 (1 of 4 layers, 10.4 KiB)"),
         "{text}"
     );
 
