@@ -126,8 +126,9 @@ pub fn config_commit(config_path: &std::path::Path) -> Option<String> {
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
     let run = |args: &[&str]| {
+        // No hook or fsmonitor of the checkout runs (`core.fsmonitor=`).
         std::process::Command::new("git")
-            .arg("-C")
+            .args(["-c", "core.fsmonitor=", "--no-optional-locks", "-C"])
             .arg(dir)
             .args(args)
             .stderr(std::process::Stdio::null())

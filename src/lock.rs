@@ -1,13 +1,14 @@
 //! The cluster lock: `apply`, `destroy` and `restart` hold it on the head's
 //! host while they change anything, so that two operators never act at once.
 //!
-//! The lock is a directory made atomically (`mkdir`) under
-//! `/var/lib/seedcore/locks/`, holding who took it, from where, when, for
-//! what. A small keeper process on the head's host holds it for as long as
-//! seedcore keeps the keeper's stdin open: seedcore ending in any way (done,
-//! failed, interrupted, killed) closes it, and the keeper removes the lock.
-//! A lock whose keeper is gone (the host rebooted, the keeper was killed) is
-//! stale: the next run breaks it and says so.
+//! The lock is an `flock` on `/var/lib/seedcore/locks/CLUSTER.lock`, held by
+//! a small keeper process on the head's host for as long as seedcore keeps
+//! the keeper's stdin open; `CLUSTER.info` beside it says who took it, from
+//! where, when, for what. However seedcore ends (done, failed, interrupted,
+//! killed, its laptop gone), the keeper's channel closes and the kernel drops
+//! the lock: it never outlives its holder, and no two runs hold it. The info
+//! a holder could not remove (the host rebooted) is reported and replaced by
+//! the next holder.
 
 use crate::model::HostName;
 use crate::transport::Connection;
@@ -17,48 +18,52 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 /// Where locks live on the head's host.
 pub const LOCK_ROOT: &str = "/var/lib/seedcore/locks";
 
-/// Takes the lock, or reports its holder: prints `locked`, `broke` + the old
-/// info then `locked`, or `held` + the holder's info. Holding it, the keeper
-/// waits for its stdin to close, then removes the lock if it is still its own.
-/// Values come as arguments, never pasted into the script.
+/// Takes the lock, or reports its holder: prints `locked`, `broke` + the
+/// info a holder that ended without releasing left + `.` then `locked`, or
+/// `held` + the holder's info. The lock itself is an `flock` on `$d.lock`
+/// that the keeper (and its `cat`) hold open: the kernel drops it when they
+/// end, however they end, so a lock never outlives its holder and two
+/// runs never both take it. `$d.info` says who holds it. Values come as
+/// arguments, never pasted into the script.
 const ACQUIRE: &str = r#"d=$1; info=$2
 mkdir -p "$(dirname "$d")" 2>/dev/null || { echo "cannot-create $(dirname "$d")"; exit 4; }
-release() { if grep -qx "keeper=$$" "$d/info" 2>/dev/null; then rm -rf "$d"; fi; exit 0; }
-trap release HUP INT TERM PIPE
-take() { mkdir "$d" 2>/dev/null && printf '%s\nkeeper=%s\n' "$info" "$$" > "$d/info"; }
-if ! take; then
-  k=$(sed -n 's/^keeper=//p' "$d/info" 2>/dev/null)
-  if [ -n "$k" ] && kill -0 "$k" 2>/dev/null; then echo held; cat "$d/info"; exit 3; fi
-  if [ -z "$k" ] && [ -n "$(find "$d" -maxdepth 0 -newermt '-10 seconds' 2>/dev/null)" ]; then echo held; cat "$d/info" 2>/dev/null; exit 3; fi
-  echo broke; cat "$d/info" 2>/dev/null; echo .
-  rm -rf "$d"
-  take || { echo held; cat "$d/info" 2>/dev/null; exit 3; }
-fi
+command -v flock >/dev/null 2>&1 || { echo "no-flock"; exit 4; }
+exec 9>>"$d.lock" || { echo "cannot-create $d.lock"; exit 4; }
+if ! flock -n 9; then echo held; cat "$d.info" 2>/dev/null; exit 3; fi
+if [ -s "$d.info" ]; then echo broke; cat "$d.info"; echo .; fi
+printf '%s\nkeeper=%s\n' "$info" "$$" > "$d.info"
 echo locked
 cat >/dev/null
-release"#;
+rm -f "$d.info"
+exit 0"#;
 
-/// Prints the lock's info and whether its keeper lives (`alive=yes|no`), or
-/// nothing when there is no lock.
+/// Prints the holder's info and `alive=yes` while the lock is held; the
+/// info a holder left behind and `alive=no`; nothing when there is neither.
 const STATUS: &str = r#"d=$1
-[ -d "$d" ] || exit 0
-cat "$d/info" 2>/dev/null
-k=$(sed -n 's/^keeper=//p' "$d/info" 2>/dev/null)
-if [ -n "$k" ] && kill -0 "$k" 2>/dev/null; then echo alive=yes; else echo alive=no; fi"#;
+[ -e "$d.lock" ] || exit 0
+exec 9>>"$d.lock" || exit 0
+if flock -n -s 9; then
+  [ -s "$d.info" ] || exit 0
+  cat "$d.info"; echo alive=no
+else
+  cat "$d.info" 2>/dev/null; echo alive=yes
+fi"#;
 
-/// Removes the lock; with `force` even when its keeper lives (then the
-/// keeper is stopped first).
+/// Removes what a gone holder left; with `force`, first stops a live one's
+/// keeper (and its `cat`, which holds the lock too).
 const RELEASE: &str = r#"d=$1; force=$2
-[ -d "$d" ] || { echo none; exit 0; }
-k=$(sed -n 's/^keeper=//p' "$d/info" 2>/dev/null)
-if [ -n "$k" ] && kill -0 "$k" 2>/dev/null; then
+[ -e "$d.lock" ] || { echo none; exit 0; }
+exec 9>>"$d.lock"
+if ! flock -n 9; then
   [ "$force" = force ] || { echo alive; exit 3; }
-  kill "$k" 2>/dev/null
+  k=$(sed -n 's/^keeper=//p' "$d.info" 2>/dev/null)
+  [ -n "$k" ] && { pkill -P "$k" 2>/dev/null; kill "$k" 2>/dev/null; }
+  flock -w 10 9 || { echo alive; exit 3; }
 fi
-rm -rf "$d" && echo released"#;
+if [ -s "$d.info" ]; then rm -f "$d.info"; echo released; else echo none; fi"#;
 
-/// The lock directory of a cluster (its name was validated: letters,
-/// digits, `-`, `_`, `.`).
+/// The lock's path prefix for a cluster (`PREFIX.lock`, `PREFIX.info`; the
+/// name was validated: letters, digits, `-`, `_`, `.`).
 pub fn lock_dir(cluster: &str) -> String {
     format!("{LOCK_ROOT}/{cluster}")
 }
@@ -165,7 +170,7 @@ pub struct Held {
     pub host: HostName,
     pub dir: String,
     keeper: openssh::Child<std::sync::Arc<openssh::Session>>,
-    /// A stale lock this one replaced, if any.
+    /// What a holder that ended without releasing left, if any.
     pub broke: Option<Holder>,
 }
 
@@ -188,7 +193,7 @@ impl Held {
                 &[
                     "sh",
                     "-c",
-                    r#"[ -f "$1/info" ] && printf '%s\n' "$2" >> "$1/info""#,
+                    r#"[ -f "$1.info" ] && printf '%s\n' "$2" >> "$1.info""#,
                     "seedcore",
                     &self.dir,
                     &line,
@@ -258,9 +263,10 @@ pub async fn acquire(
             .and_then(|l| l.ok().flatten())
             .unwrap_or_default();
         let mut broke = None;
+        let next = Duration::from_secs(10);
         let verdict = if first == "broke" {
             let mut old = String::new();
-            while let Ok(Some(l)) = lines.next_line().await {
+            while let Ok(Ok(Some(l))) = tokio::time::timeout(next, lines.next_line()).await {
                 if l == "." {
                     break;
                 }
@@ -268,7 +274,11 @@ pub async fn acquire(
                 old.push('\n');
             }
             broke = Some(Holder::parse(&old));
-            lines.next_line().await.ok().flatten().unwrap_or_default()
+            tokio::time::timeout(next, lines.next_line())
+                .await
+                .ok()
+                .and_then(|l| l.ok().flatten())
+                .unwrap_or_default()
         } else {
             first
         };
@@ -285,11 +295,12 @@ pub async fn acquire(
             }
             "held" => {
                 let mut text = String::new();
-                while let Ok(Some(l)) = lines.next_line().await {
+                while let Ok(Ok(Some(l))) = tokio::time::timeout(next, lines.next_line()).await {
                     text.push_str(&l);
                     text.push('\n');
                 }
-                let _ = keeper.wait().await;
+                drop(keeper.stdin().take());
+                let _ = tokio::time::timeout(next, keeper.wait()).await;
                 let mut holder = Holder::parse(&text);
                 holder.alive = Some(true);
                 let waited = started.elapsed();
@@ -303,10 +314,14 @@ pub async fn acquire(
                 tokio::time::sleep(Duration::from_secs(1).min(request.timeout - waited)).await;
             }
             other => {
-                let _ = keeper.wait().await;
+                // Close its stdin first: a keeper that did lock waits on it.
+                drop(keeper.stdin().take());
+                let _ = tokio::time::timeout(Duration::from_secs(10), keeper.wait()).await;
                 return Err(LockError::Unavailable {
                     host: conn.host.clone(),
-                    why: if let Some(dir) = other.strip_prefix("cannot-create ") {
+                    why: if other == "no-flock" {
+                        "`flock` (util-linux) is not installed there".to_string()
+                    } else if let Some(dir) = other.strip_prefix("cannot-create ") {
                         format!("cannot create `{}`", crate::model::excerpt(dir, 200))
                     } else {
                         format!(

@@ -48,7 +48,7 @@ pub struct SavedLayer {
 }
 
 /// The source image as its `docker save` stream lays it out.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SourceImage {
     pub image: String,
     /// The image ID (`sha256:...`), checked on arrival.
@@ -56,6 +56,37 @@ pub struct SourceImage {
     pub layers: Vec<SavedLayer>,
     /// Bytes of everything else (configs, manifest): always sent.
     pub other_bytes: u64,
+    /// Small entries kept from the first pass (the config, the manifest,
+    /// layers up to [`KEEP_BYTES`] in all): a host that lacks only those
+    /// gets them without a second `docker save`.
+    #[serde(skip)]
+    pub kept: Kept,
+    /// Whether every entry but the layers was kept whole (else a host is
+    /// always sent the second pass).
+    #[serde(skip)]
+    pub kept_whole: bool,
+}
+
+/// How many bytes of small layers the first pass keeps in memory.
+pub const KEEP_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Entries of a `docker save` stream held in memory, by path.
+#[derive(Clone, Default)]
+pub struct Kept(pub std::sync::Arc<std::collections::BTreeMap<String, Vec<u8>>>);
+
+impl PartialEq for Kept {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.keys().eq(other.0.keys())
+    }
+}
+impl Eq for Kept {}
+
+impl std::fmt::Debug for Kept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| (k, v.len())))
+            .finish()
+    }
 }
 
 impl SourceImage {
@@ -101,6 +132,9 @@ pub fn index_save(
     let mut sizes = std::collections::BTreeMap::new();
     let mut manifest: Option<Vec<ManifestEntry>> = None;
     let mut other = 0u64;
+    let mut kept = std::collections::BTreeMap::new();
+    let mut budget = KEEP_BYTES;
+    let mut whole = true;
     let entries = archive
         .entries()
         .map_err(|e| format!("cannot read the image archive: {e}"))?;
@@ -123,8 +157,18 @@ pub fn index_save(
                 serde_json::from_slice(&text)
                     .map_err(|e| format!("cannot read manifest.json: {e}"))?,
             );
+            kept.insert(path, text);
             other += size.div_ceil(512) * 512 + 512;
         } else if path.ends_with(".tar") || path.starts_with("blobs/") {
+            if size <= budget {
+                let mut bytes = Vec::with_capacity(size as usize);
+                entry
+                    .by_ref()
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| format!("cannot read the image archive: {e}"))?;
+                budget -= size;
+                kept.insert(path.clone(), bytes);
+            }
             sizes.insert(path, size);
         } else if path.ends_with("/VERSION")
             || path.ends_with("/json")
@@ -133,6 +177,14 @@ pub fn index_save(
         {
             // Not sent (see `filter_save`).
         } else {
+            let mut bytes = Vec::new();
+            entry
+                .by_ref()
+                .take(1 << 20)
+                .read_to_end(&mut bytes)
+                .map_err(|e| format!("cannot read the image archive: {e}"))?;
+            whole &= bytes.len() as u64 == size;
+            kept.insert(path, bytes);
             other += size.div_ceil(512) * 512 + 512;
         }
     }
@@ -161,6 +213,9 @@ pub fn index_save(
         .collect();
     // Blobs that are not layers (an OCI layout's configs) are sent too.
     let layer_paths: BTreeSet<&String> = entry.layers.iter().collect();
+    whole &= sizes
+        .keys()
+        .all(|p| layer_paths.contains(p) || kept.contains_key(p));
     other += sizes
         .iter()
         .filter(|(p, _)| !layer_paths.contains(p))
@@ -171,6 +226,8 @@ pub fn index_save(
         id: id.to_string(),
         layers,
         other_bytes: other + 1024,
+        kept: Kept(std::sync::Arc::new(kept)),
+        kept_whole: whole,
     })
 }
 
@@ -250,6 +307,55 @@ pub fn filter_save(
         .flush()
         .map_err(|e| format!("cannot send the image: {e}"))?;
     Ok(counter.n)
+}
+
+/// The layer files a host need not be sent: those whose every use (one file
+/// can hold several positions of the stack, e.g. empty layers in an OCI
+/// layout) is a chain the host has.
+pub fn droppable(src: &SourceImage, has: &BTreeSet<String>) -> BTreeSet<String> {
+    let needed: BTreeSet<&String> = src
+        .layers
+        .iter()
+        .filter(|l| !has.contains(&l.chain_id))
+        .map(|l| &l.path)
+        .collect();
+    src.layers
+        .iter()
+        .filter(|l| has.contains(&l.chain_id) && !needed.contains(&l.path))
+        .map(|l| l.path.clone())
+        .collect()
+}
+
+/// The stream for a host that lacks only kept layers, from memory: every
+/// kept entry but the layers it has, `manifest.json` without tags. `None`
+/// when a missing layer was not kept.
+pub fn from_kept(src: &SourceImage, has: &BTreeSet<String>) -> Option<Vec<u8>> {
+    let kept = &src.kept.0;
+    if !src.kept_whole {
+        return None;
+    }
+    kept.get("manifest.json")?;
+    let missing: Vec<&SavedLayer> = src.missing(has).collect();
+    if missing.iter().any(|l| !kept.contains_key(&l.path)) {
+        return None;
+    }
+    let layer_paths: BTreeSet<&String> = src.layers.iter().map(|l| &l.path).collect();
+    let missing_paths: BTreeSet<&String> = missing.iter().map(|l| &l.path).collect();
+    let mut input = tar::Builder::new(Vec::new());
+    for (path, bytes) in kept.iter() {
+        if layer_paths.contains(path) && !missing_paths.contains(path) {
+            continue;
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        input.append_data(&mut h, path, bytes.as_slice()).ok()?;
+    }
+    let input = input.into_inner().ok()?;
+    let mut out = Vec::new();
+    filter_save(input.as_slice(), &mut out, &BTreeSet::new()).ok()?;
+    Some(out)
 }
 
 struct Counting<W: Write> {
@@ -359,7 +465,8 @@ pub async fn index(source: &bollard::Docker, image: &str) -> Result<SourceImage,
     let id2 = id.clone();
     let parse =
         tokio::task::spawn_blocking(move || index_save(reader, &image_name, &id2, &diff_ids));
-    pump(Box::pin(source.export_image(image)), tx).await;
+    // By ID: the tag may move meanwhile; the ID is what is checked on arrival.
+    pump(Box::pin(source.export_image(&id)), tx).await;
     parse
         .await
         .map_err(|e| format!("indexing `{image}`: {e}"))?
@@ -394,12 +501,27 @@ pub async fn push(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<u64, String> {
     use futures_util::StreamExt;
-    let drop: BTreeSet<String> = src
-        .layers
-        .iter()
-        .filter(|l| has.contains(&l.chain_id))
-        .map(|l| l.path.clone())
-        .collect();
+    if let Some(bytes) = from_kept(src, has) {
+        let n = bytes.len() as u64;
+        let body =
+            futures_util::stream::iter(vec![Ok::<_, std::io::Error>(bytes::Bytes::from(bytes))]);
+        let mut answers = Box::pin(target.import_image_stream(
+            bollard::query_parameters::ImportImageOptions {
+                quiet: true,
+                ..Default::default()
+            },
+            body,
+            None,
+        ));
+        while let Some(a) = answers.next().await {
+            if let Err(e) = a {
+                return Err(format!("the target refused the image: {e}"));
+            }
+        }
+        progress(n);
+        return finish_push(target, src, n).await;
+    }
+    let drop = droppable(src, has);
     let (in_tx, in_rx) = tokio::sync::mpsc::channel(16);
     let reader = ChannelReader {
         rx: in_rx,
@@ -421,7 +543,7 @@ pub async fn push(
         }
         chunk
     });
-    let feed = pump(Box::pin(source.export_image(&src.image)), in_tx);
+    let feed = pump(Box::pin(source.export_image(&src.id)), in_tx);
     let load = async {
         let mut answers = Box::pin(target.import_image_stream(
             bollard::query_parameters::ImportImageOptions {
@@ -460,6 +582,15 @@ pub async fn push(
         .map_err(|e| format!("sending `{}`: {e}", src.image))??;
     loaded?;
     progress(written);
+    finish_push(target, src, written).await
+}
+
+/// Checks the image ID on arrival, then tags the image as configured.
+async fn finish_push(
+    target: &bollard::Docker,
+    src: &SourceImage,
+    written: u64,
+) -> Result<u64, String> {
     // Checked on arrival, tagged only then.
     let arrived = target
         .inspect_image(&src.id)
@@ -592,6 +723,37 @@ mod tests {
     }
 
     #[test]
+    fn a_file_used_twice_is_dropped_only_when_both_uses_are_had() {
+        let diffs = vec![
+            "sha256:e".to_string(),
+            "sha256:a".to_string(),
+            "sha256:e".to_string(),
+        ];
+        let chains = chain_ids(&diffs);
+        let src = SourceImage {
+            layers: diffs
+                .iter()
+                .zip(&chains)
+                .map(|(d, c)| SavedLayer {
+                    diff_id: d.clone(),
+                    chain_id: c.clone(),
+                    path: format!("blobs/sha256/{}", &d[7..]),
+                    bytes: 10,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let first_two: BTreeSet<String> = chains[..2].iter().cloned().collect();
+        // The empty layer is had at position 1 but needed at position 3.
+        assert_eq!(
+            droppable(&src, &first_two),
+            ["blobs/sha256/a".to_string()].into()
+        );
+        let all: BTreeSet<String> = chains.iter().cloned().collect();
+        assert_eq!(droppable(&src, &all).len(), 2);
+    }
+
+    #[test]
     fn references_split_at_the_tag() {
         assert_eq!(
             split_reference("seedcore-ray:lab"),
@@ -655,5 +817,30 @@ mod tests {
             names.push(p);
         }
         assert_eq!(names, ["aaa/layer.tar", "cfg.json", "manifest.json"]);
+        // Both layers are small: kept, and a host lacking only the second
+        // gets it from memory, with the config and an untagged manifest.
+        let mut names = Vec::new();
+        let memory = from_kept(&src, &has).expect("every missing layer was kept");
+        for e in tar::Archive::new(memory.as_slice()).entries().unwrap() {
+            let mut e = e.unwrap();
+            let p = e.path().unwrap().to_string_lossy().to_string();
+            if p == "manifest.json" {
+                let mut t = String::new();
+                e.read_to_string(&mut t).unwrap();
+                assert!(!t.contains("x:1"), "{t}");
+            }
+            names.push(p);
+        }
+        assert_eq!(names, ["aaa/layer.tar", "cfg.json", "manifest.json"]);
+        // A config cut short: never sent from memory.
+        let mut cut = src.clone();
+        cut.kept_whole = false;
+        assert!(from_kept(&cut, &has).is_none());
+        // A missing layer that was not kept: streamed instead.
+        let mut big = src.clone();
+        let mut kept = (*big.kept.0).clone();
+        kept.remove("aaa/layer.tar");
+        big.kept = Kept(std::sync::Arc::new(kept));
+        assert!(from_kept(&big, &has).is_none());
     }
 }

@@ -1581,6 +1581,7 @@ fn push_steps_carry_only_the_missing_layers_and_a_rebuilt_image_replaces_its_nod
             })
             .collect(),
         other_bytes: 4_000,
+        ..Default::default()
     };
     // Remote host 1 lacks the image but has the first three layers; the
     // others run containers of an older build of the same name.
@@ -1641,6 +1642,7 @@ fn push_steps_carry_only_the_missing_layers_and_a_rebuilt_image_replaces_its_nod
             id: "sha256:1111111111112222".to_string(),
             layers: Vec::new(),
             other_bytes: 0,
+            ..Default::default()
         },
     );
     for h in o.hosts.values_mut() {

@@ -527,17 +527,21 @@ pub async fn lock_status(loaded: &Loaded, fresh: &DesiredState) -> Result<u8> {
             ))?;
             Ok(exit::OK)
         }
-        Some(holder) => {
-            let state = match holder.alive {
-                Some(true) => "its holder is running",
-                _ => "STALE: its holder is gone; `seedcore lock release` removes it",
-            };
+        Some(holder) if holder.alive == Some(true) => {
             write_stdout(&format!(
-                "The cluster `{}` is locked on `{head}` by {}: {state}.\n",
+                "The cluster `{}` is locked on `{head}` by {}: its holder is running.\n",
                 fresh.cluster.name,
                 holder.describe()
             ))?;
             Ok(exit::ERROR)
+        }
+        Some(holder) => {
+            write_stdout(&format!(
+                "The cluster `{}` is not locked (on `{head}`). The last holder, {}, ended without releasing it (STALE): the next apply clears it, or `seedcore lock release`.\n",
+                fresh.cluster.name,
+                holder.describe()
+            ))?;
+            Ok(exit::OK)
         }
     }
 }

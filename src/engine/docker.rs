@@ -257,6 +257,9 @@ impl DockerBackend for EngineBackend {
                 container,
                 Some(bollard::query_parameters::UploadToContainerOptions {
                     path: "/".to_string(),
+                    // Owned by the container's user (an image that runs as
+                    // `ray` must read its token), not by root.
+                    copy_uidgid: Some("1".to_string()),
                     ..Default::default()
                 }),
                 bollard::body_full(tar.into()),

@@ -407,7 +407,12 @@ pub async fn execute(
     if let (crate::config::Auth::Token(crate::config::TokenSource::Generated), Some(token)) =
         (&loaded.config.cluster.auth, &options.node_files.token)
     {
-        if prepared.kind == Kind::Apply && report.succeeded() {
+        // Kept as soon as the head runs with it, even if a worker failed.
+        let head_started = report.outcomes.iter().any(|(s, o)| {
+            matches!(s, Step::Start { node, .. } if *node == desired.head().name)
+                && matches!(o, Outcome::Done { .. })
+        });
+        if prepared.kind == Kind::Apply && (report.succeeded() || head_started) {
             if let Err(e) = save_token(&desired.cluster, token) {
                 eprintln!("warning: cannot keep a copy of the Ray token for clients: {e}");
             }

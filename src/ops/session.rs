@@ -207,7 +207,7 @@ async fn open_with(
                     Ok(held) => {
                         if let Some(old) = &held.broke {
                             hosts.lock_notes.push(format!(
-                                "warning: broke a stale cluster lock on `{head}` (its holder is gone): {}",
+                                "warning: took over a stale cluster lock on `{head}` (its holder ended without releasing it): {}",
                                 old.describe()
                             ));
                         }
@@ -274,7 +274,17 @@ async fn open_with(
         }
     };
     observed.ray = ray_view(&hosts, &observed, &desired).await;
-    observed.head_secrets = head_secrets(&hosts, &observed, &desired).await;
+    observed.head_secrets = match head_secrets(&hosts, &observed, &desired).await {
+        Ok(found) => found,
+        Err(e) => {
+            hosts.close().await;
+            return Err(Error::Hosts(format!(
+                "error: cannot read the Ray token and digest key the head keeps: {}\nhint: nothing was changed; run again once `{}` answers (a new token would replace every node)",
+                crate::model::excerpt(&e, 300),
+                desired.head().host
+            )));
+        }
+    };
     if loaded.config.cluster.image_source == crate::config::ImageSource::Push {
         let building = loaded
             .config
@@ -388,6 +398,7 @@ async fn push_sources(
                     id,
                     layers: Vec::new(),
                     other_bytes: 0,
+                    ..Default::default()
                 },
             );
             continue;
@@ -420,31 +431,34 @@ async fn head_secrets(
     hosts: &Hosts,
     observed: &ObservedState,
     desired: &DesiredState,
-) -> crate::secrets::HeadSecrets {
+) -> std::result::Result<crate::secrets::HeadSecrets, String> {
     use crate::engine::DockerBackend;
     let mut found = crate::secrets::HeadSecrets::default();
     let head = desired.head();
     let Some(conn) = hosts.connections.get(&head.host) else {
-        return found;
+        return Ok(found);
     };
     let Some(container) = observed.hosts.get(&head.host).and_then(|o| {
         o.containers.iter().find(|c| {
             c.name == head.name.0 && ownership::owner(&desired.cluster, c) == ownership::Owner::Ours
         })
     }) else {
-        return found;
+        return Ok(found);
     };
-    if let Ok(Some(key)) = conn
+    // Only an absent file means "none": an error must not look like one.
+    if let Some(key) = conn
         .backend
         .read_file(&container.id, crate::model::NODE_DIGEST_KEY_PATH)
         .await
+        .map_err(|e| e.to_string())?
     {
         found.digest_key = (key.len() >= 16).then_some(key);
     }
-    if let Ok(Some(token)) = conn
+    if let Some(token) = conn
         .backend
         .read_file(&container.id, crate::model::NODE_TOKEN_PATH)
         .await
+        .map_err(|e| e.to_string())?
     {
         if let Ok(text) = String::from_utf8(token) {
             let text = text.trim().to_string();
@@ -456,7 +470,7 @@ async fn head_secrets(
             }
         }
     }
-    found
+    Ok(found)
 }
 
 /// A host's listening TCP sockets with their processes and containers.
