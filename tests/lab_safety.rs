@@ -440,7 +440,20 @@ except Exception as e: print('client=refused', type(e).__name__)
     let without = probe(false);
     assert!(without.contains("dashboard=401"), "{without}");
     assert!(without.contains("client=refused"), "{without}");
-    let with = probe(true);
+    // With the token: accepted (the client server may still be settling after
+    // the apply: a few tries).
+    let accepted = || {
+        let mut with = String::new();
+        for _ in 0..4 {
+            with = probe(true);
+            if with.contains("client=accepted nodes=4") {
+                break;
+            }
+            sleep(Duration::from_secs(5));
+        }
+        with
+    };
+    let with = accepted();
     assert!(with.contains("client=accepted nodes=4"), "{with}");
 
     // Rotating the generated token: every node restarts with a new one.
@@ -462,7 +475,7 @@ except Exception as e: print('client=refused', type(e).__name__)
         let t = lab.docker_ok(k, &["exec", node, "cat", "/run/seedcore/auth_token"]);
         assert_eq!(t.trim(), rotated, "{node} has another token");
     }
-    let with = probe(true);
+    let with = accepted();
     assert!(
         with.contains("client=accepted nodes=4"),
         "after rotation: {with}"
