@@ -94,6 +94,9 @@ impl Reporter for CliReporter {
                 (step, format!("{} {}", step.verb(), describe(outcome)), true)
             }
         };
+        // Step messages carry remote text (Docker errors, build output):
+        // control characters never reach the terminal raw.
+        let text = crate::model::bounded(&text, 2000);
         let name = key(step);
         match self.bar(&name) {
             Some(bar) => {

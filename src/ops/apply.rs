@@ -668,16 +668,21 @@ async fn record(
     let cwd = std::env::current_dir()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
+    // `git` is a blocking subprocess: not on the async runtime's threads.
+    let config_path = loaded.source.path.clone();
+    let commit =
+        tokio::task::spawn_blocking(move || crate::audit::config_commit(Path::new(&config_path)))
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "-".to_string());
     let entry = crate::audit::Entry::new(&[
         ("time", crate::audit::now_rfc3339()),
         ("by", crate::audit::operator()),
         ("from", cwd),
         ("command", prepared.command.to_string()),
         ("config", loaded.source.path.clone()),
-        (
-            "commit",
-            crate::audit::config_commit(Path::new(&loaded.source.path)).unwrap_or("-".into()),
-        ),
+        ("commit", commit),
         ("plan", plan_digest(plan)),
         (
             "changes",

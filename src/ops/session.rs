@@ -340,20 +340,7 @@ async fn push_sources(
             // Built by this apply (its tag names the context's digest).
             Err(_) if building.as_deref() == Some(image.as_str()) => {
                 observed.to_build.insert(image.clone());
-                let needing: Vec<HostName> = by_host
-                    .iter()
-                    .filter(|(_, l)| l.contains(&image))
-                    .map(|(h, _)| h.clone())
-                    .filter(|h| {
-                        observed.hosts.get(h).is_some_and(|o| {
-                            o.reachable
-                                && o.images
-                                    .as_ref()
-                                    .and_then(|m| m.get(&image).cloned().flatten())
-                                    .is_none()
-                        })
-                    })
-                    .collect();
+                let needing = hosts_needing(&by_host, observed, &image, None);
                 for h in needing {
                     if let Some(conn) = hosts.connections.get(&h) {
                         let layers = crate::transfer::chains_on(&conn.backend.docker)
@@ -374,21 +361,7 @@ async fn push_sources(
                 ))
             }
         };
-        let needing: Vec<HostName> = by_host
-            .iter()
-            .filter(|(_, l)| l.contains(&image))
-            .map(|(h, _)| h.clone())
-            .filter(|h| {
-                observed.hosts.get(h).is_some_and(|o| {
-                    o.reachable
-                        && o.images
-                            .as_ref()
-                            .and_then(|m| m.get(&image).cloned().flatten())
-                            .as_deref()
-                            != Some(id.as_str())
-                })
-            })
-            .collect();
+        let needing = hosts_needing(&by_host, observed, &image, Some(&id));
         if needing.is_empty() {
             // Every host has exactly this image: nothing to index.
             observed.sources.insert(
@@ -423,6 +396,34 @@ async fn push_sources(
     }
     hosts.source = Some(source);
     Ok(())
+}
+
+/// The reachable hosts that use `image` and do not have exactly `id` under
+/// its name (any image under it when `id` is `None`: not built yet).
+fn hosts_needing(
+    by_host: &BTreeMap<HostName, Vec<String>>,
+    observed: &ObservedState,
+    image: &str,
+    id: Option<&str>,
+) -> Vec<HostName> {
+    by_host
+        .iter()
+        .filter(|(_, l)| l.iter().any(|i| i == image))
+        .map(|(h, _)| h.clone())
+        .filter(|h| {
+            observed.hosts.get(h).is_some_and(|o| {
+                let here = o
+                    .images
+                    .as_ref()
+                    .and_then(|m| m.get(image).cloned().flatten());
+                o.reachable
+                    && match id {
+                        Some(id) => here.as_deref() != Some(id),
+                        None => here.is_none(),
+                    }
+            })
+        })
+        .collect()
 }
 
 /// What this cluster's head keeps (its digest key and generated token),
