@@ -38,6 +38,8 @@ pub struct ApplyOptions {
 #[derive(Debug, Clone, Default)]
 pub struct Pushes {
     pub source: Option<crate::engine::EngineBackend>,
+    /// The engines of cluster hosts images are relayed from.
+    pub relays: BTreeMap<HostName, crate::engine::EngineBackend>,
     pub images: BTreeMap<String, crate::transfer::SourceImage>,
     pub layers: BTreeMap<HostName, std::collections::BTreeSet<String>>,
     /// What to build (`[cluster.build]`), and what this apply built.
@@ -458,14 +460,19 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
             }
             Step::PushImage { host, image, .. } => {
                 let p = &self.options.pushes;
-                let source = p.source.as_ref().ok_or_else(|| {
-                    "no connection to this machine's Docker engine".to_string()
-                })?;
                 let built = p.built.lock().await.get(image).cloned();
                 let src = built
                     .as_ref()
                     .or_else(|| p.images.get(image))
                     .ok_or_else(|| format!("`{image}` is not on this machine's engine"))?;
+                let source = match &src.from {
+                    Some(relay) => p.relays.get(&HostName(relay.clone())).ok_or_else(|| {
+                        format!("no connection to `{relay}`, which `{image}` is relayed from")
+                    })?,
+                    None => p.source.as_ref().ok_or_else(|| {
+                        "no connection to this machine's Docker engine".to_string()
+                    })?,
+                };
                 let has = p.layers.get(host).cloned().unwrap_or_default();
                 let total = src.bytes_for(&has);
                 let last = std::sync::Mutex::new(Instant::now());

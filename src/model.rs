@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// Label namespace carried by every container seedcore creates.
@@ -392,6 +392,10 @@ pub fn human_bytes(n: u64) -> String {
 pub struct DesiredState {
     pub cluster: ClusterIdentity,
     pub nodes: Vec<NodeSpec>,
+    /// The nodes whose image seedcore moves to their host (`image_source =
+    /// "push"`); the others' hosts pull it.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub pushed: BTreeSet<NodeName>,
 }
 
 impl DesiredState {
@@ -419,8 +423,17 @@ impl DesiredState {
 
     /// Images needed on each host.
     pub fn images_by_host(&self) -> BTreeMap<HostName, Vec<String>> {
+        self.images_by_host_of(|_| true)
+    }
+
+    /// The images seedcore moves to each host (`image_source = "push"`).
+    pub fn pushed_images_by_host(&self) -> BTreeMap<HostName, Vec<String>> {
+        self.images_by_host_of(|n| self.pushed.contains(&n.name))
+    }
+
+    fn images_by_host_of(&self, keep: impl Fn(&NodeSpec) -> bool) -> BTreeMap<HostName, Vec<String>> {
         let mut out: BTreeMap<HostName, Vec<String>> = BTreeMap::new();
-        for n in &self.nodes {
+        for n in self.nodes.iter().filter(|n| keep(n)) {
             let images = out.entry(n.host.clone()).or_default();
             if !images.contains(&n.image) {
                 images.push(n.image.clone());

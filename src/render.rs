@@ -343,6 +343,19 @@ pub fn markdown(plan: &Plan) -> String {
     let _ = writeln!(out);
     let _ = writeln!(out, "**{}**", summary_line(summary));
     let _ = writeln!(out);
+    if summary.is_empty() {
+        let unchanged = plan
+            .changes
+            .iter()
+            .filter(|c| c.action == Action::NoOp)
+            .count();
+        let _ = writeln!(
+            out,
+            "Nothing: the {unchanged} node(s) on {} host(s) already run as configured.",
+            plan.hosts.len()
+        );
+        let _ = writeln!(out);
+    }
     if !plan.overrides.is_empty() {
         let _ = writeln!(
             out,
@@ -395,6 +408,10 @@ pub fn markdown(plan: &Plan) -> String {
             );
         }
         let _ = writeln!(out);
+    }
+    if summary.is_empty() {
+        // Nothing per host to show: the note above says it all.
+        return out;
     }
     let mut hosts: Vec<HostName> = plan.hosts.iter().map(|h| h.host.clone()).collect();
     for c in &plan.changes {

@@ -577,11 +577,27 @@ pub fn lower(
             }
             spec
         })
+        .collect::<Vec<NodeSpec>>();
+    let pushed = nodes
+        .iter()
+        .filter(|n| image_source_of(config, n) == crate::config::ImageSource::Push)
+        .map(|n| n.name.clone())
         .collect();
     Ok(DesiredState {
         cluster: identity.clone(),
         nodes,
+        pushed,
     })
+}
+
+/// Where a node's host gets its image: its group's (or the head's)
+/// `image_source`, else the cluster's.
+fn image_source_of(config: &Config, node: &NodeSpec) -> crate::config::ImageSource {
+    let own = match &node.group {
+        None => config.head.image_source,
+        Some(g) => config.workers.get(g).and_then(|w| w.image_source),
+    };
+    own.unwrap_or(config.cluster.image_source)
 }
 
 /// Worker ports per node of a group, or `None` after reporting why not.

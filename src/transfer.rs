@@ -51,6 +51,9 @@ pub struct SavedLayer {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SourceImage {
     pub image: String,
+    /// The cluster host it is relayed from; `None`: this machine's engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
     /// The image ID (`sha256:...`), checked on arrival.
     pub id: String,
     pub layers: Vec<SavedLayer>,
@@ -224,6 +227,7 @@ pub fn index_save(
     Ok(SourceImage {
         image: image.to_string(),
         id: id.to_string(),
+        from: None,
         layers,
         other_bytes: other + 1024,
         kept: Kept(std::sync::Arc::new(kept)),
@@ -452,7 +456,7 @@ pub async fn index(source: &bollard::Docker, image: &str) -> Result<SourceImage,
     let inspect = source
         .inspect_image(image)
         .await
-        .map_err(|e| format!("the image `{image}` on this machine: {e}"))?;
+        .map_err(|e| format!("the image `{image}` at its source: {e}"))?;
     let id = inspect.id.unwrap_or_default();
     let diff_ids: Vec<String> = inspect.root_fs.and_then(|r| r.layers).unwrap_or_default();
     let (tx, rx) = tokio::sync::mpsc::channel(16);

@@ -21,8 +21,23 @@ fn help(args: &[&str]) -> String {
 fn every_command_has_help() {
     insta::assert_snapshot!("help", help(&["--help"]));
     for cmd in [
-        "validate", "plan", "check", "graph", "observe", "apply", "status", "logs", "destroy",
-        "restart", "env", "lock", "history",
+        "validate",
+        "plan",
+        "check",
+        "graph",
+        "observe",
+        "apply",
+        "status",
+        "logs",
+        "destroy",
+        "restart",
+        "env",
+        "lock",
+        "history",
+        "init",
+        "schema",
+        "completions",
+        "man",
     ] {
         insta::assert_snapshot!(format!("help_{cmd}"), help(&[cmd, "--help"]));
     }

@@ -531,6 +531,16 @@ fn changing_the_head_image_replaces_head_then_workers() {
     let before = containers(&lab, &BASE);
 
     lab.docker_ok(1, &["tag", "seedcore-ray:lab", "seedcore-ray:lab-b"]);
+    // The lab pushes images from this machine: the new name exists here too.
+    let here = |args: &[&str]| {
+        std::process::Command::new("docker")
+            .args(args)
+            .output()
+            .expect("docker")
+    };
+    assert!(here(&["tag", "seedcore-ray:lab", "seedcore-ray:lab-b"])
+        .status
+        .success());
     let restore = OnDrop(|| {
         // Back to the base image (replaces everything again), then drop the extra tag.
         let run = lab.seedcore(&["apply", "--auto-approve"]);
@@ -538,6 +548,7 @@ fn changing_the_head_image_replaces_head_then_workers() {
             eprintln!("restoring the base cluster failed:\n{}", run.output());
         }
         let _ = lab.docker(1, &["rmi", "seedcore-ray:lab-b"]);
+        let _ = here(&["rmi", "seedcore-ray:lab-b"]);
     });
 
     let apply = lab.seedcore(&[

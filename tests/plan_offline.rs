@@ -1562,7 +1562,7 @@ fn pull_steps_precede_creates_when_images_are_missing() {
 #[test]
 fn push_steps_carry_only_the_missing_layers_and_a_rebuilt_image_replaces_its_nodes() {
     use seedcore::transfer::{chain_ids, SavedLayer, SourceImage};
-    let wanted = desired(&[]);
+    let wanted = desired(&["cluster.image_source=push"]);
     let image = "rayproject/ray:2.60.0".to_string();
     let diffs: Vec<String> = (1..=4).map(|i| format!("sha256:{i:064x}")).collect();
     let chains = chain_ids(&diffs);
@@ -1662,6 +1662,66 @@ fn push_steps_carry_only_the_missing_layers_and_a_rebuilt_image_replaces_its_nod
             "image rebuilt: it runs 000000000000, this machine has 111111111111".to_string()
         )]
     );
+}
+
+#[test]
+fn image_source_per_group_and_a_relay_from_a_cluster_host() {
+    use seedcore::transfer::SourceImage;
+    let image = "rayproject/ray:2.60.0".to_string();
+    // The cluster pulls; only the `remote` group's image is pushed.
+    let wanted = desired(&["workers.remote.image_source=push"]);
+    let pushed: Vec<&str> = wanted.pushed.iter().map(|n| n.as_str()).collect();
+    assert_eq!(pushed, [REMOTE_1, REMOTE_2]);
+    let mut o = empty(&wanted);
+    o.sources.insert(
+        image.clone(),
+        SourceImage {
+            image: image.clone(),
+            id: "sha256:abc".to_string(),
+            // This machine lacks it: relayed from the head's host.
+            from: Some(HEAD_HOST.to_string()),
+            layers: vec![seedcore::transfer::SavedLayer {
+                diff_id: "sha256:1".to_string(),
+                chain_id: "sha256:1".to_string(),
+                path: "l/layer.tar".to_string(),
+                bytes: 1000,
+            }],
+            ..Default::default()
+        },
+    );
+    for h in [HEAD_HOST, REMOTE_HOST_1, REMOTE_HOST_2] {
+        host(&mut o, h).images = Some([(image.clone(), None)].into_iter().collect());
+        host(&mut o, h).layers = Some(Default::default());
+    }
+    let p = build(&wanted, &o);
+    let mut steps: Vec<String> = p
+        .graph
+        .graph
+        .node_weights()
+        .filter(|s| matches!(s, Step::PushImage { .. } | Step::PullImage { .. }))
+        .map(|s| format!("{} {}", s.verb(), s.host()))
+        .collect();
+    steps.sort();
+    assert_eq!(
+        steps,
+        [
+            format!("pull {HEAD_HOST}"),
+            format!("push {REMOTE_HOST_1}"),
+            format!("push {REMOTE_HOST_2}"),
+        ]
+    );
+    assert!(
+        p.notes.iter().any(|n| n.starts_with(&format!(
+            "Image `{image}` will be pushed from `{HEAD_HOST}` (relayed through this machine) to `{REMOTE_HOST_1}`: "
+        ))),
+        "{:?}",
+        p.notes
+    );
+
+    // The head's own override wins over the cluster's.
+    let wanted = desired(&["cluster.image_source=push", "head.image_source=pull"]);
+    assert!(!wanted.pushed.iter().any(|n| n.as_str() == HEAD));
+    assert!(wanted.pushed.iter().any(|n| n.as_str() == LOCAL_1));
 }
 
 // ---------------------------------------------------------------------------

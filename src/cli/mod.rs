@@ -34,9 +34,16 @@ pub struct Cli {
     /// `HEAD_IP_OVERRIDE` in the environment acts like `--set head.host=...`.
     #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
     pub set: Vec<String>,
-    /// When to colour output.
+    /// When to colour output (`auto`: on a terminal, unless `NO_COLOR` is set).
     #[arg(long, value_enum, global = true, default_value = "auto")]
     pub color: ColorChoice,
+    /// Print only errors, warnings and data: no progress, no notes on stderr.
+    #[arg(short = 'q', long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// More progress detail on stderr: `-v` every step event on its own line,
+    /// with the time each phase took; `-vv` also each step's host and its whole error.
+    #[arg(short = 'v', long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -59,10 +66,14 @@ pub enum OutputFormat {
 pub enum GraphFormat {
     Dot,
     Mermaid,
+    // DOT rendered by Graphviz's `dot -Tsvg`.
+    Svg,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Write a starter configuration (Ray's default ports, token authentication on).
+    Init(ecosystem::InitArgs),
     /// Check the configuration and print the nodes it describes.
     Validate,
     /// Show what apply would change, and why.
@@ -72,6 +83,7 @@ pub enum Command {
         /// Plan against a recorded observation instead of the live hosts.
         #[arg(long, value_name = "FILE")]
         observed: Option<PathBuf>,
+        /// `svg` renders the DOT with Graphviz's `dot -Tsvg` (Graphviz must be installed).
         #[arg(long, value_enum, default_value = "dot")]
         format: GraphFormat,
         #[command(flatten)]
@@ -166,6 +178,15 @@ pub enum Command {
         #[arg(short = 'n', long, default_value_t = 20)]
         lines: usize,
     },
+    /// Print the JSON Schema of seedcore.toml (for editors; shipped as `seedcore.schema.json`).
+    Schema,
+    /// Print a shell completion script: `source <(seedcore completions bash)`.
+    Completions {
+        #[arg(value_enum)]
+        shell: ecosystem::Shell,
+    },
+    /// Print the manual page in roff: `seedcore man | man -l -`.
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -284,22 +305,79 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// How much seedcore tells on stderr (`-q`, `-v`, `-vv`); data on stdout and
+/// errors are never silenced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verbosity {
+    /// `-q`: errors, warnings and data only.
+    Quiet,
+    /// Progress per node, notes.
+    Normal,
+    /// `-v`: every step event on its own line, and each phase's time.
+    Verbose,
+    /// `-vv`: also each step's host, and a failed step's whole error.
+    Debug,
+}
+
+static VERBOSITY: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
+
+/// The process's verbosity, set once from the command line.
+pub fn verbosity() -> Verbosity {
+    match VERBOSITY.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => Verbosity::Quiet,
+        1 => Verbosity::Normal,
+        2 => Verbosity::Verbose,
+        _ => Verbosity::Debug,
+    }
+}
+
+fn set_verbosity(v: Verbosity) {
+    VERBOSITY.store(v as u8, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether to colour: `always` and `never` decide; `auto` colours a terminal
+/// unless `NO_COLOR` is set to anything but the empty string (no-color.org).
+pub fn use_color(choice: ColorChoice, no_color: Option<&std::ffi::OsStr>, terminal: bool) -> bool {
+    match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => no_color.is_none() && terminal,
+    }
+}
+
+/// With `-v`: how long a phase took, on stderr.
+fn phase(start: std::time::Instant, what: &str) {
+    if verbosity() >= Verbosity::Verbose {
+        eprintln!("[{:>6.1}s] {what}", start.elapsed().as_secs_f64());
+    }
+}
+
 /// Runs a parsed command line; returns the exit code.
 pub fn run(cli: Cli) -> Result<u8> {
+    set_verbosity(match (cli.quiet, cli.verbose) {
+        (true, _) => Verbosity::Quiet,
+        (false, 0) => Verbosity::Normal,
+        (false, 1) => Verbosity::Verbose,
+        (false, _) => Verbosity::Debug,
+    });
     let style = Style {
-        color: match cli.color {
-            ColorChoice::Always => true,
-            ColorChoice::Never => false,
-            ColorChoice::Auto => {
-                std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal()
-            }
-        },
+        color: use_color(
+            cli.color,
+            std::env::var_os("NO_COLOR").as_deref(),
+            std::io::stdout().is_terminal(),
+        ),
     };
     let overrides = overrides(&cli.set)?;
+    let start = std::time::Instant::now();
     match cli.command {
+        Command::Init(args) => ecosystem::init(&args, &cli.config),
+        Command::Schema => ecosystem::schema(),
+        Command::Completions { shell } => ecosystem::completions(shell),
+        Command::Man => ecosystem::man(),
         Command::Validate => validate(&cli.config, &overrides),
         Command::Plan(args) => {
             let (loaded, fresh) = load(&cli.config, &overrides)?;
+            phase(start, "loaded the configuration");
             if let Some(out) = &args.out {
                 refuse_config_path(out, &cli.config)?;
             }
@@ -312,6 +390,14 @@ pub fn run(cli: Cli) -> Result<u8> {
                 }
                 None => live::block_on(crate::ops::apply::plan_live(&loaded, &fresh, &scope))??,
             };
+            phase(
+                start,
+                &format!(
+                    "observed {} host(s) and planned {} step(s)",
+                    plan.hosts.len(),
+                    plan.graph.len()
+                ),
+            );
             print_plan(&plan, args.output, style)?;
             if let Some(p) = plan.preflight.as_ref().filter(|p| p.failed()) {
                 return Err(UserError(format!(
@@ -333,14 +419,20 @@ pub fn run(cli: Cli) -> Result<u8> {
             format,
             scope,
         } => {
+            // Graphviz is looked for before anything is observed.
+            let dot = match format {
+                GraphFormat::Svg => Some(ecosystem::find_dot()?),
+                GraphFormat::Dot | GraphFormat::Mermaid => None,
+            };
             let (loaded, fresh) = load(&cli.config, &overrides)?;
             let scope = scope.scope();
             let (observed, desired) =
                 observe_or_read(&loaded, &fresh, observed.as_deref(), &scope)?;
             let plan = make_plan(&loaded, &desired, &observed, &scope)?;
-            write_stdout(&match format {
-                GraphFormat::Dot => render::dot(&plan),
-                GraphFormat::Mermaid => render::mermaid(&plan),
+            write_stdout(&match (format, dot) {
+                (GraphFormat::Mermaid, _) => render::mermaid(&plan),
+                (GraphFormat::Svg, Some(dot)) => ecosystem::svg(&dot, &render::dot(&plan))?,
+                (GraphFormat::Dot | GraphFormat::Svg, _) => render::dot(&plan),
             })?;
             Ok(exit::OK)
         }
@@ -386,10 +478,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             since,
         } => {
             let (loaded, desired) = load(&cli.config, &overrides)?;
-            let color = style.color
-                || (matches!(cli.color, ColorChoice::Auto)
-                    && std::env::var_os("NO_COLOR").is_none()
-                    && std::io::stdout().is_terminal());
+            let color = style.color;
             live::block_on_until_done(day2::logs(
                 &loaded,
                 &desired,
@@ -617,11 +706,13 @@ fn save_plan(path: &Path, loaded: &Loaded, plan: &Plan) -> Result<()> {
             path.display()
         ))
     })?;
-    eprintln!(
-        "Saved the plan to `{}`: apply it with `seedcore apply {}`.",
-        path.display(),
-        path.display()
-    );
+    if verbosity() >= Verbosity::Quiet {
+        eprintln!(
+            "Saved the plan to `{}`: apply it with `seedcore apply {}`.",
+            path.display(),
+            path.display()
+        );
+    }
     Ok(())
 }
 
@@ -630,11 +721,12 @@ pub fn write_stdout(text: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => panic!("{e}"),
         Err(e) => Err(UserError(format!("error: cannot write to stdout: {e}"))),
     }
 }
 
 mod day2;
+mod ecosystem;
 mod live;
 mod progress;

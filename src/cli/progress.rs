@@ -1,7 +1,10 @@
 //! Drawing apply's progress: one indicatif line per node (its current step
 //! and elapsed time) on a terminal, plain timestamped lines otherwise. The
-//! only indicatif user in the crate.
+//! only indicatif user in the crate. The verbosity decides how much:
+//! `-q` only failed steps, `-v` every event as a plain line (also on a
+//! terminal), `-vv` also each step's host and a failed step's whole error.
 
+use super::{verbosity, Verbosity};
 use crate::apply::{Event, Outcome, Reporter};
 use crate::plan::Step;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -11,6 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub struct CliReporter {
+    verbosity: Verbosity,
     multi: Option<MultiProgress>,
     bars: Mutex<BTreeMap<String, ProgressBar>>,
     start: Instant,
@@ -23,9 +27,10 @@ fn key(step: &Step) -> String {
     }
 }
 
-fn describe(outcome: &Outcome) -> String {
+fn describe(outcome: &Outcome, whole: bool) -> String {
     match outcome {
         Outcome::Done { elapsed } => format!("done in {:.1}s", elapsed.as_secs_f64()),
+        Outcome::Failed { error } if whole => format!("FAILED: {}", error.trim_end()),
         Outcome::Failed { error } => format!("FAILED: {}", error.lines().next().unwrap_or("")),
         Outcome::Skipped { because } => format!("skipped ({because})"),
     }
@@ -33,8 +38,10 @@ fn describe(outcome: &Outcome) -> String {
 
 impl CliReporter {
     pub fn new() -> Self {
-        let terminal = std::io::stderr().is_terminal();
+        let verbosity = verbosity();
+        let terminal = std::io::stderr().is_terminal() && verbosity == Verbosity::Normal;
         CliReporter {
+            verbosity,
             multi: terminal.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
             bars: Mutex::new(BTreeMap::new()),
             start: Instant::now(),
@@ -90,14 +97,42 @@ impl Reporter for CliReporter {
             Event::Progress { step, message } => {
                 (step, format!("{}: {message}", step.verb()), false)
             }
-            Event::Finished { step, outcome } => {
-                (step, format!("{} {}", step.verb(), describe(outcome)), true)
-            }
+            Event::Finished { step, outcome } => (
+                step,
+                format!(
+                    "{} {}",
+                    step.verb(),
+                    describe(outcome, self.verbosity >= Verbosity::Debug)
+                ),
+                true,
+            ),
         };
+        let failed = matches!(
+            event,
+            Event::Finished {
+                outcome: Outcome::Failed { .. },
+                ..
+            }
+        );
+        if self.verbosity == Verbosity::Quiet && !failed {
+            return;
+        }
         // Step messages carry remote text (Docker errors, build output):
         // control characters never reach the terminal raw.
-        let text = crate::model::bounded(&text, 2000);
-        let name = key(step);
+        let text = if self.verbosity >= Verbosity::Debug {
+            // Every line of it, each escaped and bounded on its own.
+            text.lines()
+                .take(200)
+                .map(|l| crate::model::bounded(l, 2000))
+                .collect::<Vec<_>>()
+                .join("\n    ")
+        } else {
+            crate::model::bounded(&text, 2000)
+        };
+        let mut name = key(step);
+        if self.verbosity >= Verbosity::Debug && step.node().is_some() {
+            name = format!("{name} on {}", step.host());
+        }
         match self.bar(&name) {
             Some(bar) => {
                 bar.set_message(text);

@@ -7,19 +7,23 @@
 //! `hint:` with the fix.
 
 mod errors;
+mod json_schema;
 mod overrides;
 mod schema;
 mod secrets;
 mod source;
+mod starter;
 mod validate;
 mod values;
 
 pub use errors::*;
+pub use json_schema::{json_schema, json_schema_text};
 pub use overrides::*;
 #[allow(unused_imports)]
 pub(crate) use schema::*;
 pub use secrets::{Auth, EnvValue, Secret, SecretOrigin, TokenSource, MAX_ENV_VALUE_BYTES};
 pub use source::*;
+pub use starter::{starter, Starter};
 #[allow(unused_imports)]
 pub(crate) use validate::*;
 pub use values::*;
@@ -152,6 +156,8 @@ pub struct SshConfig {
 pub struct HeadConfig {
     pub host: HostName,
     pub image: Option<String>,
+    /// Overrides `cluster.image_source` for the head.
+    pub image_source: Option<ImageSource>,
     pub cpus: u32,
     pub gcs_port: u16,
     pub client_server_port: u16,
@@ -173,6 +179,8 @@ pub struct WorkerGroup {
     pub count: u32,
     pub cpus: u32,
     pub image: Option<String>,
+    /// Overrides `cluster.image_source` for this group's nodes.
+    pub image_source: Option<ImageSource>,
     pub shm_size_bytes: u64,
     /// Written in the file: the exact port of the group's first node on each
     /// host. `None`: chosen by seedcore (and kept while the node runs).

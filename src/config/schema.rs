@@ -8,97 +8,161 @@ use serde::Deserialize;
 // ---------------------------------------------------------------------------
 // Raw schema (serde)
 
-#[derive(Debug, Default, Deserialize)]
+/// `seedcore.toml`: a Ray cluster of Docker containers across hosts (see the README's "The configuration").
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawConfig {
+    /// The cluster as a whole: its name and identity, image, ports for agents, token authentication, environment.
     #[serde(default)]
     pub(crate) cluster: RawCluster,
+    /// How seedcore reaches every host (the system `ssh`, so `~/.ssh/config` applies).
     #[serde(default)]
     pub(crate) ssh: RawSsh,
+    /// The head node (required): its host and its ports.
     pub(crate) head: Option<RawHead>,
+    /// Worker groups by name (`[workers.NAME]`); the name is part of container names.
     #[serde(default)]
     pub(crate) workers: BTreeMap<String, RawGroup>,
+    /// How long apply waits, in seconds.
     #[serde(default)]
     pub(crate) timeouts: RawTimeouts,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawCluster {
+    /// Container-name prefix and `io.seedcore.cluster` label (default `seedcore`).
     pub(crate) name: Option<String>,
+    /// Pins the cluster's identity: lower-case letters, digits and `-`, at most 64 (default: derived).
     pub(crate) id: Option<String>,
+    /// Image of every node unless a node overrides it (default `rayproject/ray:2.60.0`).
     pub(crate) image: Option<String>,
+    /// Per host, every node takes a block of 4 agent/metrics ports from this range (default `52365-52464`).
     pub(crate) agent_ports: Option<String>,
+    /// Ray's usage reporting (default `false`).
     pub(crate) usage_stats: Option<bool>,
+    /// Allow more declared CPUs on a host than it has (default `false`).
     pub(crate) oversubscribe_cpus: Option<bool>,
+    /// Where hosts get images: `pull` (each engine pulls from a registry) or `push` (seedcore moves the image from this machine's Docker). Default `pull` (`push` with `build`).
+    #[schemars(extend("enum" = ["pull", "push"]))]
     pub(crate) image_source: Option<String>,
+    /// Build the image on this machine: `{ context = "PATH", dockerfile = "Dockerfile", args = { K = "V" } }`.
     pub(crate) build: Option<RawBuild>,
+    /// Ray token authentication: `token` (on, the default) or `none` (off; the plan warns).
+    #[schemars(extend("enum" = ["token", "none"]))]
     pub(crate) auth: Option<String>,
+    /// The Ray token from a file of the machine seedcore runs on (default: generated on the first apply).
     pub(crate) token_file: Option<String>,
+    /// The Ray token from an environment variable of the machine seedcore runs on.
     pub(crate) token_env: Option<String>,
+    /// Extra environment for every node: `KEY = "value"`, or a secret: `{ value = "...", secret = true }`, `{ env = "NAME" }`, `{ file = "PATH" }`.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, super::json_schema::EnvValue>")]
     pub(crate) env: BTreeMap<String, toml::Value>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawBuild {
+    /// The build context, relative to the configuration file.
     pub(crate) context: Option<String>,
+    /// The Dockerfile inside the context (default `Dockerfile`).
     pub(crate) dockerfile: Option<String>,
+    /// Build arguments.
     #[serde(default)]
     pub(crate) args: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawSsh {
+    /// Login user (default: ssh's).
     pub(crate) user: Option<String>,
+    /// SSH port (default: `~/.ssh/config`, else 22).
     pub(crate) port: Option<i64>,
+    /// Private key (default: ssh's).
     pub(crate) identity_file: Option<String>,
+    /// Host-key checking: `strict` (default) or `accept-new`; it cannot be turned off.
+    #[schemars(extend("enum" = ["strict", "accept-new"]))]
     pub(crate) known_hosts: Option<String>,
+    /// Default `~/.ssh/known_hosts`.
     pub(crate) known_hosts_file: Option<String>,
+    /// Hosts and steps worked on at once (default 32).
     pub(crate) max_parallel: Option<i64>,
+    /// Seconds (default 10).
     pub(crate) connect_timeout: Option<i64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawHead {
+    /// The head's host (required): an address or a name every host resolves; workers join it at `host:gcs_port`.
     pub(crate) host: Option<String>,
+    /// Default: `cluster.image`.
     pub(crate) image: Option<String>,
+    /// Overrides `cluster.image_source` for the head: `pull` or `push`.
+    #[schemars(extend("enum" = ["pull", "push"]))]
+    pub(crate) image_source: Option<String>,
+    /// Ray's `--num-cpus` and the container's CPU limit (default 1).
     pub(crate) cpus: Option<i64>,
+    /// Workers join here (default 6380).
     pub(crate) gcs_port: Option<i64>,
+    /// `ray://head:10001` for client-mode scripts (default 10001).
     pub(crate) client_server_port: Option<i64>,
+    /// Default 8265.
     pub(crate) dashboard_port: Option<i64>,
+    /// Ray Serve's HTTP proxy (default `true`).
     pub(crate) serve: Option<bool>,
+    /// Ray Serve's HTTP port (default 8000).
     pub(crate) serve_port: Option<i64>,
+    /// The dashboard and the Ray client are meant to be reachable from beyond the cluster (silences the plan's warning; default `false`).
     pub(crate) public: Option<bool>,
+    /// `/dev/shm` for the object store, e.g. `2g` (the default).
     pub(crate) shm_size: Option<String>,
+    /// Default 8076.
     pub(crate) object_manager_port: Option<i64>,
+    /// Default 8077.
     pub(crate) node_manager_port: Option<i64>,
+    /// The head's own worker processes (default `10002-10099`).
     pub(crate) worker_ports: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawGroup {
+    /// Where the group runs (required).
     pub(crate) hosts: Option<Vec<String>>,
+    /// Workers per host (default 1).
     pub(crate) count: Option<i64>,
+    /// CPUs per worker (default 1).
     pub(crate) cpus: Option<i64>,
+    /// Default: `cluster.image`.
     pub(crate) image: Option<String>,
+    /// Overrides `cluster.image_source` for this group: `pull` or `push`.
+    #[schemars(extend("enum" = ["pull", "push"]))]
+    pub(crate) image_source: Option<String>,
+    /// `/dev/shm` per worker (default `2g`).
     pub(crate) shm_size: Option<String>,
+    /// Exactly the port of the group's first node on each host; further nodes +2, +4... (default: chosen).
     pub(crate) object_manager_port: Option<i64>,
+    /// Exactly the port of the group's first node on each host; further nodes +2, +4... (default: chosen).
     pub(crate) node_manager_port: Option<i64>,
+    /// A range split between the group's nodes on a host, e.g. `11000-11020` (default: chosen).
     pub(crate) worker_ports: Option<String>,
+    /// A fixed slice per node, so scaling never moves ports (default: an even split; max(21, 2 x cpus) if `worker_ports` is unset).
     pub(crate) worker_ports_per_node: Option<i64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTimeouts {
+    /// Seconds until the head's GCS (and Serve) answer (default 120).
     pub(crate) head_ready: Option<i64>,
+    /// Seconds until Ray lists every node ALIVE (default 180).
     pub(crate) nodes_alive: Option<i64>,
+    /// Seconds for `ray drain-node` before a worker is removed (default 60).
     pub(crate) drain: Option<i64>,
+    /// `docker stop` grace period in seconds (default 10).
     pub(crate) stop: Option<i64>,
 }
 
@@ -147,6 +211,7 @@ pub(crate) const SSH_KEYS: &[(&str, Kind)] = &[
 pub(crate) const HEAD_KEYS: &[(&str, Kind)] = &[
     ("host", Kind::Str),
     ("image", Kind::Str),
+    ("image_source", Kind::Str),
     ("cpus", Kind::Int),
     ("gcs_port", Kind::Int),
     ("client_server_port", Kind::Int),
@@ -164,6 +229,7 @@ pub(crate) const GROUP_KEYS: &[(&str, Kind)] = &[
     ("count", Kind::Int),
     ("cpus", Kind::Int),
     ("image", Kind::Str),
+    ("image_source", Kind::Str),
     ("shm_size", Kind::Str),
     ("object_manager_port", Kind::Int),
     ("node_manager_port", Kind::Int),

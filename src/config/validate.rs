@@ -97,6 +97,26 @@ impl Checker {
         }
     }
 
+    /// `pull` or `push`; `None` when absent (or wrong, after reporting it).
+    fn image_source(&mut self, key: &str, value: Option<&str>) -> Option<ImageSource> {
+        match value {
+            None => None,
+            Some("pull") => Some(ImageSource::Pull),
+            Some("push") => Some(ImageSource::Push),
+            Some(other) => {
+                self.err(
+                    key,
+                    format!(
+                        "`{key}` is `{}`; it takes `pull` or `push`",
+                        crate::model::excerpt(other, 40)
+                    ),
+                    "`pull`: each host pulls from a registry; `push`: seedcore moves the image from this machine's Docker, only the layers a host lacks",
+                );
+                None
+            }
+        }
+    }
+
     fn image(&mut self, key: &str, value: Option<String>) -> Option<String> {
         match value {
             Some(v) => match check_image(&v) {
@@ -355,19 +375,9 @@ pub(crate) fn validate_with(
             );
             ImageSource::Pull
         }
-        None | Some("pull") => ImageSource::Pull,
-        Some("push") => ImageSource::Push,
-        Some(other) => {
-            c.err(
-                "cluster.image_source",
-                format!(
-                    "`cluster.image_source` is `{}`; it takes `pull` or `push`",
-                    crate::model::excerpt(other, 40)
-                ),
-                "`pull`: each host pulls from a registry; `push`: seedcore moves the image from this machine's Docker, only the layers a host lacks",
-            );
-            ImageSource::Pull
-        }
+        other => c
+            .image_source("cluster.image_source", other)
+            .unwrap_or_default(),
     };
     let cluster = ClusterConfig {
         name,
@@ -465,6 +475,7 @@ pub(crate) fn validate_with(
     let head = HeadConfig {
         host: head_host,
         image: c.image("head.image", raw_head.image),
+        image_source: c.image_source("head.image_source", raw_head.image_source.as_deref()),
         cpus: c.positive(
             "head.cpus",
             raw_head.cpus,
@@ -582,6 +593,7 @@ pub(crate) fn validate_with(
                 "the number of CPUs Ray may use on each worker, e.g. `cpus = 1`",
             ),
             image: c.image(&format!("{p}.image"), g.image),
+            image_source: c.image_source(&format!("{p}.image_source"), g.image_source.as_deref()),
             shm_size_bytes: c.shm(
                 &format!("{p}.shm_size"),
                 g.shm_size.as_deref(),
@@ -637,6 +649,31 @@ pub(crate) fn validate_with(
             );
         }
         workers.insert(gname, group);
+    }
+
+    if cluster.build.is_some() {
+        // A built image exists only on this machine: nodes that run it cannot pull it.
+        let pulled = std::iter::once((
+            "head.image_source".to_string(),
+            head.image_source,
+            head.image.is_none(),
+        ))
+        .chain(workers.iter().map(|(g, w)| {
+            (
+                format!("workers.{g}.image_source"),
+                w.image_source,
+                w.image.is_none(),
+            )
+        }));
+        for (key, source, built) in pulled.collect::<Vec<_>>() {
+            if built && source == Some(ImageSource::Pull) {
+                c.err(
+                    &key,
+                    format!("`{key} = \"pull\"`, but these nodes run the image built on this machine (`[cluster.build]`), which no registry has"),
+                    "remove it (a built image is pushed), or give these nodes their own `image`",
+                );
+            }
+        }
     }
 
     let timeouts = Timeouts {

@@ -758,6 +758,16 @@ fn pushes_of(
         build: build.cloned(),
         built: Default::default(),
         source: hosts.source.clone(),
+        relays: observed
+            .sources
+            .values()
+            .filter_map(|s| s.from.as_ref())
+            .filter_map(|h| {
+                let h = crate::model::HostName(h.clone());
+                let c = hosts.connections.get(&h)?;
+                Some((h, c.backend.clone()))
+            })
+            .collect(),
         images: observed.sources.clone(),
         layers: observed
             .hosts

@@ -285,7 +285,7 @@ async fn open_with(
             )));
         }
     };
-    if loaded.config.cluster.image_source == crate::config::ImageSource::Push {
+    if !desired.pushed.is_empty() {
         let building = loaded
             .config
             .cluster
@@ -320,25 +320,29 @@ async fn push_sources(
     building: Option<String>,
 ) -> std::result::Result<(), String> {
     let hint = "hint: build or pull the image on this machine (`docker build -t IMAGE .`), or set `cluster.image_source = \"pull\"` to let each host pull it from a registry";
-    let source = local_engine().map_err(|e| format!("error: {e}\n{hint}"))?;
-    let source = match source.docker.negotiate_version().await {
-        Ok(docker) => crate::engine::EngineBackend { docker },
-        Err(e) => {
-            return Err(format!(
-                "error: cannot reach this machine's Docker engine: {e}\n{hint}"
-            ))
-        }
+    // This machine's engine, when it has one; a cluster host that has an
+    // image stands in for it (relayed through seedcore's own sessions).
+    let local = match local_engine() {
+        Ok(source) => match source.docker.negotiate_version().await {
+            Ok(docker) => Ok(crate::engine::EngineBackend { docker }),
+            Err(e) => Err(format!("cannot reach this machine's Docker engine: {e}")),
+        },
+        Err(e) => Err(e),
     };
-    let by_host = desired.images_by_host();
+    let by_host = desired.pushed_images_by_host();
     let mut images: BTreeSet<String> = BTreeSet::new();
     for list in by_host.values() {
         images.extend(list.iter().cloned());
     }
     for image in images {
-        let id = match source.docker.inspect_image(&image).await {
-            Ok(i) => i.id.unwrap_or_default(),
+        let here = match &local {
+            Ok(source) => source.docker.inspect_image(&image).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.clone()),
+        };
+        let (id, from) = match here {
+            Ok(i) => (i.id.unwrap_or_default(), None),
             // Built by this apply (its tag names the context's digest).
-            Err(_) if building.as_deref() == Some(image.as_str()) => {
+            Err(_) if local.is_ok() && building.as_deref() == Some(image.as_str()) => {
                 observed.to_build.insert(image.clone());
                 let needing = hosts_needing(&by_host, observed, &image, None);
                 for h in needing {
@@ -353,13 +357,16 @@ async fn push_sources(
                 }
                 continue;
             }
-            Err(e) => {
-                return Err(format!(
-                    "error: `image_source = \"push\"`, but this machine's Docker engine has no `{}` ({})\n{hint}",
-                    crate::model::excerpt(&image, 200),
-                    crate::model::excerpt(&e.to_string(), 200)
-                ))
-            }
+            Err(why) => match relay_for(hosts, observed, &image) {
+                Some((host, id)) => (id, Some(host)),
+                None => {
+                    return Err(format!(
+                        "error: `image_source = \"push\"`, but neither this machine nor any cluster host has `{}` (this machine: {})\n{hint}",
+                        crate::model::excerpt(&image, 200),
+                        crate::model::excerpt(&why, 200)
+                    ))
+                }
+            },
         };
         let needing = hosts_needing(&by_host, observed, &image, Some(&id));
         if needing.is_empty() {
@@ -369,16 +376,22 @@ async fn push_sources(
                 crate::transfer::SourceImage {
                     image: image.clone(),
                     id,
-                    layers: Vec::new(),
-                    other_bytes: 0,
+                    from: from.map(|h| h.0),
                     ..Default::default()
                 },
             );
             continue;
         }
-        let indexed = crate::transfer::index(&source.docker, &image)
+        let engine = match (&from, &local) {
+            (Some(h), _) => hosts.connections.get(h).map(|c| &c.backend.docker),
+            (None, Ok(source)) => Some(&source.docker),
+            (None, Err(_)) => None,
+        }
+        .ok_or_else(|| format!("error: no connection to the engine that has `{image}`"))?;
+        let mut indexed = crate::transfer::index(engine, &image)
             .await
             .map_err(|e| format!("error: {e}"))?;
+        indexed.from = from.map(|h| h.0);
         observed.sources.insert(image.clone(), indexed);
         for h in needing {
             if observed.hosts.get(&h).is_some_and(|o| o.layers.is_some()) {
@@ -394,8 +407,17 @@ async fn push_sources(
             }
         }
     }
-    hosts.source = Some(source);
+    hosts.source = local.ok();
     Ok(())
+}
+
+/// A reachable cluster host that has `image` (the first in name order), to
+/// push it from when this machine lacks it.
+fn relay_for(hosts: &Hosts, observed: &ObservedState, image: &str) -> Option<(HostName, String)> {
+    observed.hosts.iter().find_map(|(h, o)| {
+        let id = o.images.as_ref()?.get(image).cloned().flatten()?;
+        (o.reachable && hosts.connections.contains_key(h)).then(|| (h.clone(), id))
+    })
 }
 
 /// The reachable hosts that use `image` and do not have exactly `id` under

@@ -427,6 +427,7 @@ pub fn diff(
                 .filter(|n| !skipped.contains(&n.host))
                 .cloned()
                 .collect(),
+            pushed: desired.pushed.clone(),
         };
         &kept_nodes
     };

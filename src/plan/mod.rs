@@ -150,6 +150,8 @@ impl Plan {
                 .filter(|c| c.action != Action::Remove)
                 .filter_map(|c| c.after.clone())
                 .collect(),
+            // How images arrive is settled by the plan's steps.
+            pushed: BTreeSet::new(),
         }
     }
 }
@@ -237,7 +239,9 @@ fn assemble(
     let mut missing: BTreeSet<(HostName, String)> = BTreeSet::new();
     let mut pushes = schedule::Transfers::new();
     let mut hosts = Vec::new();
+    let pushed = desired.pushed_images_by_host();
     for (host, images) in desired.images_by_host() {
+        let pushed_here = |image: &String| pushed.get(&host).is_some_and(|l| l.contains(image));
         let Some(obs) = observed.hosts.get(&host) else {
             continue;
         };
@@ -251,7 +255,7 @@ fn assemble(
                     lacking.push(image.clone());
                     continue;
                 }
-                match observed.sources.get(&image) {
+                match observed.sources.get(&image).filter(|_| pushed_here(&image)) {
                     // Pushed: the host needs exactly the source's image.
                     Some(src) if here.as_deref() != Some(src.id.as_str()) => {
                         let has = obs.layers.clone().unwrap_or_default();
@@ -319,8 +323,12 @@ fn assemble(
                     h.host
                 ));
             } else if let Some((bytes, layers, of)) = pushed {
+                let from = match observed.sources.get(image).and_then(|s| s.from.as_ref()) {
+                    Some(relay) => format!("from `{relay}` (relayed through this machine)"),
+                    None => "from this machine".to_string(),
+                };
                 notes.push(format!(
-                    "Image `{}` will be pushed from this machine to `{}`: {layers} of its {of} layers, {}.",
+                    "Image `{}` will be pushed {from} to `{}`: {layers} of its {of} layers, {}.",
                     crate::model::excerpt(image, 200),
                     h.host,
                     crate::model::human_size(bytes)
