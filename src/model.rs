@@ -205,6 +205,12 @@ pub struct NodeSpec {
     pub network_mode: String,
     pub restart_policy: String,
     pub init: bool,
+    /// GPUs handed to the container (a Docker device request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<crate::config::Gpus>,
+    /// The container's memory limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
 }
 
 impl NodeSpec {
@@ -257,6 +263,17 @@ impl NodeSpec {
             ("network".to_string(), self.network_mode.clone()),
             ("restart".to_string(), self.restart_policy.clone()),
         ];
+        if let Some(g) = &self.gpus {
+            let text = match g {
+                crate::config::Gpus::Count(n) => n.to_string(),
+                crate::config::Gpus::All => "all".to_string(),
+                crate::config::Gpus::Devices(ids) => ids.join(","),
+            };
+            lines.push(("gpus".to_string(), text));
+        }
+        if let Some(m) = self.memory_bytes {
+            lines.push(("memory".to_string(), human_bytes(m)));
+        }
         let mut env: Vec<(String, String)> = self
             .env
             .iter()
@@ -431,7 +448,10 @@ impl DesiredState {
         self.images_by_host_of(|n| self.pushed.contains(&n.name))
     }
 
-    fn images_by_host_of(&self, keep: impl Fn(&NodeSpec) -> bool) -> BTreeMap<HostName, Vec<String>> {
+    fn images_by_host_of(
+        &self,
+        keep: impl Fn(&NodeSpec) -> bool,
+    ) -> BTreeMap<HostName, Vec<String>> {
         let mut out: BTreeMap<HostName, Vec<String>> = BTreeMap::new();
         for n in self.nodes.iter().filter(|n| keep(n)) {
             let images = out.entry(n.host.clone()).or_default();

@@ -351,7 +351,7 @@ pub fn markdown(plan: &Plan) -> String {
             .count();
         let _ = writeln!(
             out,
-            "Nothing: the {unchanged} node(s) on {} host(s) already run as configured.",
+            "Nothing to apply: the {unchanged} node(s) on {} host(s) already run as configured.",
             plan.hosts.len()
         );
         let _ = writeln!(out);

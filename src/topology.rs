@@ -332,6 +332,8 @@ pub fn lower(
             network_mode: "host".to_string(),
             restart_policy: "unless-stopped".to_string(),
             init: true,
+            gpus: None,
+            memory_bytes: None,
         },
         auto: vec![Auto::Agents],
         prefix: "head".to_string(),
@@ -453,6 +455,8 @@ pub fn lower(
                         network_mode: "host".to_string(),
                         restart_policy: "unless-stopped".to_string(),
                         init: true,
+                        gpus: g.gpus.clone(),
+                        memory_bytes: g.memory_bytes,
                     },
                     auto,
                     prefix: p.clone(),
@@ -566,6 +570,9 @@ pub fn lower(
                         spec.cpus,
                         &spec.ports,
                     );
+                    if let Some(g) = spec.group.as_ref().and_then(|g| config.workers.get(g)) {
+                        ray_resources(&mut spec.ray_start, g);
+                    }
                     let mut blocking = spec.ray_start.clone();
                     blocking.push("--block".to_string());
                     spec.command = if secret_env.is_empty() {
@@ -915,6 +922,31 @@ fn worker_ray_start(
     ];
     common_ports(&mut args, ports);
     args
+}
+
+/// A group's GPUs, custom resources, labels and memory as `ray start` flags.
+fn ray_resources(args: &mut Vec<String>, g: &crate::config::WorkerGroup) {
+    match &g.gpus {
+        Some(crate::config::Gpus::Count(n)) => args.push(format!("--num-gpus={n}")),
+        Some(crate::config::Gpus::Devices(ids)) => args.push(format!("--num-gpus={}", ids.len())),
+        // Ray counts the GPUs the container sees.
+        Some(crate::config::Gpus::All) | None => {}
+    }
+    if !g.resources.is_empty() {
+        // Validated names and finite amounts: JSON as Ray reads it.
+        let json = serde_json::to_string(&g.resources).expect("resources serialize");
+        args.push(format!("--resources={json}"));
+    }
+    if !g.labels.is_empty() {
+        let pairs: Vec<String> = g.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        args.push(format!("--labels={}", pairs.join(",")));
+    }
+    if let Some(m) = g.memory_bytes {
+        args.push(format!("--memory={m}"));
+    }
+    if let Some(m) = g.object_store_memory_bytes {
+        args.push(format!("--object-store-memory={m}"));
+    }
 }
 
 /// The head's container command. With Serve on, a small supervisor: Ray runs

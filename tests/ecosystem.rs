@@ -190,8 +190,16 @@ fn the_schema_reports_typos_and_words_the_loader_refuses() {
         // A key typo: `additionalProperties: false` from `deny_unknown_fields`.
         ("cpus = 2 ", "cpuss = 2 ", "cpuss"),
         ("[ssh]", "[shh]", "shh"),
-        ("# auth = \"token\"", "auth = \"off\"", "must be one of 'token', 'none'"),
-        ("known_hosts = \"strict\"", "known_hosts = \"no\"", "must be one of"),
+        (
+            "# auth = \"token\"",
+            "auth = \"off\"",
+            "must be one of 'token', 'none'",
+        ),
+        (
+            "known_hosts = \"strict\"",
+            "known_hosts = \"no\"",
+            "must be one of",
+        ),
         ("count = 2 ", "count = \"2\" ", "want integer"),
         (
             "# MY_SETTING = \"1\"",
@@ -272,10 +280,7 @@ fn bash_completion_registers_itself() {
         "completions_bash_complete_p",
         String::from_utf8_lossy(&out.stdout)
     );
-    for (shell, start) in [
-        ("zsh", "#compdef seedcore"),
-        ("fish", "# Print an optspec"),
-    ] {
+    for (shell, start) in [("zsh", "#compdef seedcore"), ("fish", "# Print an optspec")] {
         let r = run(seedcore().args(["completions", shell]));
         assert_eq!(r.code, 0, "{}", r.stderr);
         assert!(r.stdout.starts_with(start), "{shell}: {}", &r.stdout[..80]);

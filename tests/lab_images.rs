@@ -275,7 +275,12 @@ fn push_moves_only_missing_layers_and_never_tags_a_partial_image() {
     );
     let apply = relayed(&["apply", "--auto-approve"]);
     apply.expect_ok();
-    assert_eq!(sent_bytes(&apply, "10.77.0.13").len(), 1, "{}", apply.output());
+    assert_eq!(
+        sent_bytes(&apply, "10.77.0.13").len(),
+        1,
+        "{}",
+        apply.output()
+    );
     let here = Command::new("docker")
         .args(["image", "inspect", "--format", "{{.Id}}", IMAGE])
         .output()
@@ -290,6 +295,13 @@ fn a_build_config_builds_here_and_a_changed_context_replaces_the_nodes() {
     let _serial = serial();
     let lab = Lab::require();
     let _restore = Restore(&lab);
+    // Built images a failed earlier run left behind would spare this run its build.
+    let _ = Command::new("bash")
+        .args([
+            "-c",
+            "docker images -q --filter reference='seedcore-app:*' | sort -u | xargs -r docker rmi -f",
+        ])
+        .output();
     // The lab cluster as `lab up` describes it (seedcore pushes the lab image to hosts
     // that lack it): the built image's own layers are then all a host lacks.
     lab.seedcore(&["apply", "--auto-approve"]).expect_ok();

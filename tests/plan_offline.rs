@@ -19,7 +19,7 @@ use seedcore::plan::{self, Action, ConflictOwner, DiffOptions, Plan, PlanError, 
 use seedcore::render::{self, Style};
 use seedcore::topology;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -1881,4 +1881,117 @@ fn hostile_labels_reach_neither_terminal_nor_markdown_raw() {
     );
     // JSON carries the value escaped by the JSON encoder, never raw.
     assert!(!json.contains('\u{1b}'));
+}
+
+// ---------------------------------------------------------------------------
+// GPUs, custom resources, labels and memory per group
+
+fn group_config(extra: &str) -> DesiredState {
+    let text = format!(
+        "[cluster]\nname = \"gpu\"\n[head]\nhost = \"10.0.0.1\"\n[workers.cpu]\nhosts = [\"10.0.0.2\"]\n[workers.gpu]\nhosts = [\"10.0.0.3\"]\nshm_size = \"4g\"\n{extra}"
+    );
+    let loaded = config::parse("gpu.toml", &text, &[]).unwrap_or_else(|e| panic!("{e}"));
+    topology::lower_fresh(&loaded.config).unwrap()
+}
+
+#[test]
+fn a_gpu_group_gets_a_device_request_and_ray_flags_and_only_its_nodes_change() {
+    let wanted = group_config(
+        "gpus = [\"0\", \"GPU-3f2a\"]\nresources = { accelerator_x = 1, ssd = 0.5 }\nlabels = { zone = \"rack-2\", \"example.com/tier\" = \"fast\" }\nmemory = \"8g\"\nobject_store_memory = \"2g\"\n",
+    );
+    let node = wanted
+        .nodes
+        .iter()
+        .find(|n| n.group.as_deref() == Some("gpu"))
+        .unwrap();
+    let labels = node.labels(&wanted.cluster);
+    let body = seedcore::engine::docker::container_body(node, &labels);
+    let host = body.host_config.clone().unwrap();
+    let view = serde_json::json!({
+        "device_requests": host.device_requests,
+        "memory": host.memory,
+        "shm_size": host.shm_size,
+        "ray_start": node.ray_start.iter().skip(4).collect::<Vec<_>>(),
+    });
+    insta::assert_json_snapshot!("gpu_group_container", view);
+
+    // A count and "all" become counts for the runtime (-1: every GPU).
+    for (gpus, count, flag) in [
+        ("2", Some(2), Some("--num-gpus=2")),
+        ("\"all\"", Some(-1), None),
+    ] {
+        let d = group_config(&format!("gpus = {gpus}\n"));
+        let n = d
+            .nodes
+            .iter()
+            .find(|n| n.group.as_deref() == Some("gpu"))
+            .unwrap();
+        let b = seedcore::engine::docker::container_body(n, &BTreeMap::new());
+        let req = &b.host_config.unwrap().device_requests.unwrap()[0];
+        assert_eq!(req.count, count);
+        assert_eq!(
+            n.ray_start
+                .iter()
+                .find(|a| a.starts_with("--num-gpus"))
+                .map(String::as_str),
+            flag
+        );
+    }
+    // The CPU group has no device request and none of those flags.
+    let cpu = wanted
+        .nodes
+        .iter()
+        .find(|n| n.group.as_deref() == Some("cpu"))
+        .unwrap();
+    let b = seedcore::engine::docker::container_body(cpu, &BTreeMap::new());
+    assert_eq!(b.host_config.unwrap().device_requests, None);
+    assert!(!cpu.ray_start.iter().any(|a| a.starts_with("--resources")));
+
+    // A label change is a field diff on that group's nodes only.
+    let before = group_config("labels = { zone = \"rack-2\" }\n");
+    let after = group_config("labels = { zone = \"rack-3\" }\n");
+    let p = build(&after, &converged(&before));
+    let changed: Vec<(String, String)> = p
+        .effective()
+        .map(|c| (c.node.0.clone(), format!("{:?}", c.action)))
+        .collect();
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert!(changed[0].0.contains("-gpu-"), "{changed:?}");
+    let text = render::text(&p, Style::default());
+    assert!(text.contains("--labels"), "{text}");
+    assert!(text.contains("zone=rack-2"), "{text}");
+    assert!(text.contains("zone=rack-3"), "{text}");
+    // Unchanged specs without the new keys keep their hash (no replacement on upgrade).
+    let plain = group_config("");
+    assert!(!plain.nodes[0].canonical_json().contains("gpus"));
+    assert!(!plain.nodes[0].canonical_json().contains("memory_bytes"));
+}
+
+#[test]
+fn bad_gpus_resources_labels_and_rollout_are_refused_with_the_fix() {
+    let bad = [
+        "gpus = 0\n",
+        "gpus = [\"0; rm -rf /\"]\n",
+        "resources = { CPU = 2 }\n",
+        "resources = { \"a b\" = 1 }\n",
+        "resources = { x = -1 }\n",
+        "labels = { \"ray.io/node-type\" = \"x\" }\n",
+        "labels = { zone = \"a,b=c\" }\n",
+        "object_store_memory = \"8g\"\n",
+        "memory = \"10k\"\n",
+    ];
+    let mut out = String::new();
+    for extra in bad {
+        let text = format!(
+            "[head]\nhost = \"10.0.0.1\"\n[workers.gpu]\nhosts = [\"10.0.0.3\"]\nshm_size = \"4g\"\n{extra}"
+        );
+        let e = config::parse("gpu.toml", &text, &[]).unwrap_err();
+        out.push_str(&format!("--- {extra}{e}\n"));
+    }
+    for v in ["0", "\"150%\"", "\"x\""] {
+        let text = format!("[head]\nhost = \"10.0.0.1\"\n[rollout]\nmax_unavailable = {v}\n");
+        let e = config::parse("r.toml", &text, &[]).unwrap_err();
+        out.push_str(&format!("--- max_unavailable = {v}\n{e}\n"));
+    }
+    insta::assert_snapshot!("bad_group_resources", out);
 }

@@ -53,7 +53,7 @@ pub fn init(args: &InitArgs, config: &Path) -> Result<u8> {
         options.create(true).truncate(true);
     } else {
         // Atomic: a file created meanwhile is never overwritten either.
-        options.create(true).truncate(true);
+        options.create_new(true);
     }
     let written = options
         .open(path)
@@ -99,7 +99,7 @@ pub fn completions(shell: Shell) -> Result<u8> {
     let mut cmd = Cli::command();
     match shell {
         Shell::Bash => {
-            clap_complete::generate(clap_complete::Shell::Zsh, &mut cmd, "seedcore", &mut buf)
+            clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, "seedcore", &mut buf)
         }
         Shell::Zsh => {
             clap_complete::generate(clap_complete::Shell::Zsh, &mut cmd, "seedcore", &mut buf)
@@ -122,7 +122,7 @@ pub fn man() -> Result<u8> {
     Ok(exit::OK)
 }
 
-const NO_DOT: &str = "error: `--format svg` needs Graphviz's `dot`, which is not installed (no `dot` in PATH)\nhint: install Graphviz, or print DOT with `--format dot` and render it elsewhere";
+const NO_DOT: &str = "error: `--format svg` needs Graphviz's `dot`, which is not installed (no `dot` in PATH)\nhint: install Graphviz (`apt-get install graphviz`), or print DOT with `--format dot` and render it elsewhere";
 
 /// Graphviz's `dot` from PATH, checked before anything is planned.
 pub fn find_dot() -> Result<PathBuf> {

@@ -341,7 +341,7 @@ pub fn use_color(choice: ColorChoice, no_color: Option<&std::ffi::OsStr>, termin
     match choice {
         ColorChoice::Always => true,
         ColorChoice::Never => false,
-        ColorChoice::Auto => no_color.is_none() && terminal,
+        ColorChoice::Auto => no_color.is_none_or(|v| v.is_empty()) && terminal,
     }
 }
 
@@ -706,7 +706,7 @@ fn save_plan(path: &Path, loaded: &Loaded, plan: &Plan) -> Result<()> {
             path.display()
         ))
     })?;
-    if verbosity() >= Verbosity::Quiet {
+    if verbosity() > Verbosity::Quiet {
         eprintln!(
             "Saved the plan to `{}`: apply it with `seedcore apply {}`.",
             path.display(),
@@ -721,7 +721,7 @@ pub fn write_stdout(text: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => panic!("{e}"),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         Err(e) => Err(UserError(format!("error: cannot write to stdout: {e}"))),
     }
 }

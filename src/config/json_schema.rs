@@ -43,6 +43,18 @@ pub fn json_schema() -> Value {
         .to_value();
     // TOML has no null: an optional key is one that is left out.
     drop_null(&mut schema);
+    // Every key of the `Raw*` tables is optional to serde (the loader names
+    // a missing one itself), also those read through `#[schemars(with)]`.
+    if let Some(map) = schema.as_object_mut() {
+        map.remove("required");
+    }
+    if let Some(Value::Object(definitions)) = schema.get_mut("definitions") {
+        for (name, definition) in definitions.iter_mut() {
+            if let (true, Some(map)) = (name.starts_with("Raw"), definition.as_object_mut()) {
+                map.remove("required");
+            }
+        }
+    }
     schema["title"] = Value::from("seedcore.toml");
     schema
 }
@@ -89,7 +101,6 @@ fn drop_null(value: &mut Value) {
             if let Some(Value::Array(words)) = map.get_mut("enum") {
                 words.retain(|w| !w.is_null());
             }
-            map.remove("additionalProperties");
             if map.get("default").is_some_and(Value::is_null) {
                 map.remove("default");
             }

@@ -118,6 +118,8 @@ pub struct Config {
     pub head: HeadConfig,
     pub workers: BTreeMap<String, WorkerGroup>,
     pub timeouts: Timeouts,
+    /// Workers of a group replaced at once (`[rollout] max_unavailable`).
+    pub max_unavailable: MaxUnavailable,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -192,6 +194,77 @@ pub struct WorkerGroup {
     /// Fixed slice of `worker_ports` per node: nodes keep their ports when
     /// `count` changes. Without it the range is split evenly.
     pub worker_ports_per_node: Option<u32>,
+    /// GPUs each worker gets (a Docker device request, Ray's `--num-gpus`).
+    pub gpus: Option<Gpus>,
+    /// Ray custom resources per worker (`--resources`), amounts as written.
+    pub resources: BTreeMap<String, f64>,
+    /// Ray node labels (`--labels`).
+    pub labels: BTreeMap<String, String>,
+    /// Container memory limit and Ray's `--memory`.
+    pub memory_bytes: Option<u64>,
+    /// Ray's `--object-store-memory`.
+    pub object_store_memory_bytes: Option<u64>,
+}
+
+/// GPUs a worker gets.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Gpus {
+    /// That many, chosen by the runtime.
+    Count(u32),
+    /// Every GPU of the host.
+    All,
+    /// These devices (IDs or UUIDs as `nvidia-smi` lists them).
+    Devices(Vec<String>),
+}
+
+/// How many workers of a group may be replaced at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxUnavailable {
+    Count(u32),
+    Percent(u32),
+}
+
+impl Default for MaxUnavailable {
+    fn default() -> Self {
+        MaxUnavailable::Count(1)
+    }
+}
+
+impl MaxUnavailable {
+    /// Workers of a group of `size` replaced at once: at least 1.
+    pub fn of(self, size: usize) -> usize {
+        match self {
+            MaxUnavailable::Count(n) => (n as usize).max(1),
+            MaxUnavailable::Percent(p) => (size * p as usize / 100).max(1),
+        }
+    }
+
+    /// `1`, `25%`.
+    pub fn parse(text: &str) -> Option<MaxUnavailable> {
+        let t = text.trim();
+        match t.strip_suffix('%') {
+            Some(p) => p
+                .parse::<u32>()
+                .ok()
+                .filter(|p| (1..=100).contains(p))
+                .map(MaxUnavailable::Percent),
+            None => t
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .map(MaxUnavailable::Count),
+        }
+    }
+}
+
+impl std::fmt::Display for MaxUnavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MaxUnavailable::Count(n) => write!(f, "{n}"),
+            MaxUnavailable::Percent(p) => write!(f, "{p}%"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -26,6 +26,9 @@ pub(crate) struct RawConfig {
     /// How long apply waits, in seconds.
     #[serde(default)]
     pub(crate) timeouts: RawTimeouts,
+    /// How replacements of running workers roll out (`max_unavailable`).
+    #[serde(default)]
+    pub(crate) rollout: RawRollout,
 }
 
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
@@ -151,6 +154,29 @@ pub(crate) struct RawGroup {
     pub(crate) worker_ports: Option<String>,
     /// A fixed slice per node, so scaling never moves ports (default: an even split; max(21, 2 x cpus) if `worker_ports` is unset).
     pub(crate) worker_ports_per_node: Option<i64>,
+    /// GPUs per worker: a count, `"all"`, or device IDs such as `["0", "1"]` (a Docker device request and Ray's `--num-gpus`).
+    #[schemars(with = "serde_json::Value")]
+    pub(crate) gpus: Option<toml::Value>,
+    /// Ray custom resources per worker, e.g. `{ accelerator_x = 1, ssd = 0.5 }` (Ray's `--resources`).
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, f64>")]
+    pub(crate) resources: BTreeMap<String, toml::Value>,
+    /// Ray node labels, e.g. `{ zone = "rack-2" }` (Ray's `--labels`; Kubernetes label syntax).
+    #[serde(default)]
+    pub(crate) labels: BTreeMap<String, String>,
+    /// Memory limit of each worker's container and Ray's `--memory`, e.g. `"8g"` (default: none).
+    pub(crate) memory: Option<String>,
+    /// Ray's object store per worker, e.g. `"1g"`; at most `shm_size` (default: Ray's, 30% of memory capped by `/dev/shm`).
+    pub(crate) object_store_memory: Option<String>,
+}
+
+/// How replacements of running workers roll out.
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRollout {
+    /// Workers of a group replaced at once: a count (`1`) or a percentage of the group (`"25%"`); default 1.
+    #[schemars(with = "serde_json::Value")]
+    pub(crate) max_unavailable: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
@@ -235,7 +261,13 @@ pub(crate) const GROUP_KEYS: &[(&str, Kind)] = &[
     ("node_manager_port", Kind::Int),
     ("worker_ports", Kind::Str),
     ("worker_ports_per_node", Kind::Int),
+    ("gpus", Kind::Str),
+    ("resources", Kind::StrMap),
+    ("labels", Kind::StrMap),
+    ("memory", Kind::Str),
+    ("object_store_memory", Kind::Str),
 ];
+pub(crate) const ROLLOUT_KEYS: &[(&str, Kind)] = &[("max_unavailable", Kind::Str)];
 pub(crate) const TIMEOUT_KEYS: &[(&str, Kind)] = &[
     ("head_ready", Kind::Int),
     ("nodes_alive", Kind::Int),
@@ -248,4 +280,5 @@ pub(crate) const ROOT_KEYS: &[(&str, Kind)] = &[
     ("head", Kind::Table(HEAD_KEYS)),
     ("workers", Kind::Named(GROUP_KEYS)),
     ("timeouts", Kind::Table(TIMEOUT_KEYS)),
+    ("rollout", Kind::Table(ROLLOUT_KEYS)),
 ];

@@ -97,6 +97,199 @@ impl Checker {
         }
     }
 
+    /// A size such as `8g`, at least `min` bytes.
+    fn size(&mut self, key: &str, text: &str, min: u64) -> Option<u64> {
+        match parse_size(text) {
+            Some(n) if n >= min => Some(n),
+            _ => {
+                self.err(
+                    key,
+                    format!(
+                        "`{key}` is `{}`, which is not a size of at least {}",
+                        crate::model::excerpt(text, 40),
+                        crate::model::human_bytes(min)
+                    ),
+                    "write a size such as `\"512m\"` or `\"8g\"`",
+                );
+                None
+            }
+        }
+    }
+
+    /// `gpus = 2`, `"all"` or `["0", "GPU-3f2a..."]`.
+    fn gpus(&mut self, key: &str, value: toml::Value) -> Option<Gpus> {
+        let hint =
+            "write a count (`gpus = 1`), `gpus = \"all\"`, or device IDs (`gpus = [\"0\", \"1\"]`)";
+        let device = |d: &str| {
+            !d.is_empty()
+                && d.len() <= 64
+                && d.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-')
+        };
+        let count = |c: &mut Checker, n: i64| {
+            if (1..=64).contains(&n) {
+                Some(Gpus::Count(n as u32))
+            } else {
+                c.err(key, format!("`{key}` is {n}; it takes 1 to 64 GPUs"), hint);
+                None
+            }
+        };
+        match value {
+            toml::Value::Integer(n) => count(self, n),
+            toml::Value::String(t) if t == "all" => Some(Gpus::All),
+            toml::Value::String(t) if t.trim().parse::<i64>().is_ok() => {
+                count(self, t.trim().parse().expect("checked"))
+            }
+            toml::Value::Array(items) => {
+                let ids: Vec<String> = items
+                    .iter()
+                    .filter_map(|i| i.as_str().map(str::to_string))
+                    .collect();
+                if ids.is_empty()
+                    || ids.len() != items.len()
+                    || ids.len() > 64
+                    || !ids.iter().all(|d| device(d))
+                {
+                    self.err(
+                        key,
+                        format!(
+                            "`{key}` must list device IDs as strings of letters, digits and `-`"
+                        ),
+                        hint,
+                    );
+                    return None;
+                }
+                Some(Gpus::Devices(ids))
+            }
+            other => {
+                self.err(
+                    key,
+                    format!(
+                        "`{key}` is `{}`",
+                        crate::model::excerpt(&other.to_string(), 40)
+                    ),
+                    hint,
+                );
+                None
+            }
+        }
+    }
+
+    /// Ray custom resources: names Ray accepts, positive finite amounts.
+    fn resources(
+        &mut self,
+        key: &str,
+        raw: BTreeMap<String, toml::Value>,
+    ) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        for (name, v) in raw {
+            let k = format!("{key}.{name}");
+            let named = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "_-.:/".contains(ch));
+            if !named {
+                self.err(
+                    &k,
+                    format!(
+                        "resource name `{}` has characters Ray resource names do not take",
+                        crate::model::excerpt(&name, 40)
+                    ),
+                    "use letters, digits and `_-.:/`, at most 64",
+                );
+                continue;
+            }
+            if ["CPU", "GPU", "memory", "object_store_memory"].contains(&name.as_str()) {
+                self.err(
+                    &k,
+                    format!("`{name}` is Ray's own resource"),
+                    "set it with `cpus`, `gpus`, `memory` or `object_store_memory` instead",
+                );
+                continue;
+            }
+            let amount = match &v {
+                toml::Value::Integer(n) => Some(*n as f64),
+                toml::Value::Float(f) => Some(*f),
+                toml::Value::String(t) => t.trim().parse::<f64>().ok(),
+                _ => None,
+            };
+            match amount {
+                Some(a) if a.is_finite() && a > 0.0 && a <= 1e9 => {
+                    out.insert(name, a);
+                }
+                _ => self.err(
+                    &k,
+                    format!(
+                        "`{k}` is `{}`, not an amount",
+                        crate::model::excerpt(&v.to_string(), 40)
+                    ),
+                    "write a positive number, e.g. `accelerator_x = 1` or `ssd = 0.5`",
+                ),
+            }
+        }
+        out
+    }
+
+    /// Ray node labels (Kubernetes label syntax; `ray.io/` is Ray's own).
+    fn labels(&mut self, key: &str, raw: BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let part = |t: &str| {
+            t.len() <= 63
+                && t.chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+                && t.chars().next().is_none_or(|ch| ch.is_ascii_alphanumeric())
+                && t.chars().last().is_none_or(|ch| ch.is_ascii_alphanumeric())
+        };
+        let mut out = BTreeMap::new();
+        for (name, value) in raw {
+            let k = format!("{key}.{name}");
+            let (prefix, bare) = match name.rsplit_once('/') {
+                Some((p, n)) => (Some(p), n),
+                None => (None, name.as_str()),
+            };
+            let good_key = !bare.is_empty()
+                && part(bare)
+                && prefix.is_none_or(|p| {
+                    !p.is_empty()
+                        && p.len() <= 253
+                        && p.chars().all(|ch| {
+                            ch.is_ascii_lowercase() || ch.is_ascii_digit() || "-.".contains(ch)
+                        })
+                });
+            if !good_key {
+                self.err(
+                    &k,
+                    format!(
+                        "label `{}` is not a valid label key",
+                        crate::model::excerpt(&name, 40)
+                    ),
+                    "use `[prefix/]name`: a name of at most 63 letters, digits and `-_.`, starting and ending with a letter or digit",
+                );
+                continue;
+            }
+            if prefix.is_some_and(|p| p == "ray.io" || p.ends_with(".ray.io")) {
+                self.err(
+                    &k,
+                    format!("`{name}`: the `ray.io/` prefix is Ray's own"),
+                    "choose another prefix, or none",
+                );
+                continue;
+            }
+            if !part(&value) {
+                self.err(
+                    &k,
+                    format!(
+                        "the value of label `{name}` is `{}`",
+                        crate::model::excerpt(&value, 40)
+                    ),
+                    "label values are at most 63 letters, digits and `-_.`, starting and ending with a letter or digit",
+                );
+                continue;
+            }
+            out.insert(name, value);
+        }
+        out
+    }
+
     /// `pull` or `push`; `None` when absent (or wrong, after reporting it).
     fn image_source(&mut self, key: &str, value: Option<&str>) -> Option<ImageSource> {
         match value {
@@ -638,7 +831,35 @@ pub(crate) fn validate_with(
                     "the number of worker ports each node gets, e.g. 8",
                 )
             }),
+            gpus: g.gpus.and_then(|v| c.gpus(&format!("{p}.gpus"), v)),
+            resources: c.resources(&format!("{p}.resources"), g.resources),
+            labels: c.labels(&format!("{p}.labels"), g.labels),
+            memory_bytes: g
+                .memory
+                .and_then(|m| c.size(&format!("{p}.memory"), &m, 64 * 1024 * 1024)),
+            object_store_memory_bytes: g
+                .object_store_memory
+                .and_then(|m| c.size(&format!("{p}.object_store_memory"), &m, 64 * 1024 * 1024)),
         };
+        if let Some(store) = group.object_store_memory_bytes {
+            if store > group.shm_size_bytes {
+                c.err(
+                    &format!("{p}.object_store_memory"),
+                    format!(
+                        "`{p}.object_store_memory` ({}) is larger than the worker's `/dev/shm` ({}): Ray would fall back to a slow on-disk object store",
+                        crate::model::human_bytes(store),
+                        crate::model::human_bytes(group.shm_size_bytes)
+                    ),
+                    "raise `shm_size` to at least `object_store_memory`, or lower it",
+                );
+            } else if group.memory_bytes.is_some_and(|m| store >= m) {
+                c.err(
+                    &format!("{p}.object_store_memory"),
+                    format!("`{p}.object_store_memory` leaves no room under `{p}.memory`"),
+                    "keep the object store well under the container's memory limit",
+                );
+            }
+        }
         if head_known && head.host.is_local() && group.hosts.iter().any(|h| !h.is_local()) {
             c.err(
                 &hosts_key,
@@ -691,6 +912,28 @@ pub(crate) fn validate_with(
         stop_secs: c.secs("timeouts.stop", raw.timeouts.stop, defaults::STOP_SECS),
     };
 
+    let max_unavailable = match raw.rollout.max_unavailable {
+        None => MaxUnavailable::default(),
+        Some(v) => {
+            let text = match &v {
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::String(t) => t.clone(),
+                other => other.to_string(),
+            };
+            MaxUnavailable::parse(&text).unwrap_or_else(|| {
+                c.err(
+                    "rollout.max_unavailable",
+                    format!(
+                        "`rollout.max_unavailable` is `{}`",
+                        crate::model::excerpt(&text, 40)
+                    ),
+                    "write a count of at least 1 (`max_unavailable = 1`) or a percentage of each group (`max_unavailable = \"25%\"`)",
+                );
+                MaxUnavailable::default()
+            })
+        }
+    };
+
     if c.errors.is_empty() {
         Ok(Config {
             cluster,
@@ -698,6 +941,7 @@ pub(crate) fn validate_with(
             head,
             workers,
             timeouts,
+            max_unavailable,
         })
     } else {
         Err(c.errors)

@@ -125,29 +125,8 @@ impl DockerBackend for EngineBackend {
         spec: &NodeSpec,
         labels: &BTreeMap<String, String>,
     ) -> Result<String> {
-        use bollard::models::{
-            ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum,
-        };
         use bollard::query_parameters::CreateContainerOptions;
-        let body = ContainerCreateBody {
-            image: Some(spec.image.clone()),
-            cmd: Some(spec.command.clone()),
-            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-            labels: Some(labels.clone().into_iter().collect::<HashMap<_, _>>()),
-            hostname: None,
-            host_config: Some(HostConfig {
-                network_mode: Some(spec.network_mode.clone()),
-                restart_policy: Some(RestartPolicy {
-                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
-                    maximum_retry_count: None,
-                }),
-                init: Some(spec.init),
-                nano_cpus: Some(i64::from(spec.cpus) * 1_000_000_000),
-                shm_size: Some(spec.shm_size_bytes as i64),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let body = container_body(spec, labels);
         let created = self
             .docker
             .create_container(
@@ -418,4 +397,50 @@ fn tar_of(files: &[ContainerFile]) -> std::io::Result<Vec<u8>> {
         builder.append_data(&mut h, rel, f.bytes.as_slice())?;
     }
     builder.into_inner()
+}
+
+/// What the engine is asked to create for a node: its image, command,
+/// environment, labels, limits (CPUs, `/dev/shm`, memory) and devices.
+pub fn container_body(
+    spec: &NodeSpec,
+    labels: &BTreeMap<String, String>,
+) -> bollard::models::ContainerCreateBody {
+    use bollard::models::{
+        ContainerCreateBody, DeviceRequest, HostConfig, RestartPolicy, RestartPolicyNameEnum,
+    };
+    let device_requests = spec.gpus.as_ref().map(|g| {
+        let (count, device_ids) = match g {
+            crate::config::Gpus::Count(n) => (Some(i64::from(*n)), None),
+            crate::config::Gpus::All => (Some(-1), None),
+            crate::config::Gpus::Devices(ids) => (None, Some(ids.clone())),
+        };
+        vec![DeviceRequest {
+            driver: Some("nvidia".to_string()),
+            count,
+            device_ids,
+            capabilities: Some(vec![vec!["gpu".to_string()]]),
+            options: None,
+        }]
+    });
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: Some(spec.command.clone()),
+        env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        labels: Some(labels.clone().into_iter().collect::<HashMap<_, _>>()),
+        hostname: None,
+        host_config: Some(HostConfig {
+            network_mode: Some(spec.network_mode.clone()),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            }),
+            init: Some(spec.init),
+            nano_cpus: Some(i64::from(spec.cpus) * 1_000_000_000),
+            shm_size: Some(spec.shm_size_bytes as i64),
+            memory: spec.memory_bytes.map(|m| m as i64),
+            device_requests,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }

@@ -336,7 +336,11 @@ async fn push_sources(
     }
     for image in images {
         let here = match &local {
-            Ok(source) => source.docker.inspect_image(&image).await.map_err(|e| e.to_string()),
+            Ok(source) => source
+                .docker
+                .inspect_image(&image)
+                .await
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.clone()),
         };
         let (id, from) = match here {
