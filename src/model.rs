@@ -463,6 +463,66 @@ impl DesiredState {
     }
 }
 
+/// Work Ray runs: the running jobs that have something there (by name,
+/// bounded), and counts of live actors and placement groups.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NodeWork {
+    #[serde(default)]
+    pub jobs: Vec<String>,
+    #[serde(default)]
+    pub actors: u32,
+    #[serde(default)]
+    pub placement_groups: u32,
+}
+
+impl NodeWork {
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty() && self.actors == 0 && self.placement_groups == 0
+    }
+
+    /// `2 running jobs (`train-7`, `eval`), 5 actors, 1 placement group`.
+    pub fn describe(&self) -> String {
+        if self.is_empty() {
+            return "nothing running".to_string();
+        }
+        let plural =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let mut parts = Vec::new();
+        if !self.jobs.is_empty() {
+            let mut names: Vec<String> =
+                self.jobs.iter().take(5).map(|j| format!("`{j}`")).collect();
+            if self.jobs.len() > 5 {
+                names.push(format!("{} more", self.jobs.len() - 5));
+            }
+            parts.push(format!(
+                "{} ({})",
+                plural(self.jobs.len(), "running job", "running jobs"),
+                names.join(", ")
+            ));
+        }
+        if self.actors > 0 {
+            parts.push(plural(self.actors as usize, "actor", "actors"));
+        }
+        if self.placement_groups > 0 {
+            parts.push(plural(
+                self.placement_groups as usize,
+                "placement group",
+                "placement groups",
+            ));
+        }
+        parts.join(", ")
+    }
+}
+
+/// Ray's work, per node ID and in all.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ClusterWork {
+    #[serde(default)]
+    pub nodes: BTreeMap<String, NodeWork>,
+    #[serde(default)]
+    pub all: NodeWork,
+}
+
 /// Version of the recorded-observation format.
 pub const OBSERVATION_FORMAT: &str = "1";
 
@@ -474,6 +534,10 @@ pub struct ObservedState {
     /// Ray's node list, asked of the cluster's head when it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ray: Option<Vec<RayNode>>,
+    /// What runs on the cluster (jobs, actors, placement groups), per Ray
+    /// node ID and in all, asked of the head's state API; `None`: unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work: Option<ClusterWork>,
     /// When it was observed (seconds since the epoch), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_at: Option<i64>,
@@ -636,6 +700,7 @@ impl ObservedState {
             format_version: OBSERVATION_FORMAT.to_string(),
             hosts: BTreeMap::new(),
             ray: None,
+            work: None,
             observed_at: None,
             head_secrets: Default::default(),
             sources: BTreeMap::new(),

@@ -33,6 +33,119 @@ pub fn state_api_command(dashboard_port: u16) -> Vec<String> {
     vec!["python3".to_string(), "-c".to_string(), script]
 }
 
+/// What runs where, from the dashboard's state API (one request per kind:
+/// nodes, jobs, live actors, placement groups), as JSON: `{"nodes": {ID:
+/// work}, "all": work}`. A job counts on a node when its driver, one of its
+/// actors or one of its placement group bundles is there.
+pub fn work_command(dashboard_port: u16) -> Vec<String> {
+    let script = format!(
+        "import json, os, sys, urllib.request\n\
+         def get(kind, extra=''):\n\
+         \x20   r = urllib.request.Request('http://127.0.0.1:{dashboard_port}/api/v0/' + kind + '?limit=10000&timeout=10&detail=1' + extra)\n\
+         \x20   p = os.environ.get('RAY_AUTH_TOKEN_PATH')\n\
+         \x20   if os.environ.get('RAY_AUTH_MODE') == 'token' and p:\n\
+         \x20       r.add_header('Authorization', 'Bearer ' + open(p).read().strip())\n\
+         \x20   d = json.load(urllib.request.urlopen(r, timeout=15))\n\
+         \x20   if not d.get('result'):\n\
+         \x20       sys.exit(d.get('msg') or 'the state API refused')\n\
+         \x20   return d['data']['result']['result']\n\
+         nodes = get('nodes')\n\
+         jobs = get('jobs')\n\
+         actors = get('actors', '&filter_keys=state&filter_predicates=%3D&filter_values=ALIVE')\n\
+         pgs = get('placement_groups')\n\
+         by_ip = {{}}\n\
+         for n in nodes:\n\
+         \x20   if n.get('state') == 'ALIVE':\n\
+         \x20       by_ip.setdefault(n.get('node_ip'), []).append(n.get('node_id'))\n\
+         work = {{}}\n\
+         total = {{'jobs': [], 'actors': 0, 'placement_groups': 0}}\n\
+         def w(nid):\n\
+         \x20   return work.setdefault(nid, {{'jobs': [], 'actors': 0, 'placement_groups': 0}})\n\
+         def job(nid, name):\n\
+         \x20   if nid and name and name not in w(nid)['jobs']:\n\
+         \x20       w(nid)['jobs'].append(name)\n\
+         running = {{}}\n\
+         for j in jobs:\n\
+         \x20   if j.get('status') != 'RUNNING':\n\
+         \x20       continue\n\
+         \x20   name = str(j.get('submission_id') or j.get('job_id') or '?')\n\
+         \x20   running[j.get('job_id')] = name\n\
+         \x20   total['jobs'].append(name)\n\
+         \x20   nid = j.get('driver_node_id')\n\
+         \x20   if not nid:\n\
+         \x20       ids = by_ip.get((j.get('driver_info') or {{}}).get('node_ip_address'), [])\n\
+         \x20       nid = ids[0] if len(ids) == 1 else None\n\
+         \x20   job(nid, name)\n\
+         for a in actors:\n\
+         \x20   total['actors'] += 1\n\
+         \x20   nid = a.get('node_id')\n\
+         \x20   if nid:\n\
+         \x20       w(nid)['actors'] += 1\n\
+         \x20       job(nid, running.get(a.get('job_id')))\n\
+         for p in pgs:\n\
+         \x20   if p.get('state') == 'REMOVED':\n\
+         \x20       continue\n\
+         \x20   total['placement_groups'] += 1\n\
+         \x20   for nid in set(b.get('node_id') for b in (p.get('bundles') or []) if b.get('node_id')):\n\
+         \x20       w(nid)['placement_groups'] += 1\n\
+         \x20       job(nid, running.get(p.get('creator_job_id')))\n\
+         print(json.dumps({{'nodes': work, 'all': total}}))\n"
+    );
+    vec!["python3".to_string(), "-c".to_string(), script]
+}
+
+/// Reads [`work_command`]'s output; job names are kept to a safe alphabet
+/// and length (they come from whoever submitted the job).
+pub fn parse_work(stdout: &str) -> Result<crate::model::ClusterWork, String> {
+    let start = stdout
+        .find('{')
+        .ok_or_else(|| format!("no JSON in the state API's answer: {}", tail(stdout, 2)))?;
+    let mut work: crate::model::ClusterWork = serde_json::from_str(stdout[start..].trim())
+        .map_err(|e| format!("cannot read the state API's answer: {e}"))?;
+    let clean = |w: &mut crate::model::NodeWork| {
+        for j in &mut w.jobs {
+            let kept: String = j
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || "-_.:".contains(*c))
+                .take(64)
+                .collect();
+            *j = if kept.is_empty() {
+                "?".to_string()
+            } else {
+                kept
+            };
+        }
+    };
+    clean(&mut work.all);
+    work.nodes.values_mut().for_each(clean);
+    Ok(work)
+}
+
+/// Asks the head what runs on the cluster.
+pub async fn work<B: DockerBackend>(
+    head: &B,
+    container: &str,
+    spec: &NodeSpec,
+) -> Result<crate::model::ClusterWork, String> {
+    let port = spec
+        .ports
+        .head
+        .as_ref()
+        .map(|h| h.dashboard)
+        .ok_or_else(|| "the head has no dashboard port".to_string())?;
+    let out = head
+        .exec(container, &work_command(port))
+        .await
+        .map_err(|e| e.to_string())?;
+    if out.exit_code != 0 {
+        return Err(format!(
+            "the state API did not answer: {}",
+            tail(&format!("{}{}", out.stdout, out.stderr), 2)
+        ));
+    }
+    parse_work(&out.stdout)
+}
+
 /// Parses `ray list nodes --format json` output (tolerating banners).
 pub fn parse_ray_nodes(stdout: &str) -> Result<Vec<RayNode>, String> {
     let start = stdout.find('[').ok_or_else(|| {

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 /// Version of the JSON plan format, `MAJOR.MINOR`: a minor bump only adds
 /// fields; a major bump means readers of another major must refuse.
-pub const JSON_FORMAT: &str = "2.0";
+pub const JSON_FORMAT: &str = "2.1";
 /// GitHub comments are limited to 65,536 characters; stay well below.
 pub const MARKDOWN_LIMIT: usize = 60_000;
 
@@ -96,13 +96,16 @@ fn quote(v: &str) -> String {
 }
 
 /// One node's block.
-fn change_block(out: &mut String, c: &Change, style: Style) {
+fn change_block(out: &mut String, plan: &Plan, c: &Change, style: Style) {
     let _ = writeln!(
         out,
         "  {}",
         style.bold(&format!("# {} on {} {}", c.node, c.host, verb(c.action)))
     );
     let _ = writeln!(out, "  # ({})", c.cause());
+    if let Some(i) = plan.interrupts.get(&c.node) {
+        let _ = writeln!(out, "  # interrupts: {}", i.describe());
+    }
     let _ = writeln!(
         out,
         "{} node {} {{",
@@ -161,6 +164,14 @@ fn change_block(out: &mut String, c: &Change, style: Style) {
     let _ = writeln!(out);
 }
 
+/// `environment `NAME`, ` when the plan was made in one.
+fn environment_of(plan: &Plan) -> String {
+    match &plan.environment {
+        Some(e) => format!("environment `{e}`, "),
+        None => String::new(),
+    }
+}
+
 fn header(out: &mut String, plan: &Plan) {
     let nodes = plan
         .changes
@@ -169,8 +180,9 @@ fn header(out: &mut String, plan: &Plan) {
         .count();
     let _ = writeln!(
         out,
-        "Cluster `{}` (id `{}`): {} node(s) on {} host(s).",
+        "Cluster `{}` ({}id `{}`): {} node(s) on {} host(s).",
         plan.cluster.name,
+        environment_of(plan),
         plan.cluster.id,
         nodes,
         plan.hosts.len()
@@ -221,7 +233,7 @@ pub fn text(plan: &Plan, style: Style) -> String {
     );
     let _ = writeln!(out);
     for c in plan.effective() {
-        change_block(&mut out, c, style);
+        change_block(&mut out, plan, c, style);
     }
     let unchanged: Vec<&str> = plan
         .changes
@@ -339,7 +351,15 @@ fn md_text(text: &str) -> String {
 pub fn markdown(plan: &Plan) -> String {
     let summary = plan.summary();
     let mut out = String::new();
-    let _ = writeln!(out, "### seedcore plan: cluster `{}`", plan.cluster.name);
+    let _ = writeln!(
+        out,
+        "### seedcore plan: cluster `{}`{}",
+        plan.cluster.name,
+        match &plan.environment {
+            Some(e) => format!(" (environment `{e}`)"),
+            None => String::new(),
+        }
+    );
     let _ = writeln!(out);
     let _ = writeln!(out, "**{}**", summary_line(summary));
     let _ = writeln!(out);
@@ -404,7 +424,10 @@ pub fn markdown(plan: &Plan) -> String {
                 c.host,
                 symbol(c.action),
                 c.action.as_str(),
-                md_cell(&c.cause())
+                md_cell(&match plan.interrupts.get(&c.node) {
+                    Some(i) => format!("{}; interrupts: {}", c.cause(), i.describe()),
+                    None => c.cause(),
+                })
             );
         }
         let _ = writeln!(out);
@@ -424,7 +447,7 @@ pub fn markdown(plan: &Plan) -> String {
         let changes: Vec<&Change> = plan.effective().filter(|c| c.host == host).collect();
         let mut body = String::new();
         for c in &changes {
-            change_block(&mut body, c, Style::default());
+            change_block(&mut body, plan, c, Style::default());
         }
         let mut section = String::new();
         let _ = writeln!(
@@ -518,20 +541,30 @@ pub fn json_value(plan: &Plan) -> Value {
             v
         })
         .collect();
-    json!({
+    let mut v = json!({
         "format_version": JSON_FORMAT,
         "cluster": plan.cluster,
         "summary": plan.summary(),
         "overrides": plan.overrides,
         "hosts": plan.hosts,
         "notes": plan.notes,
-        "changes": plan.effective().map(change_json).collect::<Vec<_>>(),
+        "changes": plan.effective().map(|c| {
+            let mut v = change_json(c);
+            if let Some(i) = plan.interrupts.get(&c.node) {
+                v["interrupts"] = json!(i);
+            }
+            v
+        }).collect::<Vec<_>>(),
         "unchanged": plan.changes.iter().filter(|c| c.action == Action::NoOp).map(|c| &c.node).collect::<Vec<_>>(),
         "steps": steps,
         "other_clusters": plan.others,
         "preflight": plan.preflight,
         "fingerprint": plan.fingerprint.iter().map(|(h, f)| (h.as_str(), f.digest())).collect::<std::collections::BTreeMap<_, _>>(),
-    })
+    });
+    if let Some(e) = &plan.environment {
+        v["environment"] = json!(e);
+    }
+    v
 }
 
 /// The plan as pretty JSON with a trailing newline.

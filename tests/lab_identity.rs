@@ -294,7 +294,7 @@ fn read_plan(path: &Path) -> serde_json::Value {
     let v: serde_json::Value = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("{} is not JSON ({e}):\n{text}", path.display()));
     assert_eq!(v["kind"], "seedcore-plan", "{}", path.display());
-    assert_eq!(v["format_version"], "1.0", "{}", path.display());
+    assert_eq!(v["format_version"], "1.1", "{}", path.display());
     v
 }
 

@@ -247,7 +247,7 @@ fn plan_as_json_is_versioned_and_carries_the_full_argv() {
     ]));
     assert_eq!(r.code, 0, "stderr: {}", r.stderr);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("valid JSON");
-    assert_eq!(v["format_version"], "2.0");
+    assert_eq!(v["format_version"], "2.1");
     assert_eq!(
         v["summary"],
         serde_json::json!({"add": 5, "change": 0, "destroy": 0})
@@ -505,7 +505,7 @@ fn plan_out_writes_a_json_plan_file() {
     assert_eq!(mode, 0o600, "a saved plan is private");
     let saved: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(saved["kind"], "seedcore-plan");
-    assert_eq!(saved["format_version"], "1.0");
+    assert_eq!(saved["format_version"], "1.1");
     assert_eq!(saved["config"]["path"], EXAMPLE);
     assert_eq!(saved["config"]["sha256"].as_str().unwrap().len(), 64);
     let fingerprint = saved["plan"]["fingerprint"].as_object().unwrap();
@@ -1321,9 +1321,21 @@ fn removes_precede_creates_on_the_same_host() {
         "local-1, local-2 replaced, local-3 removed"
     );
     assert_eq!(creates.len(), 2);
+    // Replacements roll one at a time (`rollout.max_unavailable = 1`): a later wave's
+    // worker keeps running (on its own ports) while an earlier one is replaced.
+    let wave = |i: petgraph::graph::NodeIndex| {
+        let node = p.graph.graph[i].node().cloned();
+        p.rollouts
+            .iter()
+            .flat_map(|r| r.waves.iter().enumerate())
+            .find(|(_, w)| node.as_ref().is_some_and(|n| w.contains(n)))
+            .map(|(k, _)| k)
+    };
+    assert_eq!(p.rollouts.len(), 1, "local-1 and local-2 roll");
     for r in &removes {
         for c in &creates {
-            if p.graph.graph[*r].host() == p.graph.graph[*c].host() {
+            let later = matches!((wave(*r), wave(*c)), (Some(a), Some(b)) if a > b);
+            if p.graph.graph[*r].host() == p.graph.graph[*c].host() && !later {
                 assert!(
                     before(&p, *r, *c),
                     "{} is not before {}",
@@ -1994,4 +2006,156 @@ fn bad_gpus_resources_labels_and_rollout_are_refused_with_the_fix() {
         out.push_str(&format!("--- max_unavailable = {v}\n{e}\n"));
     }
     insta::assert_snapshot!("bad_group_resources", out);
+}
+
+// ---------------------------------------------------------------------------
+// What a plan interrupts; rolling replacement
+
+/// Ray lists every node of `desired` ALIVE (node IDs `id-<name>`); a job
+/// `train-7` with 2 actors lives on `busy`.
+fn with_work(o: &mut ObservedState, desired: &DesiredState, busy: &str) {
+    let nodes: Vec<serde_json::Value> = desired
+        .nodes
+        .iter()
+        .map(|n| {
+            serde_json::json!({
+                "node_id": format!("id-{}", n.name),
+                "node_ip": n.node_ip,
+                "node_name": n.name.0,
+                "state": "ALIVE",
+                "is_head_node": n.role == seedcore::model::Role::Head,
+            })
+        })
+        .collect();
+    o.ray = Some(serde_json::from_value(serde_json::Value::Array(nodes)).unwrap());
+    o.work = Some(
+        serde_json::from_value(serde_json::json!({
+            "nodes": { format!("id-{busy}"): { "jobs": ["train-7"], "actors": 2, "placement_groups": 1 } },
+            "all": { "jobs": ["train-7", "eval"], "actors": 5, "placement_groups": 1 },
+        }))
+        .unwrap(),
+    );
+}
+
+#[test]
+fn the_plan_names_what_stopping_a_node_interrupts() {
+    let old = desired(&[]);
+    let mut o = converged(&old);
+    with_work(&mut o, &old, REMOTE_2);
+    // Only the remote group changes: its busy worker names the job, the other none.
+    let p = build(&desired(&["workers.remote.cpus=2"]), &o);
+    let text = render::text(&p, Style::default());
+    assert!(
+        text.contains(&format!(
+            "  # {REMOTE_2} on {REMOTE_HOST_2} must be replaced\n  # (cpus 4 -> 2)\n  # interrupts: 1 running job (`train-7`), 2 actors, 1 placement group\n"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "  # {REMOTE_1} on {REMOTE_HOST_1} must be replaced\n  # (cpus 4 -> 2)\n  # interrupts: nothing running\n"
+        )),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&render::json(&p)).unwrap();
+    let busy = json["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["node"] == REMOTE_2)
+        .unwrap();
+    assert_eq!(
+        busy["interrupts"],
+        serde_json::json!({"known": true, "jobs": ["train-7"], "actors": 2, "placement_groups": 1})
+    );
+    let md = render::markdown(&p);
+    assert!(
+        md.contains("interrupts: 1 running job (`train-7`), 2 actors"),
+        "{md}"
+    );
+
+    // A replaced head interrupts everything, said once.
+    let p = build(&desired(&["head.cpus=3"]), &o);
+    let notes: Vec<&String> = p
+        .notes
+        .iter()
+        .filter(|n| n.contains("interrupts everything"))
+        .collect();
+    assert_eq!(
+        notes,
+        ["Stopping the head interrupts everything on the cluster: 2 running jobs (`train-7`, `eval`), 5 actors, 1 placement group."]
+    );
+
+    // The state API did not answer: unknown, and the plan is still made.
+    o.work = None;
+    let p = build(&desired(&["workers.remote.cpus=2"]), &o);
+    let text = render::text(&p, Style::default());
+    assert!(
+        text.contains("  # interrupts: unknown (Ray's state API did not answer)\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn replaced_workers_roll_in_waves_each_ready_before_the_next_drains() {
+    let o = converged(&desired(THREE_LOCAL));
+    let wanted = desired(&["workers.local.count=3", "workers.local.cpus=2"]);
+    let p = build(&wanted, &o);
+    assert_order_respects_edges(&p);
+    assert_eq!(p.rollouts.len(), 1, "{:?}", p.rollouts);
+    let waves: Vec<Vec<&str>> = p.rollouts[0]
+        .waves
+        .iter()
+        .map(|w| w.iter().map(|n| n.as_str()).collect())
+        .collect();
+    assert_eq!(waves, [[LOCAL_1], [LOCAL_2], [LOCAL_3]]);
+    let at = |want: &dyn Fn(&Step) -> bool| step_index(&p, |s| want(s))[0];
+    for (prev, next) in [(LOCAL_1, LOCAL_2), (LOCAL_2, LOCAL_3)] {
+        let ready = at(&|s| matches!(s, Step::WaitReady { node, .. } if node.as_str() == prev));
+        let drain = at(&|s| matches!(s, Step::Drain { node, .. } if node.as_str() == next));
+        assert!(
+            before(&p, ready, drain),
+            "{prev} ALIVE before {next} drains"
+        );
+    }
+    assert!(p.notes.iter().any(|n| n.starts_with(
+        "Workers of group `local` are replaced in 3 waves of at most 1 (`rollout.max_unavailable`)"
+    )));
+
+    // Two at a time: two waves.
+    let mut opts = DiffOptions::default();
+    opts.max_unavailable = config::MaxUnavailable::Count(2);
+    let p2 = plan::build(&wanted, &o, opts, Vec::new()).unwrap();
+    assert_eq!(p2.rollouts[0].waves.len(), 2);
+    // A percentage of the group: 100% is one wave, no rollout.
+    let mut opts = DiffOptions::default();
+    opts.max_unavailable = config::MaxUnavailable::Percent(100);
+    assert!(plan::build(&wanted, &o, opts, Vec::new())
+        .unwrap()
+        .rollouts
+        .is_empty());
+
+    // A new image missing on the host: pulled before the first worker is drained (a pull
+    // that fails leaves every worker running).
+    let new_image = desired(&["workers.local.count=3", "workers.local.image=ray:new"]);
+    let mut o2 = o.clone();
+    host(&mut o2, HEAD_HOST).images = Some([("ray:new".to_string(), None)].into_iter().collect());
+    let p = build(&new_image, &o2);
+    let pull = step_index(&p, |s| matches!(s, Step::PullImage { .. }))[0];
+    let drain = step_index(
+        &p,
+        |s| matches!(s, Step::Drain { node, .. } if node.as_str() == LOCAL_1),
+    )[0];
+    assert!(before(&p, pull, drain), "pull before the first drain");
+
+    // A head replaced too: every worker must rejoin anyway, no rollout.
+    let p = build(
+        &desired(&[
+            "workers.local.count=3",
+            "workers.local.cpus=2",
+            "head.cpus=3",
+        ]),
+        &o,
+    );
+    assert!(p.rollouts.is_empty());
 }

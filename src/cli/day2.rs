@@ -80,8 +80,13 @@ pub async fn status(
         }
         _ => {
             let mut out = format!(
-                "Cluster `{}` (id `{}`)\n\n",
-                desired.cluster.name, desired.cluster.id
+                "Cluster `{}` ({}id `{}`)\n\n",
+                desired.cluster.name,
+                match &loaded.environment {
+                    Some(e) => format!("environment `{e}`, "),
+                    None => String::new(),
+                },
+                desired.cluster.id
             );
             let w = statuses
                 .iter()

@@ -34,6 +34,19 @@ pub struct Cli {
     /// `HEAD_IP_OVERRIDE` in the environment acts like `--set head.host=...`.
     #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
     pub set: Vec<String>,
+    /// Select an environment: the file's `[env.NAME]` tables merged over the rest,
+    /// a cluster of its own (named `BASE-NAME` unless the overlay names it).
+    #[arg(
+        long = "env",
+        value_name = "NAME",
+        global = true,
+        env = "SEEDCORE_ENV",
+        hide_env_values = true
+    )]
+    pub env: Option<String>,
+    /// The environment came from `SEEDCORE_ENV`, not `--env` (for messages).
+    #[arg(skip)]
+    pub env_from_var: bool,
     /// When to colour output (`auto`: on a terminal, unless `NO_COLOR` is set).
     #[arg(long, value_enum, global = true, default_value = "auto")]
     pub color: ColorChoice,
@@ -216,6 +229,15 @@ pub struct ScopeArgs {
     /// Hosts and steps worked on at once (default: `ssh.max_parallel`).
     #[arg(long)]
     pub parallel: Option<usize>,
+    /// Workers of a group replaced at once: a count or a percentage (default: `rollout.max_unavailable`, else 1).
+    #[arg(long, value_name = "N|N%", value_parser = parse_max_unavailable)]
+    pub max_unavailable: Option<crate::config::MaxUnavailable>,
+}
+
+fn parse_max_unavailable(text: &str) -> std::result::Result<crate::config::MaxUnavailable, String> {
+    crate::config::MaxUnavailable::parse(text).ok_or_else(|| {
+        "a count of at least 1 (`2`) or a percentage from 1 to 100 (`25%`)".to_string()
+    })
 }
 
 impl ScopeArgs {
@@ -226,6 +248,7 @@ impl ScopeArgs {
             parallel: self.parallel,
             skip_preflight: self.skip_preflight,
             lock_timeout: std::time::Duration::ZERO,
+            max_unavailable: self.max_unavailable,
         }
     }
 }
@@ -289,7 +312,10 @@ fn user<E: std::fmt::Display>(e: E) -> UserError {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    cli.env_from_var = matches.value_source("env") == Some(clap::parser::ValueSource::EnvVariable);
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -368,13 +394,16 @@ pub fn run(cli: Cli) -> Result<u8> {
         ),
     };
     let overrides = overrides(&cli.set)?;
+    let env = selection(cli.env.as_deref(), cli.env_from_var);
+    // Every command loads the file in the selected environment.
+    let load = |path: &Path, overrides: &[Override]| load_in(path, env.as_ref(), overrides);
     let start = std::time::Instant::now();
     match cli.command {
         Command::Init(args) => ecosystem::init(&args, &cli.config),
         Command::Schema => ecosystem::schema(),
         Command::Completions { shell } => ecosystem::completions(shell),
         Command::Man => ecosystem::man(),
-        Command::Validate => validate(&cli.config, &overrides),
+        Command::Validate => validate(&cli.config, env.as_ref(), &overrides),
         Command::Plan(args) => {
             let (loaded, fresh) = load(&cli.config, &overrides)?;
             phase(start, "loaded the configuration");
@@ -562,9 +591,28 @@ pub fn overrides(set: &[String]) -> Result<Vec<Override>> {
     Ok(all)
 }
 
+/// The environment selected with `--env NAME` or `SEEDCORE_ENV` (empty: none).
+pub fn selection(name: Option<&str>, from_var: bool) -> Option<config::Selection> {
+    let name = name.filter(|n| !n.is_empty())?;
+    Some(if from_var {
+        config::Selection::var(name)
+    } else {
+        config::Selection::flag(name)
+    })
+}
+
 /// Loads, validates and lowers the configuration.
 pub fn load(path: &Path, overrides: &[Override]) -> Result<(Loaded, DesiredState)> {
-    let loaded = config::load(path, overrides).map_err(user)?;
+    load_in(path, None, overrides)
+}
+
+/// [`load`] in an environment (`[env.NAME]` merged over the rest of the file).
+pub fn load_in(
+    path: &Path,
+    env: Option<&config::Selection>,
+    overrides: &[Override],
+) -> Result<(Loaded, DesiredState)> {
+    let loaded = config::load_in(path, env, overrides).map_err(user)?;
     let desired =
         topology::lower_fresh(&loaded.config).map_err(|e| user(loaded.source.errors(e)))?;
     Ok((loaded, desired))
@@ -608,11 +656,15 @@ fn refuse_config_path(out: &Path, config: &Path) -> Result<()> {
     Ok(())
 }
 
-fn validate(path: &Path, overrides: &[Override]) -> Result<u8> {
-    let (loaded, desired) = load(path, overrides)?;
+fn validate(path: &Path, env: Option<&config::Selection>, overrides: &[Override]) -> Result<u8> {
+    let (loaded, desired) = load_in(path, env, overrides)?;
     let mut out = format!(
-        "The configuration is valid: cluster `{}`, {} node(s) on {} host(s).\n",
+        "The configuration is valid: cluster `{}`{}, {} node(s) on {} host(s).\n",
         desired.cluster.name,
+        match &loaded.environment {
+            Some(e) => format!(" (environment `{e}`)"),
+            None => String::new(),
+        },
         desired.nodes.len(),
         desired.hosts().len()
     );

@@ -6,6 +6,7 @@
 //! the offending text (or at the `--set` that introduced it) and carries a
 //! `hint:` with the fix.
 
+mod environments;
 mod errors;
 mod json_schema;
 mod overrides;
@@ -16,6 +17,7 @@ mod starter;
 mod validate;
 mod values;
 
+pub use environments::{valid_env_name, Selection, ENV_VAR, MAX_ENV_NAME};
 pub use errors::*;
 pub use json_schema::{json_schema, json_schema_text};
 pub use overrides::*;
@@ -284,10 +286,22 @@ pub struct Timeouts {
 pub struct Loaded {
     pub config: Config,
     pub source: Source,
+    /// The environment selected (`--env NAME`), whose overlay was merged.
+    pub environment: Option<String>,
 }
 
 /// Reads, parses and validates a configuration file.
 pub fn load(path: &Path, overrides: &[Override]) -> Result<Loaded, ConfigErrors> {
+    load_in(path, None, overrides)
+}
+
+/// Reads, parses and validates a configuration file in an environment
+/// (`[env.NAME]` merged over the rest of the file), if one is selected.
+pub fn load_in(
+    path: &Path,
+    env: Option<&Selection>,
+    overrides: &[Override],
+) -> Result<Loaded, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             message: format!("cannot read `{}`: {e}", path.display()),
@@ -300,11 +314,21 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<Loaded, ConfigErrors>
             }),
         }])
     })?;
-    parse(&path.display().to_string(), &text, overrides)
+    parse_in(&path.display().to_string(), &text, env, overrides)
 }
 
 /// Parses and validates configuration text (`path` is only for messages).
 pub fn parse(path: &str, text: &str, overrides: &[Override]) -> Result<Loaded, ConfigErrors> {
+    parse_in(path, text, None, overrides)
+}
+
+/// [`parse`] in an environment, if one is selected.
+pub fn parse_in(
+    path: &str,
+    text: &str,
+    env: Option<&Selection>,
+    overrides: &[Override],
+) -> Result<Loaded, ConfigErrors> {
     let mut source = Source {
         path: path.to_string(),
         text: text.to_string(),
@@ -321,6 +345,7 @@ pub fn parse(path: &str, text: &str, overrides: &[Override]) -> Result<Loaded, C
     collect_spans(doc.get_ref(), "", &mut source.spans);
     let mut errors = Vec::new();
     check_keys(doc.get_ref(), "", ROOT_KEYS, &source, &mut errors);
+    environments::check_names(doc.get_ref(), &source, &mut errors);
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
@@ -347,6 +372,7 @@ pub fn parse(path: &str, text: &str, overrides: &[Override]) -> Result<Loaded, C
     })?;
 
     let mut table: toml::Table = toml::from_str(text).expect("parsed above");
+    environments::select(&mut table, env, &mut source)?;
     for o in overrides {
         apply_override(&mut table, o).map_err(|e| {
             ConfigErrors(vec![ConfigError {
@@ -395,7 +421,11 @@ pub fn parse(path: &str, text: &str, overrides: &[Override]) -> Result<Loaded, C
             o.sensitive = config.cluster.env.get(k).is_some_and(EnvValue::is_secret);
         }
     }
-    Ok(Loaded { config, source })
+    Ok(Loaded {
+        config,
+        source,
+        environment: env.map(|e| e.name.clone()),
+    })
 }
 
 /// The digest of a build: the Dockerfile's name, the args, and every file

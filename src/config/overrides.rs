@@ -96,6 +96,12 @@ pub(crate) fn apply_override(
     o: &Override,
 ) -> Result<(), (String, String)> {
     let parts: Vec<&str> = o.key.split('.').collect();
+    if parts[0] == "env" {
+        return Err((
+            format!("`--set {}`: an environment's overlay cannot be overridden", o.key),
+            "select the environment with `--env NAME`: `--set` applies on top of it, e.g. `--env staging --set head.host=10.0.0.9`".to_string(),
+        ));
+    }
     let mut schema = ROOT_KEYS;
     let mut kind = None;
     for (i, part) in parts.iter().enumerate() {

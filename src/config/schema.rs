@@ -29,6 +29,33 @@ pub(crate) struct RawConfig {
     /// How replacements of running workers roll out (`max_unavailable`).
     #[serde(default)]
     pub(crate) rollout: RawRollout,
+    /// Environments (`[env.NAME]`, selected with `--env NAME` or `SEEDCORE_ENV`): each a cluster of its own, its tables deep-merged over the rest of the file (tables key by key; values, lists and inline tables replace). Without its own `cluster.name`, an environment's cluster is named `BASE-NAME`. Names: lower-case letters, digits and `-`, at most 32.
+    // Read for its types and its schema; the selected overlay is merged as
+    // a table (`environments::select`) before the file is read as this.
+    #[serde(default)]
+    #[schemars(extend("propertyNames" = { "pattern": "^[a-z0-9-]{1,32}$" }))]
+    #[allow(dead_code)]
+    pub(crate) env: BTreeMap<String, RawOverlay>,
+}
+
+/// One environment's overlay (`[env.NAME]`): any of the file's own tables, merged over the base.
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // types and schema only: see `RawConfig::env`
+pub(crate) struct RawOverlay {
+    /// Over `[cluster]`; without `name`, the environment's cluster is named `BASE-NAME`.
+    pub(crate) cluster: Option<RawCluster>,
+    /// Over `[ssh]`.
+    pub(crate) ssh: Option<RawSsh>,
+    /// Over `[head]`.
+    pub(crate) head: Option<RawHead>,
+    /// Over `[workers]`: a group's keys merge into the base's group of that name, or declare a new group.
+    #[serde(default)]
+    pub(crate) workers: BTreeMap<String, RawGroup>,
+    /// Over `[timeouts]`.
+    pub(crate) timeouts: Option<RawTimeouts>,
+    /// Over `[rollout]`.
+    pub(crate) rollout: Option<RawRollout>,
 }
 
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
@@ -274,6 +301,16 @@ pub(crate) const TIMEOUT_KEYS: &[(&str, Kind)] = &[
     ("drain", Kind::Int),
     ("stop", Kind::Int),
 ];
+/// The keys an environment's overlay (`[env.NAME]`) takes: the root's,
+/// except `env` itself.
+pub(crate) const OVERLAY_KEYS: &[(&str, Kind)] = &[
+    ("cluster", Kind::Table(CLUSTER_KEYS)),
+    ("ssh", Kind::Table(SSH_KEYS)),
+    ("head", Kind::Table(HEAD_KEYS)),
+    ("workers", Kind::Named(GROUP_KEYS)),
+    ("timeouts", Kind::Table(TIMEOUT_KEYS)),
+    ("rollout", Kind::Table(ROLLOUT_KEYS)),
+];
 pub(crate) const ROOT_KEYS: &[(&str, Kind)] = &[
     ("cluster", Kind::Table(CLUSTER_KEYS)),
     ("ssh", Kind::Table(SSH_KEYS)),
@@ -281,4 +318,5 @@ pub(crate) const ROOT_KEYS: &[(&str, Kind)] = &[
     ("workers", Kind::Named(GROUP_KEYS)),
     ("timeouts", Kind::Table(TIMEOUT_KEYS)),
     ("rollout", Kind::Table(ROLLOUT_KEYS)),
+    ("env", Kind::Named(OVERLAY_KEYS)),
 ];

@@ -45,10 +45,15 @@ impl Source {
                     .replace([' ', '"'], "")
             })
             .unwrap_or_default();
+        // An environment's overlay (`[env.NAME.cluster.env]`) holds them too.
+        let header = strip_overlay(&header).unwrap_or(&header);
+        let bare = line.replace([' ', '"'], "");
+        let bare = strip_overlay(&bare).unwrap_or(&bare);
         header.starts_with("cluster.env")
             || (header == "cluster" && line.starts_with("env"))
-            || line.replace([' ', '"'], "").starts_with("cluster.env")
-            || line.starts_with("[cluster.env")
+            || (header == "env" && bare.contains(".cluster.env"))
+            || bare.starts_with("cluster.env")
+            || bare.starts_with("[cluster.env")
     }
 
     /// A line of the file as errors quote it: the values of `[cluster.env]`
@@ -63,7 +68,7 @@ impl Source {
         let mut hidden: Vec<Range<usize>> = self
             .spans
             .iter()
-            .filter(|(path, _)| path.starts_with("cluster.env."))
+            .filter(|(path, _)| holds_env_value(path))
             .map(|(_, (_, v))| v.start.max(start)..v.end.min(end))
             .filter(|r| r.start < r.end)
             .collect();
@@ -161,6 +166,21 @@ impl Source {
     }
 }
 
+/// `env.NAME.REST` -> `REST` (`[env.NAME.REST]` -> `[REST]` too).
+fn strip_overlay(path: &str) -> Option<&str> {
+    let rest = path
+        .strip_prefix("env.")
+        .or_else(|| path.strip_prefix("[env."))?;
+    rest.split_once('.').map(|(_, r)| r)
+}
+
+/// Whether a key path holds a `[cluster.env]` value (maybe a secret), in
+/// the base or in an environment's overlay.
+pub(crate) fn holds_env_value(path: &str) -> bool {
+    path.starts_with("cluster.env.")
+        || strip_overlay(path).is_some_and(|p| p.starts_with("cluster.env."))
+}
+
 pub(crate) fn collect_spans(
     table: &toml::de::DeTable<'_>,
     prefix: &str,
@@ -256,9 +276,11 @@ pub(crate) fn check_keys(
                         None => errors.push(ConfigError {
                             message: format!("`{gpath}` must be a table"),
                             location: Some(source.at_span(group.span())),
-                            hint: Some(format!(
-                                "declare a worker group as `[{gpath}]` with `hosts = [...]`"
-                            )),
+                            hint: Some(if path == "env" {
+                                format!("declare an environment as `[{gpath}]` with the tables it changes below, e.g. `[{gpath}.head]`")
+                            } else {
+                                format!("declare a worker group as `[{gpath}]` with `hosts = [...]`")
+                            }),
                         }),
                     }
                 }

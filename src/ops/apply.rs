@@ -10,7 +10,7 @@ use crate::apply::{self as executor, ApplyOptions, Outcome, Reporter};
 use crate::config::Loaded;
 use crate::memory;
 use crate::model::{DesiredState, NodeName};
-use crate::plan::artifact::SavedPlan;
+use crate::plan::artifact::{SavedPlan, SavedPlanError};
 use crate::plan::{self, DiffOptions, Plan, Step, Summary};
 use futures_util::stream::{self, StreamExt};
 use std::collections::{BTreeMap, BTreeSet};
@@ -64,10 +64,19 @@ pub fn read_saved(path: &Path, loaded: &Loaded) -> Result<SavedPlan> {
         ))
     })?;
     saved.check_config(&config_digest(loaded)).map_err(|e| {
+        let hint = match (&e, &loaded.environment) {
+            (SavedPlanError::Environment { saved: Some(s), .. }, _) => format!(
+                "apply it in its environment: `seedcore --env {s} apply {}`; nothing was changed",
+                path.display()
+            ),
+            (SavedPlanError::Environment { saved: None, .. }, Some(now)) => format!(
+                "apply it without `--env` (and without `SEEDCORE_ENV`), or plan `{now}` itself: `seedcore --env {now} plan --out FILE`; nothing was changed"
+            ),
+            _ => format!("run `seedcore plan --out {}` again and review it", path.display()),
+        };
         Error::SavedPlan(format!(
-            "error: cannot apply `{}`: {e}\nhint: run `seedcore plan --out {}` again and review it",
+            "error: cannot apply `{}`: {e}\nhint: {hint}",
             path.display(),
-            path.display()
         ))
     })?;
     Ok(saved)
@@ -86,6 +95,8 @@ pub struct Scope {
     pub skip_preflight: bool,
     /// How long to wait for another holder of the cluster lock.
     pub lock_timeout: Duration,
+    /// Overrides `rollout.max_unavailable` (`--max-unavailable`).
+    pub max_unavailable: Option<crate::config::MaxUnavailable>,
 }
 
 /// Runs the preflight checks for a plan against the open session (or marks
@@ -145,6 +156,9 @@ pub fn make_plan(
             skip_unreachable: scope.skip_unreachable,
             targets: scope.targets.clone(),
             secrets: crate::secrets::expected(&loaded.config, &observed.head_secrets),
+            max_unavailable: scope
+                .max_unavailable
+                .unwrap_or(loaded.config.max_unavailable),
         },
         loaded
             .source
@@ -155,6 +169,7 @@ pub fn make_plan(
     )
     .map_err(Error::Plan)
     .map(|mut plan| {
+        plan.environment = loaded.environment.clone();
         if loaded.config.cluster.auth == crate::config::Auth::None {
             plan.notes.push(
                 "Ray token authentication is off (`cluster.auth = \"none\"`): whoever reaches the GCS, the dashboard or the Ray client server can run code on the cluster. Remove the line to turn it on.".to_string(),
@@ -246,7 +261,8 @@ pub async fn prepare_destroy(
         &lock_request("destroy", lock_timeout),
     )
     .await?;
-    let plan = plan::destroy(&desired, &observed, workers_only);
+    let mut plan = plan::destroy(&desired, &observed, workers_only);
+    plan.environment = loaded.environment.clone();
     Ok(Prepared {
         hosts,
         desired,
@@ -545,7 +561,42 @@ fn failure_summary(plan: &Plan, report: &executor::ApplyReport) -> String {
             text.push_str(&format!("  pull {image} on {host}: {error}\n"));
         }
     }
-    text.push_str("hint: fix the cause above and run `seedcore apply` again: it continues from what is on the hosts now");
+    for r in &plan.rollouts {
+        // Workers whose old container was never touched: the rollout stopped before them.
+        let untouched: Vec<&crate::model::NodeName> = r
+            .waves
+            .iter()
+            .flatten()
+            .filter(|n| {
+                report.outcomes.iter().any(|(s, o)| {
+                    matches!(s, Step::Remove { node, .. } if node == *n)
+                        && matches!(o, Outcome::Skipped { .. })
+                })
+            })
+            .collect();
+        if untouched.is_empty() {
+            continue;
+        }
+        let done = r.waves.len()
+            - r.waves
+                .iter()
+                .filter(|w| w.iter().any(|n| untouched.contains(&n)))
+                .count();
+        let names: Vec<String> = untouched.iter().map(|n| format!("`{n}`")).collect();
+        text.push_str(&format!(
+            "  the rollout of group `{}` stopped after wave {} of {}: {} still run(s) the previous spec, untouched
+",
+            r.group,
+            done + 1,
+            r.waves.len(),
+            names.join(", ")
+        ));
+    }
+    if plan.rollouts.is_empty() {
+        text.push_str("hint: fix the cause above and run `seedcore apply` again: it continues from what is on the hosts now");
+    } else {
+        text.push_str("hint: fix the cause above (a bad image: correct `image` or push it) and run `seedcore apply` again: it continues the rollout from what is on the hosts now, replacing only what is left; to go back, revert the configuration and apply");
+    }
     text
 }
 

@@ -71,5 +71,6 @@ pub fn config_digest(loaded: &Loaded) -> ConfigDigest {
                 }
             })
             .collect(),
+        environment: loaded.environment.clone(),
     }
 }

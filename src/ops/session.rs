@@ -274,6 +274,9 @@ async fn open_with(
         }
     };
     observed.ray = ray_view(&hosts, &observed, &desired).await;
+    if observed.ray.is_some() {
+        observed.work = ray_work(&hosts, &observed, &desired).await;
+    }
     observed.head_secrets = match head_secrets(&hosts, &observed, &desired).await {
         Ok(found) => found,
         Err(e) => {
@@ -521,6 +524,34 @@ async fn listeners(conn: &Connection) -> std::result::Result<Vec<crate::checks::
 }
 
 /// Ray's node list from this cluster's head, when its container runs.
+/// What runs on the cluster, when its head answers (`None`: unknown).
+async fn ray_work(
+    hosts: &Hosts,
+    observed: &ObservedState,
+    desired: &DesiredState,
+) -> Option<crate::model::ClusterWork> {
+    let head = desired.head();
+    let conn = hosts.connections.get(&head.host)?;
+    let container = running_head(observed, desired)?;
+    crate::ray::work(&conn.backend, &container, head).await.ok()
+}
+
+/// The ID of this cluster's running head container.
+fn running_head(observed: &ObservedState, desired: &DesiredState) -> Option<String> {
+    let head = desired.head();
+    observed
+        .hosts
+        .get(&head.host)?
+        .containers
+        .iter()
+        .find(|c| {
+            c.name == head.name.0
+                && c.is_running()
+                && ownership::owner(&desired.cluster, c) == ownership::Owner::Ours
+        })
+        .map(|c| c.id.clone())
+}
+
 async fn ray_view(
     hosts: &Hosts,
     observed: &ObservedState,

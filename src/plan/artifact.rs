@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 pub const KIND: &str = "seedcore-plan";
 /// Major version of the saved-plan format this seedcore reads and writes.
 pub const FORMAT_MAJOR: u32 = 1;
-/// Minor version written.
-pub const FORMAT_MINOR: u32 = 0;
+/// Minor version written (1: `config.environment`).
+pub const FORMAT_MINOR: u32 = 1;
 
 /// The configuration a plan was made from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +26,9 @@ pub struct ConfigDigest {
     pub sha256: String,
     /// `KEY=VALUE` of every override in force.
     pub overrides: Vec<String>,
+    /// The environment (`--env NAME`) selected; none: the base alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
 }
 
 /// A saved plan, as written to disk (JSON, mode 0600).
@@ -47,10 +50,22 @@ pub enum SavedPlanError {
     Format { found: String, ours: String },
     #[error("the configuration or its overrides changed since it was saved")]
     ConfigChanged,
+    #[error("it was made for {}, and this run selects {}: it plans another cluster", in_env(.saved), in_env(.now))]
+    Environment {
+        saved: Option<String>,
+        now: Option<String>,
+    },
     #[error("the values of {} changed since it was made (seen through their keyed digests)", .0.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))]
     SecretsChanged(Vec<String>),
     #[error("the hosts changed since it was made:\n{}", describe(.0))]
     Stale(Vec<(HostName, Vec<String>)>),
+}
+
+fn in_env(env: &Option<String>) -> String {
+    match env {
+        Some(e) => format!("environment `{}`", excerpt(e, 40)),
+        None => "no environment (the file's base)".to_string(),
+    }
 }
 
 fn describe(hosts: &[(HostName, Vec<String>)]) -> String {
@@ -115,6 +130,12 @@ impl SavedPlan {
 
     /// Checks that the plan was made from this configuration.
     pub fn check_config(&self, now: &ConfigDigest) -> Result<(), SavedPlanError> {
+        if self.config.environment != now.environment {
+            return Err(SavedPlanError::Environment {
+                saved: self.config.environment.clone(),
+                now: now.environment.clone(),
+            });
+        }
         if self.config.sha256 != now.sha256 || self.config.overrides != now.overrides {
             return Err(SavedPlanError::ConfigChanged);
         }

@@ -370,6 +370,8 @@ pub struct DiffOptions {
     /// `secrets`), when the head's key is known: a node carrying others is
     /// replaced.
     pub secrets: Option<BTreeMap<String, String>>,
+    /// Workers of a group replaced at once (`rollout.max_unavailable`).
+    pub max_unavailable: crate::config::MaxUnavailable,
 }
 
 /// Whether a change is one of the `--target`s.

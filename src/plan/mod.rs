@@ -15,7 +15,7 @@ pub use diff::{
     diff, field_changes, Action, Before, Change, Conflict, ConflictOwner, DiffOptions, FieldChange,
     PlanError, Reason, Summary,
 };
-pub use schedule::{schedule, NumberedStep, PlanGraph, Step};
+pub use schedule::{schedule, NumberedStep, PlanGraph, Rollout, Step};
 
 use crate::model::{hex, ClusterIdentity, DesiredState, EngineInfo, HostName, ObservedState, Role};
 use crate::ownership::{self, OtherCluster, Owner};
@@ -106,6 +106,9 @@ pub struct HostFacts {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub cluster: ClusterIdentity,
+    /// The environment (`--env NAME`) the plan was made in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
     /// Overrides in force, as the header names them.
     pub overrides: Vec<String>,
     pub hosts: Vec<HostFacts>,
@@ -127,6 +130,73 @@ pub struct Plan {
     /// values): a saved plan is stale once they differ.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets: Option<BTreeMap<String, String>>,
+    /// Groups whose workers are replaced a few at a time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollouts: Vec<Rollout>,
+    /// What stopping each running node interrupts, for the nodes the plan
+    /// stops (replaces or removes).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub interrupts: BTreeMap<crate::model::NodeName, Interrupts>,
+}
+
+/// What stopping a node interrupts, as Ray reported it when planning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interrupts {
+    /// `false`: the head's state API did not answer.
+    pub known: bool,
+    #[serde(flatten)]
+    pub work: crate::model::NodeWork,
+}
+
+impl Interrupts {
+    pub fn describe(&self) -> String {
+        if self.known {
+            self.work.describe()
+        } else {
+            "unknown (Ray's state API did not answer)".to_string()
+        }
+    }
+}
+
+/// For each running node the plan stops: what runs there (the head: all of
+/// the cluster's work).
+fn interrupts(
+    changes: &[Change],
+    observed: &ObservedState,
+) -> BTreeMap<crate::model::NodeName, Interrupts> {
+    let mut out = BTreeMap::new();
+    for c in changes {
+        let stops = matches!(c.action, Action::Replace | Action::Remove)
+            && c.before.as_ref().is_some_and(|b| b.state == "running");
+        if !stops {
+            continue;
+        }
+        let i = match &observed.work {
+            None => Interrupts {
+                known: false,
+                work: Default::default(),
+            },
+            Some(work) if c.role == Role::Head => Interrupts {
+                known: true,
+                work: work.all.clone(),
+            },
+            Some(work) => {
+                let id = observed
+                    .ray
+                    .iter()
+                    .flatten()
+                    .find(|n| n.node_name == c.node.0 && n.state == "ALIVE");
+                Interrupts {
+                    known: true,
+                    work: id
+                        .and_then(|n| work.nodes.get(&n.node_id).cloned())
+                        .unwrap_or_default(),
+                }
+            }
+        };
+        out.insert(c.node.clone(), i);
+    }
+    out
 }
 
 impl Plan {
@@ -166,8 +236,22 @@ pub fn build(
     let skip = options.skip_unreachable;
     let targets = options.targets.clone();
     let secrets = options.secrets.clone();
+    let max_unavailable = options.max_unavailable;
     let changes = diff(desired, observed, options)?;
-    let mut plan = assemble(desired, observed, changes, overrides);
+    let mut plan = assemble(desired, observed, changes, overrides, max_unavailable);
+    plan.interrupts = interrupts(&plan.changes, observed);
+    let head_stopped = plan
+        .changes
+        .iter()
+        .find(|c| c.role == Role::Head)
+        .and_then(|c| plan.interrupts.get(&c.node));
+    if let Some(i) = head_stopped {
+        let note = format!(
+            "Stopping the head interrupts everything on the cluster: {}.",
+            i.describe()
+        );
+        plan.notes.push(note);
+    }
     plan.secrets = secrets;
     if skip {
         for h in desired.hosts() {
@@ -227,7 +311,7 @@ pub fn destroy(desired: &DesiredState, observed: &ObservedState, workers_only: b
             },
         );
     }
-    assemble(desired, observed, changes, Vec::new())
+    assemble(desired, observed, changes, Vec::new(), Default::default())
 }
 
 fn assemble(
@@ -235,6 +319,7 @@ fn assemble(
     observed: &ObservedState,
     changes: Vec<Change>,
     overrides: Vec<String>,
+    max_unavailable: crate::config::MaxUnavailable,
 ) -> Plan {
     let mut missing: BTreeSet<(HostName, String)> = BTreeSet::new();
     let mut pushes = schedule::Transfers::new();
@@ -285,7 +370,8 @@ fn assemble(
     let order = desired.hosts();
     hosts.sort_by_key(|h| order.iter().position(|o| *o == h.host));
 
-    let graph = schedule(&changes, &missing, &pushes, &observed.to_build);
+    let rollouts = schedule::rollouts(&changes, max_unavailable);
+    let graph = schedule(&changes, &missing, &pushes, &observed.to_build, &rollouts);
     let mut notes = Vec::new();
     if desired.workers().next().is_none() {
         notes.push(
@@ -348,10 +434,21 @@ fn assemble(
             hosts.join(", ")
         ));
     }
+    for r in &rollouts {
+        notes.push(format!(
+            "Workers of group `{}` are replaced in {} waves of at most {} (`rollout.max_unavailable`): each drained, replaced and seen ALIVE before the next wave; a failed wave stops the rollout.",
+            crate::model::excerpt(&r.group, 64),
+            r.waves.len(),
+            r.max_unavailable
+        ));
+    }
     Plan {
         cluster: desired.cluster.clone(),
+        environment: None,
         overrides,
         hosts,
+        rollouts,
+        interrupts: BTreeMap::new(),
         fingerprint: fingerprint(observed, desired),
         firewall: crate::topology::firewall(desired),
         changes,

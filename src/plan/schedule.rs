@@ -335,11 +335,86 @@ impl PlanGraph {
 /// What a push to a host sends: bytes, layers, layers in the image.
 pub type Transfers = BTreeMap<(HostName, String), (u64, u32, u32)>;
 
+/// Workers of one group replaced a few at a time: each wave is drained,
+/// replaced and seen ALIVE before the next wave starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub group: String,
+    /// At most this many of the group's workers are down at once.
+    pub max_unavailable: usize,
+    pub waves: Vec<Vec<NodeName>>,
+}
+
+/// `ray start` flags that carry a node's ports: a replacement that moves
+/// them could collide with a neighbour still running, so its group is not
+/// rolled.
+const PORT_FLAGS: &[&str] = &[
+    "--object-manager-port",
+    "--node-manager-port",
+    "--min-worker-port",
+    "--max-worker-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--runtime-env-agent-port",
+    "--metrics-export-port",
+];
+
+/// The rollouts of a plan whose head stays up: per group, its replaced
+/// workers in waves of `max_unavailable` (a group replaced in one wave
+/// needs none).
+pub fn rollouts(
+    changes: &[Change],
+    max_unavailable: crate::config::MaxUnavailable,
+) -> Vec<Rollout> {
+    let head_stays = changes
+        .iter()
+        .any(|c| c.role == Role::Head && c.action == Action::NoOp);
+    if !head_stays {
+        return Vec::new();
+    }
+    let mut size: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut replaced: BTreeMap<&str, Vec<&Change>> = BTreeMap::new();
+    for c in changes {
+        let Some(group) = c.after.as_ref().and_then(|a| a.group.as_deref()) else {
+            continue;
+        };
+        if c.action == Action::Remove {
+            continue;
+        }
+        *size.entry(group).or_default() += 1;
+        if c.role == Role::Worker && c.action == Action::Replace {
+            replaced.entry(group).or_default().push(c);
+        }
+    }
+    let mut out = Vec::new();
+    for (group, nodes) in replaced {
+        let per_wave = max_unavailable.of(size[group]);
+        let moves_ports = nodes.iter().any(|c| {
+            c.fields
+                .iter()
+                .any(|f| PORT_FLAGS.contains(&f.field.as_str()))
+        });
+        if nodes.len() <= per_wave || moves_ports {
+            continue;
+        }
+        out.push(Rollout {
+            group: group.to_string(),
+            max_unavailable: per_wave,
+            waves: nodes
+                .chunks(per_wave)
+                .map(|w| w.iter().map(|c| c.node.clone()).collect())
+                .collect(),
+        });
+    }
+    out
+}
+
 pub fn schedule(
     changes: &[Change],
     missing_images: &BTreeSet<(HostName, String)>,
     pushes: &Transfers,
     builds: &BTreeSet<String>,
+    rollouts: &[Rollout],
 ) -> PlanGraph {
     let mut g: DiGraph<Step, ()> = DiGraph::new();
     let mut idx: BTreeMap<Step, NodeIndex> = BTreeMap::new();
@@ -376,6 +451,9 @@ pub fn schedule(
         let host = c.host.clone();
         let node = c.node.clone();
         // The old container goes first, for removals and replacements alike.
+        // The drain, else the removal: the old container is touched no
+        // sooner than the new image is on the host.
+        let mut first_stop = None;
         let removal = matches!(c.action, Action::Remove | Action::Replace).then(|| {
             let r = add(
                 &mut g,
@@ -396,6 +474,7 @@ pub fn schedule(
                     },
                 );
                 g.add_edge(d, r, ());
+                first_stop = Some(d);
             }
             removes_by_host.entry(host.clone()).or_default().push(r);
             match c.role {
@@ -404,6 +483,7 @@ pub fn schedule(
             }
             r
         });
+        let first_stop = first_stop.or(removal);
         match c.action {
             Action::NoOp | Action::Remove => {}
             Action::Create | Action::Replace | Action::Start => {
@@ -459,6 +539,9 @@ pub fn schedule(
                                 g.update_edge(b, p, ());
                             }
                             g.add_edge(p, create, ());
+                            if let Some(f) = first_stop {
+                                g.add_edge(p, f, ());
+                            }
                         } else if missing_images.contains(&key) {
                             let p = add(
                                 &mut g,
@@ -468,6 +551,9 @@ pub fn schedule(
                                 },
                             );
                             g.add_edge(p, create, ());
+                            if let Some(f) = first_stop {
+                                g.add_edge(p, f, ());
+                            }
                         }
                     }
                 }
@@ -509,13 +595,55 @@ pub fn schedule(
             }
         }
     }
-    // On one host, removals free names and ports before anything is created.
+    let wave_of: BTreeMap<&NodeName, usize> = rollouts
+        .iter()
+        .flat_map(|r| {
+            r.waves
+                .iter()
+                .enumerate()
+                .flat_map(|(i, w)| w.iter().map(move |n| (n, i)))
+        })
+        .collect();
+    let wave = |i: NodeIndex| g[i].node().and_then(|n| wave_of.get(n)).copied();
+    // On one host, removals free names and ports before anything is created
+    // (a later wave's workers keep running meanwhile: their ports do not move).
+    let mut ordering = Vec::new();
     for (host, removes) in &removes_by_host {
         if let Some(creates) = creates_by_host.get(host) {
             for r in removes {
                 for c in creates {
-                    if g.find_edge(*r, *c).is_none() {
-                        g.add_edge(*r, *c, ());
+                    let later = matches!((wave(*r), wave(*c)), (Some(wr), Some(wc)) if wr > wc);
+                    if !later && g.find_edge(*r, *c).is_none() {
+                        ordering.push((*r, *c));
+                    }
+                }
+            }
+        }
+    }
+    for (r, c) in ordering {
+        g.add_edge(r, c, ());
+    }
+    // A wave starts once the previous one is ALIVE again.
+    let find = |g: &DiGraph<Step, ()>, want: &dyn Fn(&Step) -> bool| {
+        g.node_indices().find(|i| want(&g[*i]))
+    };
+    for r in rollouts {
+        for pair in r.waves.windows(2) {
+            let ready: Vec<NodeIndex> = pair[0]
+                .iter()
+                .filter_map(|n| {
+                    find(
+                        &g,
+                        &|s| matches!(s, Step::WaitReady { node, .. } if node == n),
+                    )
+                })
+                .collect();
+            for n in &pair[1] {
+                let first = find(&g, &|s| matches!(s, Step::Drain { node, .. } if node == n))
+                    .or_else(|| find(&g, &|s| matches!(s, Step::Remove { node, .. } if node == n)));
+                if let Some(first) = first {
+                    for w in &ready {
+                        g.update_edge(*w, first, ());
                     }
                 }
             }
