@@ -233,7 +233,7 @@ fn set_applies_on_top_of_the_environment() {
         "{}",
         r.stdout
     );
-    let header: Vec<&str> = r.stdout.lines().take(2).collect();
+    let header: Vec<&str> = r.stdout.lines().take(3).collect();
     insta::assert_snapshot!("plan_staging_with_set_header", header.join("\n"));
     // `--set cluster.name` wins over the derived name too.
     let overrides = [Override::parse_flag("cluster.name=shop-qa").unwrap()];

@@ -2123,13 +2123,17 @@ fn replaced_workers_roll_in_waves_each_ready_before_the_next_drains() {
     )));
 
     // Two at a time: two waves.
-    let mut opts = DiffOptions::default();
-    opts.max_unavailable = config::MaxUnavailable::Count(2);
+    let opts = DiffOptions {
+        max_unavailable: config::MaxUnavailable::Count(2),
+        ..Default::default()
+    };
     let p2 = plan::build(&wanted, &o, opts, Vec::new()).unwrap();
     assert_eq!(p2.rollouts[0].waves.len(), 2);
     // A percentage of the group: 100% is one wave, no rollout.
-    let mut opts = DiffOptions::default();
-    opts.max_unavailable = config::MaxUnavailable::Percent(100);
+    let opts = DiffOptions {
+        max_unavailable: config::MaxUnavailable::Percent(100),
+        ..Default::default()
+    };
     assert!(plan::build(&wanted, &o, opts, Vec::new())
         .unwrap()
         .rollouts

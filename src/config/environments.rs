@@ -191,7 +191,9 @@ pub(crate) fn select(
     Ok(())
 }
 
-type Spans = BTreeMap<String, (Range<usize>, Range<usize>)>;
+/// A key's span and its value's.
+type Span = (Range<usize>, Range<usize>);
+type Spans = BTreeMap<String, Span>;
 
 /// Deep-merges `over` into `base`: tables key by key, everything else (and
 /// inline tables) replaces. The spans of a replaced value become the
@@ -220,12 +222,12 @@ fn merge(
                 spans.retain(|p, _| *p != path && !p.starts_with(&below));
                 let from = format!("{prefix}.{path}");
                 let from_below = format!("{from}.");
-                let moved: Vec<(String, (Range<usize>, Range<usize>))> = spans
+                let moved: Vec<(String, Span)> = spans
                     .iter()
                     .filter(|(p, _)| **p == from || p.starts_with(&from_below))
                     .map(|(p, s)| (format!("{path}{}", &p[from.len()..]), s.clone()))
                     .collect();
-                drop(moved); // MUT3
+                spans.extend(moved);
             }
         }
     }

@@ -56,7 +56,11 @@ pub mod defaults {
     pub const HEAD_READY_SECS: u64 = 120;
     pub const NODES_ALIVE_SECS: u64 = 180;
     pub const DRAIN_SECS: u64 = 60;
-    pub const STOP_SECS: u64 = 10;
+    /// Longer than Ray's own grace period for its processes (`ray stop`'s
+    /// 16 s), so a stopped node finishes leaving the cluster.
+    pub const STOP_SECS: u64 = 20;
+    /// Ray's grace period: a shorter container stop cuts Ray's shutdown.
+    pub const RAY_GRACE_SECS: u64 = 16;
 }
 
 /// An inclusive range of ports, written `"11000-11020"`.

@@ -142,13 +142,17 @@ pub(crate) fn apply_override(
                         hint,
                     ));
                 };
-                if rest.len() != 1 {
-                    return Err((
-                        format!("`--set {}` does not name a scalar", o.key),
-                        "only single values can be overridden".to_string(),
-                    ));
-                }
-                kind = Some(*k);
+                kind = match (k, rest.len()) {
+                    (_, 1) => Some(*k),
+                    // One entry of a group's table (`resources.NAME`, `labels.NAME`).
+                    (Kind::StrMap, 2) => Some(Kind::Str),
+                    _ => {
+                        return Err((
+                            format!("`--set {}` does not name a scalar", o.key),
+                            "only single values can be overridden".to_string(),
+                        ))
+                    }
+                };
                 break;
             }
             Kind::StrMap if i + 2 == parts.len() => {

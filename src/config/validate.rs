@@ -911,6 +911,17 @@ pub(crate) fn validate_with(
         drain_secs: c.secs("timeouts.drain", raw.timeouts.drain, defaults::DRAIN_SECS),
         stop_secs: c.secs("timeouts.stop", raw.timeouts.stop, defaults::STOP_SECS),
     };
+    if timeouts.stop_secs <= defaults::RAY_GRACE_SECS {
+        c.err(
+            "timeouts.stop",
+            format!(
+                "`timeouts.stop` is {} s: Docker would kill Ray before its own {} s shutdown grace period ends, cutting a drain short",
+                timeouts.stop_secs,
+                defaults::RAY_GRACE_SECS
+            ),
+            "use more than 16 seconds (default 20); stops are quick when Ray leaves sooner",
+        );
+    }
 
     let max_unavailable = match raw.rollout.max_unavailable {
         None => MaxUnavailable::default(),

@@ -582,12 +582,14 @@ fn failure_summary(plan: &Plan, report: &executor::ApplyReport) -> String {
                 .iter()
                 .filter(|w| w.iter().any(|n| untouched.contains(&n)))
                 .count();
+        let when = match done {
+            0 => "before its first wave".to_string(),
+            k => format!("after wave {k}"),
+        };
         let names: Vec<String> = untouched.iter().map(|n| format!("`{n}`")).collect();
         text.push_str(&format!(
-            "  the rollout of group `{}` stopped after wave {} of {}: {} still run(s) the previous spec, untouched
-",
+            "  the rollout of group `{}` stopped {when} of {}: {} still run(s) the previous spec, untouched\n",
             r.group,
-            done + 1,
             r.waves.len(),
             names.join(", ")
         ));

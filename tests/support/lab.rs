@@ -175,7 +175,7 @@ impl Lab {
 
 impl Lab {
     /// `seedcore -c .lab/seedcore.toml ARGS...`, the binary under test, with
-    /// `HEAD_IP_OVERRIDE` removed from its environment and stdin closed (not a terminal).
+    /// `HEAD_IP_OVERRIDE` and `SEEDCORE_ENV` removed from its environment and stdin closed (not a terminal).
     pub fn seedcore_command(&self, args: &[&str]) -> Command {
         self.seedcore_command_with(&self.config_path(), args)
     }
@@ -187,6 +187,7 @@ impl Lab {
             .arg(config)
             .args(args)
             .env_remove("HEAD_IP_OVERRIDE")
+            .env_remove("SEEDCORE_ENV")
             .env("NO_COLOR", "1")
             .current_dir(&self.root)
             .stdin(Stdio::null());
