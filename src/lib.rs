@@ -12,6 +12,7 @@ pub mod apply;
 pub mod audit;
 pub mod checks;
 pub mod cli;
+pub mod compat;
 pub mod config;
 pub mod engine;
 pub mod interrupt;

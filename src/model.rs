@@ -538,6 +538,9 @@ pub struct ObservedState {
     /// node ID and in all, asked of the head's state API; `None`: unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub work: Option<ClusterWork>,
+    /// The Ray version in each node image, where it could be learnt.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ray_versions: BTreeMap<String, String>,
     /// When it was observed (seconds since the epoch), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_at: Option<i64>,
@@ -701,6 +704,7 @@ impl ObservedState {
             hosts: BTreeMap::new(),
             ray: None,
             work: None,
+            ray_versions: BTreeMap::new(),
             observed_at: None,
             head_secrets: Default::default(),
             sources: BTreeMap::new(),

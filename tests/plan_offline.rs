@@ -2163,3 +2163,35 @@ fn replaced_workers_roll_in_waves_each_ready_before_the_next_drains() {
     );
     assert!(p.rollouts.is_empty());
 }
+
+// ---------------------------------------------------------------------------
+// Ray versions
+
+#[test]
+fn ray_versions_outside_the_window_or_without_a_feature_are_refused() {
+    use seedcore::compat::check;
+    let image = "rayproject/ray:2.60.0".to_string();
+    let plain = desired(&[]);
+    let labelled = desired(&["workers.remote.labels.zone=rack-1"]);
+    let mut out = String::new();
+    for (what, d, version, token) in [
+        ("in the window", &plain, "2.60.0", true),
+        ("newer than tested", &plain, "2.61.1", true),
+        ("too old", &plain, "2.9.3", true),
+        ("no token auth before 2.52", &plain, "2.51.0", true),
+        ("auth off on an old Ray", &plain, "2.30.0", false),
+        ("labels before 2.49", &labelled, "2.48.0", false),
+        ("unreadable", &plain, "nightly", true),
+    ] {
+        let versions = [(image.clone(), version.to_string())].into_iter().collect();
+        let v = check(d, &versions, token);
+        out.push_str(&format!(
+            "--- {what} (Ray {version}, token auth {token})\nerrors:\n{}\nnotes:\n{}\n",
+            v.errors.join("\n"),
+            v.notes.join("\n")
+        ));
+    }
+    // Unknown versions pass.
+    assert_eq!(check(&plain, &Default::default(), true), Default::default());
+    insta::assert_snapshot!("ray_version_verdicts", out);
+}

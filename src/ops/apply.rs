@@ -168,6 +168,21 @@ pub fn make_plan(
             .collect(),
     )
     .map_err(Error::Plan)
+    .and_then(|mut plan| {
+        let verdict = crate::compat::check(
+            desired,
+            &observed.ray_versions,
+            loaded.config.cluster.auth != crate::config::Auth::None,
+        );
+        if !verdict.errors.is_empty() {
+            return Err(Error::Hosts(format!(
+                "{}\nnothing was changed",
+                verdict.errors.join("\n")
+            )));
+        }
+        plan.notes.extend(verdict.notes);
+        Ok(plan)
+    })
     .map(|mut plan| {
         plan.environment = loaded.environment.clone();
         if loaded.config.cluster.auth == crate::config::Auth::None {

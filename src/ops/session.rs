@@ -300,6 +300,7 @@ async fn open_with(
             return Err(Error::Hosts(e));
         }
     }
+    observed.ray_versions = ray_versions(&hosts, &observed, &desired).await;
     Ok((hosts, observed, desired))
 }
 
@@ -524,6 +525,55 @@ async fn listeners(conn: &Connection) -> std::result::Result<Vec<crate::checks::
 }
 
 /// Ray's node list from this cluster's head, when its container runs.
+/// The Ray version in each node image: from the cache by image ID, else
+/// from a throwaway container on an engine that has the image.
+async fn ray_versions(
+    hosts: &Hosts,
+    observed: &ObservedState,
+    desired: &DesiredState,
+) -> BTreeMap<String, String> {
+    let cache = crate::compat::cached();
+    let mut learnt = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    let mut images: Vec<&str> = desired.nodes.iter().map(|n| n.image.as_str()).collect();
+    images.sort();
+    images.dedup();
+    for image in images {
+        let on_host = observed.hosts.iter().find_map(|(h, o)| {
+            let id = o.images.as_ref()?.get(image).cloned().flatten()?;
+            (o.reachable && hosts.connections.contains_key(h)).then(|| (Some(h.clone()), id))
+        });
+        let local = || {
+            observed
+                .sources
+                .get(image)
+                .filter(|s| s.from.is_none() && !s.id.is_empty())
+                .map(|s| (None, s.id.clone()))
+        };
+        let Some((host, id)) = on_host.or_else(local) else {
+            continue;
+        };
+        if let Some(v) = cache.get(&id) {
+            out.insert(image.to_string(), v.clone());
+            continue;
+        }
+        let docker = match &host {
+            Some(h) => hosts.connections.get(h).map(|c| &c.backend.docker),
+            None => hosts.source.as_ref().map(|s| &s.docker),
+        };
+        let Some(docker) = docker else { continue };
+        if let Ok(v) = crate::compat::probe(docker, &id).await {
+            let v = crate::model::excerpt(&v, 40);
+            if crate::compat::RayVersion::parse(&v).is_some() {
+                learnt.insert(id, v.clone());
+            }
+            out.insert(image.to_string(), v);
+        }
+    }
+    crate::compat::remember(&learnt);
+    out
+}
+
 /// What runs on the cluster, when its head answers (`None`: unknown).
 async fn ray_work(
     hosts: &Hosts,
