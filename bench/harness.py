@@ -494,7 +494,7 @@ def containers_snapshot(filter_):
     for k in (1, 2, 3):
         rc, out = ssh_out(host_ip(k), "for c in $(docker ps -aq %s); do docker inspect -f "
                           "'{{.Name}} {{.Id}} {{.State.StartedAt}} {{.RestartCount}}' $c; done" % filter_)
-        snap[host_ip(k)] = sorted(out.split("\n")) if rc == 0 else None
+        snap[host_ip(k)] = sorted(l for l in out.split("\n") if l.strip()) if rc == 0 else None
     return snap
 
 
