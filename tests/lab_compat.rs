@@ -136,3 +136,43 @@ fn a_cluster_of_the_oldest_supported_ray_applies_reports_and_is_destroyed() {
         assert!(left.is_empty(), "labhost{k} keeps {left:?}");
     }
 }
+
+/// Both engine generations in one cluster: the plan names each; a worker killed on the
+/// newer engine (whose restart-policy handling of `docker kill` differs across versions)
+/// is brought back by the next apply, and the cluster is whole again.
+#[test]
+fn a_cluster_across_two_engine_generations_is_planned_and_repaired() {
+    let _serial = serial();
+    let lab = Lab::require();
+    let _restore = OnDrop(|| restore(&lab));
+    lab.seedcore(&["apply", "--auto-approve"]).expect_ok();
+    let plan = lab.seedcore(&["plan"]);
+    plan.expect_ok();
+    let version = |k: usize| {
+        lab.docker_ok(k, &["version", "--format", "{{.Server.Version}}"])
+            .trim()
+            .to_string()
+    };
+    let (v1, v2) = (version(1), version(2));
+    assert_ne!(
+        v1.split('.').next(),
+        v2.split('.').next(),
+        "the default lab mixes engine generations (labhost1 {v1}, labhost2 {v2})"
+    );
+    assert_contains(&plan, &format!("10.77.0.11  Docker {v1}"));
+    assert_contains(&plan, &format!("10.77.0.12  Docker {v2}"));
+
+    let worker = "seedlab-ray-local-10.77.0.11-1";
+    lab.docker_ok(1, &["kill", worker]);
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let state = lab.container(1, worker).expect("the killed worker's container");
+    eprintln!(
+        "Docker {v1} after `docker kill` of an unless-stopped container: {} (restarts {})",
+        state.status, state.restart_count
+    );
+    let apply = lab.seedcore(&["apply", "--auto-approve"]);
+    apply.expect_ok();
+    let status = lab.seedcore(&["status"]);
+    status.expect_ok();
+    assert_contains(&status, "The cluster is whole.");
+}
