@@ -273,11 +273,15 @@ async fn open_with(
             return Err(Error::Config(loaded.source.errors(errors)));
         }
     };
-    observed.ray = ray_view(&hosts, &observed, &desired).await;
-    if observed.ray.is_some() {
-        observed.work = ray_work(&hosts, &observed, &desired).await;
-    }
-    observed.head_secrets = match head_secrets(&hosts, &observed, &desired).await {
+    // Three questions to the head, at once: Ray's nodes, its work, its secrets.
+    let (ray, work, secrets) = tokio::join!(
+        ray_view(&hosts, &observed, &desired),
+        ray_work(&hosts, &observed, &desired),
+        head_secrets(&hosts, &observed, &desired)
+    );
+    observed.work = ray.as_ref().and(work);
+    observed.ray = ray;
+    observed.head_secrets = match secrets {
         Ok(found) => found,
         Err(e) => {
             hosts.close().await;
