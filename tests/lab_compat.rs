@@ -56,7 +56,11 @@ fn lab_ray_version() -> String {
         ])
         .output()
         .expect("docker run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -79,7 +83,11 @@ fn the_plan_names_the_ray_version_and_refuses_one_outside_the_window() {
         .args(["-c", &script])
         .output()
         .expect("docker build");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let image = format!("cluster.image={TOO_OLD}");
     let refused = lab.seedcore(&["plan", "--set", &image]);
     refused.expect_code(1);
@@ -89,7 +97,10 @@ fn the_plan_names_the_ray_version_and_refuses_one_outside_the_window() {
     );
     assert_contains(&refused, "nothing was changed");
     // Refused before any host was touched: the base cluster still runs the lab image.
-    let running = lab.docker_ok(1, &["inspect", "-f", "{{.Config.Image}}", "seedlab-ray-head"]);
+    let running = lab.docker_ok(
+        1,
+        &["inspect", "-f", "{{.Config.Image}}", "seedlab-ray-head"],
+    );
     assert_eq!(running.trim(), "seedcore-ray:lab");
 }
 
@@ -127,7 +138,10 @@ fn a_cluster_of_the_oldest_supported_ray_applies_reports_and_is_destroyed() {
     ] {
         assert_contains(&status, node);
     }
-    let image = lab.docker_ok(1, &["inspect", "-f", "{{.Config.Image}}", "seedlab-ray-head"]);
+    let image = lab.docker_ok(
+        1,
+        &["inspect", "-f", "{{.Config.Image}}", "seedlab-ray-head"],
+    );
     assert_eq!(image.trim(), OLDEST);
     let destroy = with(&["destroy", "--auto-approve"]);
     destroy.expect_ok();
@@ -165,7 +179,9 @@ fn a_cluster_across_two_engine_generations_is_planned_and_repaired() {
     let worker = "seedlab-ray-local-10.77.0.11-1";
     lab.docker_ok(1, &["kill", worker]);
     std::thread::sleep(std::time::Duration::from_secs(5));
-    let state = lab.container(1, worker).expect("the killed worker's container");
+    let state = lab
+        .container(1, worker)
+        .expect("the killed worker's container");
     eprintln!(
         "Docker {v1} after `docker kill` of an unless-stopped container: {} (restarts {})",
         state.status, state.restart_count
