@@ -9,32 +9,13 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+mod support;
+use support::cli::{run, seedcore};
+
 const BIN: &str = env!("CARGO_BIN_EXE_seedcore");
 const EXAMPLE: &str = "examples/seedcore.toml";
 const CONVERGED: &str = "fixtures/observed/converged.json";
 const EMPTY: &str = "fixtures/observed/empty.json";
-
-/// The `seedcore` binary with no ambient override or colour setting.
-fn seedcore() -> assert_cmd::Command {
-    let mut cmd = assert_cmd::Command::new(BIN);
-    cmd.env_remove("HEAD_IP_OVERRIDE").env_remove("NO_COLOR");
-    cmd
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(cmd: &mut assert_cmd::Command) -> Run {
-    let out = cmd.output().expect("the binary runs");
-    Run {
-        code: out.status.code().expect("an exit code, not a signal"),
-        stdout: String::from_utf8(out.stdout).expect("UTF-8 stdout"),
-        stderr: String::from_utf8(out.stderr).expect("UTF-8 stderr"),
-    }
-}
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -8,34 +8,13 @@ use seedcore::config::{self, Override, Selection};
 use seedcore::model::DesiredState;
 use std::path::Path;
 
+mod support;
+use support::cli::{run, seedcore};
+
 const ENVS: &str = "fixtures/config/environments/seedcore.toml";
 const BAD: &str = "fixtures/config/environments/bad_overlay.toml";
 const EMPTY: &str = "fixtures/observed/empty.json";
 const EXAMPLE: &str = "examples/seedcore.toml";
-
-/// The `seedcore` binary with no ambient override, environment or colour.
-fn seedcore() -> assert_cmd::Command {
-    let mut cmd = assert_cmd::Command::new(env!("CARGO_BIN_EXE_seedcore"));
-    cmd.env_remove("HEAD_IP_OVERRIDE")
-        .env_remove("NO_COLOR")
-        .env_remove(config::ENV_VAR);
-    cmd
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(cmd: &mut assert_cmd::Command) -> Run {
-    let out = cmd.output().expect("the binary runs");
-    Run {
-        code: out.status.code().expect("an exit code, not a signal"),
-        stdout: String::from_utf8(out.stdout).expect("UTF-8 stdout"),
-        stderr: String::from_utf8(out.stderr).expect("UTF-8 stderr"),
-    }
-}
 
 fn desired(env: Option<&str>) -> DesiredState {
     let selection = env.map(Selection::flag);

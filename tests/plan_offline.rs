@@ -23,6 +23,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+mod support;
+use support::cli::{run, seedcore};
+
 const EXAMPLE: &str = "examples/seedcore.toml";
 const EMPTY: &str = "fixtures/observed/empty.json";
 const CONVERGED: &str = "fixtures/observed/converged.json";
@@ -42,28 +45,6 @@ const REMOTE_HOST_2: &str = "172.31.20.12";
 
 // ---------------------------------------------------------------------------
 // Helpers
-
-/// The `seedcore` binary with no ambient override or colour setting.
-fn seedcore() -> assert_cmd::Command {
-    let mut cmd = assert_cmd::Command::new(env!("CARGO_BIN_EXE_seedcore"));
-    cmd.env_remove("HEAD_IP_OVERRIDE").env_remove("NO_COLOR");
-    cmd
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(cmd: &mut assert_cmd::Command) -> Run {
-    let out = cmd.output().expect("the binary runs");
-    Run {
-        code: out.status.code().expect("an exit code, not a signal"),
-        stdout: String::from_utf8(out.stdout).expect("UTF-8 stdout"),
-        stderr: String::from_utf8(out.stderr).expect("UTF-8 stderr"),
-    }
-}
 
 /// The example configuration with `--set` overrides, loaded and lowered.
 fn example(sets: &[&str]) -> (Loaded, DesiredState) {

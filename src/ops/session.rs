@@ -369,7 +369,7 @@ async fn push_sources(
                 }
                 continue;
             }
-            Err(why) => match relay_for(hosts, observed, &image) {
+            Err(why) => match host_with_image(hosts, observed, &image) {
                 Some((host, id)) => (id, Some(host)),
                 None => {
                     return Err(format!(
@@ -423,9 +423,14 @@ async fn push_sources(
     Ok(())
 }
 
-/// A reachable cluster host that has `image` (the first in name order), to
-/// push it from when this machine lacks it.
-fn relay_for(hosts: &Hosts, observed: &ObservedState, image: &str) -> Option<(HostName, String)> {
+/// A reachable cluster host that has `image` (the first in name order), with
+/// its ID there: to push it from when this machine lacks it, or to ask it its
+/// Ray version.
+fn host_with_image(
+    hosts: &Hosts,
+    observed: &ObservedState,
+    image: &str,
+) -> Option<(HostName, String)> {
     observed.hosts.iter().find_map(|(h, o)| {
         let id = o.images.as_ref()?.get(image).cloned().flatten()?;
         (o.reachable && hosts.connections.contains_key(h)).then(|| (h.clone(), id))
@@ -536,17 +541,17 @@ async fn ray_versions(
     observed: &ObservedState,
     desired: &DesiredState,
 ) -> BTreeMap<String, String> {
-    let cache = crate::compat::cached();
+    // The cache is a small file; read and written off the async runtime.
+    let cache = tokio::task::spawn_blocking(crate::compat::cached)
+        .await
+        .unwrap_or_default();
     let mut learnt = BTreeMap::new();
     let mut out = BTreeMap::new();
     let mut images: Vec<&str> = desired.nodes.iter().map(|n| n.image.as_str()).collect();
     images.sort();
     images.dedup();
     for image in images {
-        let on_host = observed.hosts.iter().find_map(|(h, o)| {
-            let id = o.images.as_ref()?.get(image).cloned().flatten()?;
-            (o.reachable && hosts.connections.contains_key(h)).then(|| (Some(h.clone()), id))
-        });
+        let on_host = host_with_image(hosts, observed, image).map(|(h, id)| (Some(h), id));
         let local = || {
             observed
                 .sources
@@ -574,7 +579,7 @@ async fn ray_versions(
             out.insert(image.to_string(), v);
         }
     }
-    crate::compat::remember(&learnt);
+    let _ = tokio::task::spawn_blocking(move || crate::compat::remember(&learnt)).await;
     out
 }
 
@@ -613,17 +618,8 @@ async fn ray_view(
 ) -> Option<Vec<crate::ray::RayNode>> {
     let head = desired.head();
     let conn = hosts.connections.get(&head.host)?;
-    let container = observed
-        .hosts
-        .get(&head.host)?
-        .containers
-        .iter()
-        .find(|c| {
-            c.name == head.name.0
-                && c.is_running()
-                && ownership::owner(&desired.cluster, c) == ownership::Owner::Ours
-        })?;
-    crate::ray::nodes(&conn.backend, &container.id, head)
+    let container = running_head(observed, desired)?;
+    crate::ray::nodes(&conn.backend, &container, head)
         .await
         .ok()
 }

@@ -2,4 +2,5 @@
 //! Each test crate uses only part of it, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod lab;
