@@ -27,6 +27,7 @@ pub mod preflight;
 pub mod ray;
 pub mod render;
 pub mod secrets;
+pub mod timings;
 pub mod topology;
 pub mod transfer;
 pub mod transport;

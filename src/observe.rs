@@ -63,7 +63,10 @@ pub async fn observe<B: DockerBackend>(
     let hosts: Vec<(HostName, HostObservation)> = stream::iter(backends.iter())
         .map(|(host, backend)| async move {
             let obs = match backend {
-                Ok(b) => observe_host(*b, desired, host).await,
+                Ok(b) => {
+                    crate::timings::span(host.as_str(), "observed", observe_host(*b, desired, host))
+                        .await
+                }
                 Err(why) => unreachable_host(why.clone()),
             };
             (host.clone(), obs)

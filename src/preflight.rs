@@ -76,7 +76,13 @@ pub async fn run(
                 .get(h)
                 .cloned()
                 .unwrap_or_else(|| Err("its sockets were not listed".to_string()));
-            let containers = conn.backend.all_containers().await.unwrap_or_default();
+            let containers = crate::timings::span(
+                h.as_str(),
+                "containers listed (preflight)",
+                conn.backend.all_containers(),
+            )
+            .await
+            .unwrap_or_default();
             Some((
                 h.clone(),
                 HostFacts {
@@ -264,6 +270,7 @@ async fn reachability(
         let args: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
         let mut argv: Vec<&str> = vec!["python3", "-c", LISTENER];
         argv.extend(args.iter().map(String::as_str));
+        let started = crate::timings::now();
         match conn.spawn_on_host(&argv).await {
             Some(mut child) => {
                 // Wait for `ready` (and note the ports it could not bind).
@@ -296,6 +303,7 @@ async fn reachability(
                         not_probed.insert(((*host).clone(), *p));
                     }
                 }
+                crate::timings::record(host.as_str(), "test listener started", started);
                 children.push(child);
             }
             None => {
@@ -330,7 +338,12 @@ async fn reachability(
             ports.dedup();
             let mut argv: Vec<&str> = vec!["sh", "-c", CONNECT, "sh", address];
             argv.extend(ports.iter().map(String::as_str));
-            let out = conn.run_on_host(&argv, None).await;
+            let out = crate::timings::span(
+                from.as_str(),
+                "connections probed",
+                conn.run_on_host(&argv, None),
+            )
+            .await;
             let text = out
                 .as_ref()
                 .map(|o| String::from_utf8_lossy(&o.stdout).to_string())

@@ -313,27 +313,37 @@ impl Transport {
         if host.is_local() {
             return self.connect_local(host).await;
         }
-        let session = self.open_session(host).await?;
+        let session =
+            crate::timings::span(host.as_str(), "ssh handshake", self.open_session(host)).await?;
         let forward_dir = tempfile::Builder::new()
             .prefix("f")
             .tempdir_in(&self.control_dir)
             .map_err(|e| self.other(host, format!("cannot create a socket directory: {e}")))?;
         let local = forward_dir.path().join("docker.sock");
-        session
-            .request_port_forward(
+        crate::timings::span(
+            host.as_str(),
+            "docker socket forwarded",
+            session.request_port_forward(
                 ForwardType::Local,
                 local.clone(),
                 PathBuf::from(REMOTE_DOCKER_SOCKET),
-            )
-            .await
-            .map_err(|e| self.other(host, format!("cannot forward the Docker socket: {e}")))?;
+            ),
+        )
+        .await
+        .map_err(|e| self.other(host, format!("cannot forward the Docker socket: {e}")))?;
         let docker = bollard::Docker::connect_with_socket(
             &local.display().to_string(),
             ENGINE_TIMEOUT_SECS,
             bollard::API_DEFAULT_VERSION,
         )
         .map_err(|e| self.other(host, e.to_string()))?;
-        let docker = match docker.negotiate_version().await {
+        let docker = match crate::timings::span(
+            host.as_str(),
+            "engine version negotiated",
+            docker.negotiate_version(),
+        )
+        .await
+        {
             Ok(d) => d,
             Err(e) => {
                 let err = self.diagnose_socket(host, &session, e.to_string()).await;
@@ -342,7 +352,13 @@ impl Transport {
             }
         };
         let backend = EngineBackend { docker };
-        let engine = match self.check_engine(host, &backend).await {
+        let engine = match crate::timings::span(
+            host.as_str(),
+            "engine described",
+            self.check_engine(host, &backend),
+        )
+        .await
+        {
             Ok(e) => e,
             Err(e) => {
                 let _ = session.close().await;

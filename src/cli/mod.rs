@@ -54,7 +54,8 @@ pub struct Cli {
     #[arg(short = 'q', long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
     /// More progress detail on stderr: `-v` every step event on its own line,
-    /// with the time each phase took; `-vv` also each step's host and its whole error.
+    /// with the time each phase took; `-vv` also each step's host and its whole error,
+    /// and at the end where the time went, per host and phase.
     #[arg(short = 'v', long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     #[command(subcommand)]
@@ -313,10 +314,14 @@ fn user<E: std::fmt::Display>(e: E) -> UserError {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     use clap::{CommandFactory, FromArgMatches};
+    // Timings (`-vv`) count from here.
+    crate::timings::now();
     let matches = Cli::command().get_matches();
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     cli.env_from_var = matches.value_source("env") == Some(clap::parser::ValueSource::EnvVariable);
-    match run(cli) {
+    let result = run(cli);
+    print_timings();
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let mut err = std::io::stderr();
@@ -331,6 +336,19 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// With `-vv`: where the time went (see `timings`), on stderr.
+fn print_timings() {
+    let spans = crate::timings::take();
+    if spans.is_empty() {
+        return;
+    }
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "Timings (seconds since seedcore started):");
+    for line in crate::timings::render(&spans) {
+        let _ = writeln!(err, "  {line}");
+    }
+}
+
 /// How much seedcore tells on stderr (`-q`, `-v`, `-vv`); data on stdout and
 /// errors are never silenced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -341,7 +359,8 @@ pub enum Verbosity {
     Normal,
     /// `-v`: every step event on its own line, and each phase's time.
     Verbose,
-    /// `-vv`: also each step's host, and a failed step's whole error.
+    /// `-vv`: also each step's host, a failed step's whole error, and where
+    /// the time went (per host and phase, at the end).
     Debug,
 }
 
@@ -386,6 +405,9 @@ pub fn run(cli: Cli) -> Result<u8> {
         (false, 1) => Verbosity::Verbose,
         (false, _) => Verbosity::Debug,
     });
+    if verbosity() >= Verbosity::Debug {
+        crate::timings::enable();
+    }
     let style = Style {
         color: use_color(
             cli.color,

@@ -128,9 +128,19 @@ pub async fn check(
 pub async fn plan_live(loaded: &Loaded, fresh: &DesiredState, scope: &Scope) -> Result<Plan> {
     let (hosts, observed, desired) =
         session::open(loaded, fresh, scope.parallel, scope.skip_unreachable).await?;
-    let result = match make_plan(loaded, &desired, &observed, BTreeSet::new(), scope) {
+    let start = crate::timings::now();
+    let made = make_plan(loaded, &desired, &observed, BTreeSet::new(), scope);
+    crate::timings::record("", "plan made", start);
+    let result = match made {
         Ok(mut plan) => {
-            plan.preflight = Some(check(&hosts, &observed, &desired, &plan, loaded, scope).await);
+            plan.preflight = Some(
+                crate::timings::span(
+                    "",
+                    "preflight",
+                    check(&hosts, &observed, &desired, &plan, loaded, scope),
+                )
+                .await,
+            );
             Ok(plan)
         }
         Err(e) => Err(e),

@@ -62,9 +62,11 @@ impl Hosts {
         if let Some(lock) = self.lock.take() {
             lock.release().await;
         }
+        let start = crate::timings::now();
         for (_, c) in self.connections {
             c.close().await;
         }
+        crate::timings::record("", "connections closed", start);
         self.transport.cleanup();
     }
 }
@@ -203,7 +205,13 @@ async fn open_with(
         let head = &fresh.head().host;
         match hosts.connections.get(head) {
             Some(conn) if !head.is_local() => {
-                match crate::lock::acquire(conn, &fresh.cluster.name, request).await {
+                match crate::timings::span(
+                    head.as_str(),
+                    "cluster lock taken",
+                    crate::lock::acquire(conn, &fresh.cluster.name, request),
+                )
+                .await
+                {
                     Ok(held) => {
                         if let Some(old) = &held.broke {
                             hosts.lock_notes.push(format!(
@@ -229,7 +237,13 @@ async fn open_with(
         }
     }
     let lists: Vec<BTreeMap<String, Vec<HostName>>> = stream::iter(hosts.connections.values())
-        .map(|conn| memory::read(conn, &fresh.cluster.name))
+        .map(|conn| {
+            crate::timings::span(
+                conn.host.as_str(),
+                "remembered hosts read",
+                memory::read(conn, &fresh.cluster.name),
+            )
+        })
         .buffer_unordered(parallel)
         .collect()
         .await;
@@ -253,7 +267,11 @@ async fn open_with(
     // What listens on each host (and who holds it): new nodes never get
     // those ports, and preflight names the holders.
     hosts.listeners = stream::iter(hosts.connections.iter())
-        .map(|(h, conn)| async move { (h.clone(), listeners(conn).await) })
+        .map(|(h, conn)| async move {
+            let found =
+                crate::timings::span(h.as_str(), "listening sockets listed", listeners(conn)).await;
+            (h.clone(), found)
+        })
         .buffer_unordered(parallel)
         .collect()
         .await;
@@ -274,10 +292,23 @@ async fn open_with(
         }
     };
     // Three questions to the head, at once: Ray's nodes, its work, its secrets.
+    let head_host = desired.head().host.as_str();
     let (ray, work, secrets) = tokio::join!(
-        ray_view(&hosts, &observed, &desired),
-        ray_work(&hosts, &observed, &desired),
-        head_secrets(&hosts, &observed, &desired)
+        crate::timings::span(
+            head_host,
+            "Ray's nodes asked",
+            ray_view(&hosts, &observed, &desired)
+        ),
+        crate::timings::span(
+            head_host,
+            "Ray's work asked",
+            ray_work(&hosts, &observed, &desired)
+        ),
+        crate::timings::span(
+            head_host,
+            "head's secrets read",
+            head_secrets(&hosts, &observed, &desired)
+        )
     );
     observed.work = ray.as_ref().and(work);
     observed.ray = ray;
@@ -304,7 +335,12 @@ async fn open_with(
             return Err(Error::Hosts(e));
         }
     }
-    observed.ray_versions = ray_versions(&hosts, &observed, &desired).await;
+    observed.ray_versions = crate::timings::span(
+        "",
+        "Ray versions learnt",
+        ray_versions(&hosts, &observed, &desired),
+    )
+    .await;
     Ok((hosts, observed, desired))
 }
 
