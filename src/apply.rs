@@ -195,6 +195,8 @@ impl ApplyReport {
 /// Python process in the head, too heavy to run once per worker per second.
 struct Membership<'a, B: DockerBackend> {
     head: Option<(&'a B, &'a NodeSpec)>,
+    /// The Ray token the nodes get, for the dashboard's state API.
+    token: Option<&'a str>,
     cache: tokio::sync::Mutex<Option<Snapshot>>,
 }
 
@@ -222,7 +224,7 @@ impl<'a, B: DockerBackend> Membership<'a, B> {
         }
         let id = containers.lock().unwrap().get(&spec.name).cloned();
         let value = match id {
-            Some(id) => crate::ray::nodes(*head, &id, spec).await,
+            Some(id) => crate::ray::nodes(*head, &id, spec, self.token).await,
             None => Err(format!("`{}` has no container yet", spec.name)),
         };
         *cache = Some((Instant::now(), value.clone()));
@@ -265,6 +267,7 @@ pub async fn execute<B: DockerBackend>(
         reporter,
         membership: Membership {
             head: backends.get(&head.host).map(|b| (b, head)),
+            token: options.node_files.token.as_ref().map(|t| t.expose()),
             cache: tokio::sync::Mutex::new(None),
         },
         fresh_head: plan
@@ -997,6 +1000,7 @@ pub async fn wait_whole<B: DockerBackend>(
     head_container: &str,
     backends: &BTreeMap<HostName, B>,
     stale: &std::collections::BTreeSet<String>,
+    token: Option<&str>,
     timeout: Duration,
     poll: Duration,
 ) -> Result<Vec<(NodeName, String)>, String> {
@@ -1006,7 +1010,7 @@ pub async fn wait_whole<B: DockerBackend>(
         .ok_or_else(|| format!("no connection to `{}`", head.host))?;
     let deadline = Instant::now() + timeout;
     loop {
-        let missing = match crate::ray::nodes(hb, head_container, head).await {
+        let missing = match crate::ray::nodes(hb, head_container, head, token).await {
             Ok(nodes) => {
                 let fresh: Vec<crate::ray::RayNode> = nodes
                     .into_iter()

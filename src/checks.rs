@@ -7,7 +7,7 @@
 //! plan removes first), or a connection Ray needs between hosts that does not
 //! go through. Each failure names the fix.
 
-use crate::model::{excerpt, DesiredState, HostName, ObservedContainer, Role};
+use crate::model::{excerpt, DesiredState, HostName, NodeName, ObservedContainer, Role};
 use crate::ownership::{self, Owner};
 use crate::plan::{Action, Change};
 use serde::{Deserialize, Serialize};
@@ -16,7 +16,16 @@ use std::collections::BTreeMap;
 /// The script that lists a host's listening TCP sockets with their
 /// processes, then the cgroup of each process (to find its container).
 /// Constant: nothing from the configuration is pasted into it.
-pub const LISTENERS_SCRIPT: &str = "ss -ltnpH 2>/dev/null || exit 3; echo '== cgroups'; for p in $(ss -ltnpH 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do printf '%s ' \"$p\"; tr '\\n' ' ' < /proc/\"$p\"/cgroup 2>/dev/null; echo; done";
+pub const LISTENERS_SCRIPT: &str = concat!(
+    // One `ss`; the holders' cgroups read with shell builtins only (each
+    // process started on a host costs every plan).
+    "set -f; out=$(ss -ltnpH 2>/dev/null) || exit 3; printf '%s\\n' \"$out\"; echo '== cgroups'; ",
+    "seen=' '; for w in $out; do r=$w; while :; do ",
+    "case $r in *pid=*) ;; *) break ;; esac; r=${r#*pid=}; p=${r%%[!0-9]*}; ",
+    "case $seen in *\" $p \"*) continue ;; esac; seen=\"$seen$p \"; printf '%s ' \"$p\"; ",
+    "while IFS= read -r l; do printf '%s ' \"$l\"; done 2>/dev/null < \"/proc/$p/cgroup\"; echo; ",
+    "done; done; exit 0"
+);
 
 /// One listening socket on a host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -347,6 +356,8 @@ pub struct Route {
     pub to_address: String,
     pub port: u16,
     pub what: String,
+    /// The workers whose joining needs it (the head's needs every route).
+    pub nodes: Vec<NodeName>,
 }
 
 /// Every connection Ray needs: each worker host to the head's GCS, and the
@@ -357,7 +368,7 @@ pub fn routes(desired: &DesiredState) -> Vec<Route> {
     let Some(gcs) = head.ports.head.as_ref().map(|h| h.gcs) else {
         return Vec::new();
     };
-    let mut out = Vec::new();
+    let mut out: Vec<Route> = Vec::new();
     let mut hosts: Vec<&HostName> = Vec::new();
     for n in desired.nodes.iter().filter(|n| n.role == Role::Worker) {
         if n.host == head.host {
@@ -371,7 +382,14 @@ pub fn routes(desired: &DesiredState) -> Vec<Route> {
                 to_address: head.node_ip.clone(),
                 port: gcs,
                 what: "the head's GCS".to_string(),
+                nodes: Vec::new(),
             });
+        }
+        if let Some(gcs_route) = out
+            .iter_mut()
+            .find(|r| r.from == n.host && r.what == "the head's GCS")
+        {
+            gcs_route.nodes.push(n.name.clone());
         }
         for (port, what) in [
             (n.ports.node_manager, "node manager"),
@@ -385,10 +403,37 @@ pub fn routes(desired: &DesiredState) -> Vec<Route> {
                 to_address: n.node_ip.clone(),
                 port,
                 what: format!("{what} of `{}`", n.name),
+                nodes: vec![n.name.clone()],
             });
         }
     }
     out
+}
+
+/// Whether preflight must try `route`: unless the head and every worker
+/// that needs it stay as they are and Ray lists them all ALIVE (Ray's own
+/// traffic then already shows the way is open). `unchanged(node)` tells a
+/// node the plan leaves alone; `up(node)` one that Ray lists ALIVE.
+pub fn needs_probe(
+    route: &Route,
+    head: &NodeName,
+    unchanged: impl Fn(&NodeName) -> bool,
+    up: impl Fn(&NodeName) -> bool,
+) -> bool {
+    !(unchanged(head)
+        && up(head)
+        && !route.nodes.is_empty()
+        && route.nodes.iter().all(|n| unchanged(n) && up(n)))
+}
+
+/// The check for a route that was not tried: every node it serves runs
+/// unchanged and Ray lists it ALIVE.
+pub fn route_shown_by_ray(route: &Route) -> Check {
+    let mut check = route_check(route, Ok(()));
+    check
+        .detail
+        .push_str(": not tried, Ray lists the nodes on both ends ALIVE and the plan keeps them");
+    check
 }
 
 /// The check for one route's outcome.

@@ -31,18 +31,30 @@ pub fn parse(text: &str) -> Vec<HostName> {
     out
 }
 
+/// Prints every list of the cluster name's directory (`$1`, relative to the
+/// home directory), each after a line `== ID`.
+pub const READ_SCRIPT: &str = "cd \"$HOME\" 2>/dev/null || exit 0; for f in \"$1\"/*.hosts; do [ -f \"$f\" ] || continue; b=${f##*/}; printf '== %s\\n' \"${b%.hosts}\"; head -c 65536 \"$f\"; echo; done";
+
+/// The argument [`READ_SCRIPT`] takes for a cluster name.
+pub fn read_argument(name: &str) -> String {
+    dir(name)
+}
+
 /// Every list one host keeps for a cluster name, by identity.
 pub async fn read(conn: &Connection, name: &str) -> BTreeMap<String, Vec<HostName>> {
-    // Prints `== ID` before each file's lines.
-    const SCRIPT: &str = "cd \"$HOME\" 2>/dev/null || exit 0; for f in \"$1\"/*.hosts; do [ -f \"$f\" ] || continue; b=${f##*/}; printf '== %s\\n' \"${b%.hosts}\"; head -c 65536 \"$f\"; echo; done";
     let text = if conn.host.is_local() {
         read_local(name)
     } else {
-        conn.run_on_host(&["sh", "-c", SCRIPT, "sh", &dir(name)], None)
+        conn.run_on_host(&["sh", "-c", READ_SCRIPT, "sh", &dir(name)], None)
             .await
             .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
             .unwrap_or_default()
     };
+    parse_lists(&text)
+}
+
+/// Reads [`READ_SCRIPT`]'s output: each identity's list.
+pub fn parse_lists(text: &str) -> BTreeMap<String, Vec<HostName>> {
     let mut out: BTreeMap<String, Vec<HostName>> = BTreeMap::new();
     let mut current: Option<String> = None;
     let mut body = String::new();
@@ -61,7 +73,8 @@ pub async fn read(conn: &Connection, name: &str) -> BTreeMap<String, Vec<HostNam
     out
 }
 
-fn read_local(name: &str) -> String {
+/// [`READ_SCRIPT`]'s output for this machine's own lists.
+pub fn read_local(name: &str) -> String {
     let Some(home) = std::env::var_os("HOME") else {
         return String::new();
     };

@@ -618,7 +618,7 @@ pub struct HostObservation {
 }
 
 /// The host's Docker engine.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EngineInfo {
     /// Docker's engine ID: two host names with the same ID are one machine.
     #[serde(default, skip_serializing_if = "String::is_empty")]

@@ -41,6 +41,71 @@ while time.time() < end:
 /// Tries each port of `$1` at once (2 s each); prints `PORT ok` or `PORT fail`.
 const CONNECT: &str = "h=$1; shift; for p in \"$@\"; do ( if timeout 2 bash -c 'exec 3<>/dev/tcp/$0/$1' \"$h\" \"$p\" 2>/dev/null; then echo \"$p ok\"; else echo \"$p fail\"; fi ) & done; wait";
 
+/// A test listener on one host: the process (while it runs), the ports it
+/// does not answer for, and what went wrong.
+struct ListenerStart<'a> {
+    child: Option<openssh::Child<&'a openssh::Session>>,
+    not_probed: Vec<(HostName, u16)>,
+    warning: Option<String>,
+}
+
+/// Starts a test listener on `conn`'s host for `ports` and waits (5 s at
+/// most) until it says `ready`.
+async fn start_listener<'a>(
+    conn: &'a crate::transport::Connection,
+    ports: &BTreeSet<u16>,
+) -> ListenerStart<'a> {
+    let host = &conn.host;
+    let args: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
+    let mut argv: Vec<&str> = vec!["python3", "-c", LISTENER];
+    argv.extend(args.iter().map(String::as_str));
+    let all = || ports.iter().map(|p| (host.clone(), *p)).collect::<Vec<_>>();
+    let Some(mut child) = conn.spawn_on_host(&argv).await else {
+        return ListenerStart {
+            child: None,
+            not_probed: all(),
+            warning: Some(format!(
+                "could not start a test listener on `{host}`: connections to its ports {} were not checked",
+                args.join(", ")
+            )),
+        };
+    };
+    // Wait for `ready` (and note the ports it could not bind).
+    let mut ready = false;
+    let mut not_probed = Vec::new();
+    if let Some(out) = child.stdout().take() {
+        let mut lines = tokio::io::BufReader::new(out).lines();
+        let deadline = tokio::time::sleep(std::time::Duration::from_secs(5));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                line = lines.next_line() => match line {
+                    Ok(Some(l)) if l == "ready" => { ready = true; break; }
+                    Ok(Some(l)) => {
+                        if let Some(p) = l.strip_prefix("busy ").and_then(|p| p.parse().ok()) {
+                            not_probed.push((host.clone(), p));
+                        }
+                    }
+                    _ => break,
+                },
+                _ = &mut deadline => break,
+            }
+        }
+    }
+    let warning = (!ready).then(|| {
+        not_probed = all();
+        format!(
+            "could not start a test listener on `{host}` (is python3 installed?): connections to its ports {} were not checked",
+            args.join(", ")
+        )
+    });
+    ListenerStart {
+        child: Some(child),
+        not_probed,
+        warning,
+    }
+}
+
 /// What one host answered.
 struct HostFacts {
     listeners: Result<Vec<Listener>, String>,
@@ -55,6 +120,7 @@ pub async fn run(
     plan: &Plan,
     parallel: usize,
     public: bool,
+    all_routes: bool,
 ) -> Report {
     // Hosts that could not be reached (skipped with `--skip-unreachable`)
     // are not checked: the plan names them.
@@ -76,13 +142,11 @@ pub async fn run(
                 .get(h)
                 .cloned()
                 .unwrap_or_else(|| Err("its sockets were not listed".to_string()));
-            let containers = crate::timings::span(
-                h.as_str(),
-                "containers listed (preflight)",
-                conn.backend.all_containers(),
-            )
-            .await
-            .unwrap_or_default();
+            // Listed when the hosts were observed, else asked now.
+            let containers = match hosts.containers.get(h) {
+                Some(all) => all.clone(),
+                None => conn.backend.all_containers().await.unwrap_or_default(),
+            };
             Some((
                 h.clone(),
                 HostFacts {
@@ -143,6 +207,29 @@ pub async fn run(
         .into_iter()
         .filter(|r| declared.contains(&r.from) && declared.contains(&r.to))
         .collect();
+    // What the plan changes needs its routes tried; what it keeps, Ray
+    // lists ALIVE, shows them open (`seedcore check` tries them all).
+    let unchanged = |n: &crate::model::NodeName| {
+        plan.changes
+            .iter()
+            .any(|c| c.node == *n && c.action == crate::plan::Action::NoOp)
+    };
+    let up = |n: &crate::model::NodeName| {
+        let (Some(nodes), Some(spec)) = (
+            observed.ray.as_ref(),
+            desired.nodes.iter().find(|s| s.name == *n),
+        ) else {
+            return false;
+        };
+        nodes.iter().any(|r| crate::ray::is_up(r, spec))
+    };
+    let head = &desired.head().name;
+    let (routes, shown): (Vec<Route>, Vec<Route>) = routes
+        .into_iter()
+        .partition(|r| all_routes || checks::needs_probe(r, head, unchanged, up));
+    report
+        .checks
+        .extend(shown.iter().map(checks::route_shown_by_ray));
     report
         .checks
         .extend(reachability(hosts, &routes, &listening, parallel, &mut report.warnings).await);
@@ -261,61 +348,28 @@ async fn reachability(
             to_listen.entry(&r.to).or_default().insert(r.port);
         }
     }
+    // Start every listener at once, then wait for each to say `ready`.
+    let started: Vec<ListenerStart<'_>> = stream::iter(
+        to_listen
+            .iter()
+            .filter_map(|(host, ports)| Some((hosts.connections.get(*host)?, ports))),
+    )
+    .map(|(conn, ports)| {
+        crate::timings::span(
+            conn.host.as_str(),
+            "test listener started",
+            start_listener(conn, ports),
+        )
+    })
+    .buffer_unordered(parallel.max(1))
+    .collect()
+    .await;
     let mut children = Vec::new();
     let mut not_probed: BTreeSet<(HostName, u16)> = BTreeSet::new();
-    for (host, ports) in &to_listen {
-        let Some(conn) = hosts.connections.get(*host) else {
-            continue;
-        };
-        let args: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
-        let mut argv: Vec<&str> = vec!["python3", "-c", LISTENER];
-        argv.extend(args.iter().map(String::as_str));
-        let started = crate::timings::now();
-        match conn.spawn_on_host(&argv).await {
-            Some(mut child) => {
-                // Wait for `ready` (and note the ports it could not bind).
-                let mut ready = false;
-                if let Some(out) = child.stdout().take() {
-                    let mut lines = tokio::io::BufReader::new(out).lines();
-                    let deadline = tokio::time::sleep(std::time::Duration::from_secs(5));
-                    tokio::pin!(deadline);
-                    loop {
-                        tokio::select! {
-                            line = lines.next_line() => match line {
-                                Ok(Some(l)) if l == "ready" => { ready = true; break; }
-                                Ok(Some(l)) => {
-                                    if let Some(p) = l.strip_prefix("busy ").and_then(|p| p.parse().ok()) {
-                                        not_probed.insert(((*host).clone(), p));
-                                    }
-                                }
-                                _ => break,
-                            },
-                            _ = &mut deadline => break,
-                        }
-                    }
-                }
-                if !ready {
-                    warnings.push(format!(
-                        "could not start a test listener on `{host}` (is python3 installed?): connections to its ports {} were not checked",
-                        args.join(", ")
-                    ));
-                    for p in ports.iter() {
-                        not_probed.insert(((*host).clone(), *p));
-                    }
-                }
-                crate::timings::record(host.as_str(), "test listener started", started);
-                children.push(child);
-            }
-            None => {
-                warnings.push(format!(
-                    "could not start a test listener on `{host}`: connections to its ports {} were not checked",
-                    args.join(", ")
-                ));
-                for p in ports.iter() {
-                    not_probed.insert(((*host).clone(), *p));
-                }
-            }
-        }
+    for start in started {
+        not_probed.extend(start.not_probed);
+        warnings.extend(start.warning);
+        children.extend(start.child);
     }
     // Connect from each source host, all at once.
     let mut by_source: BTreeMap<(&HostName, &str), Vec<&Route>> = BTreeMap::new();

@@ -5,6 +5,7 @@
 
 use crate::engine::DockerBackend;
 use crate::model::{DesiredState, NodeName, NodeSpec};
+use std::collections::{BTreeMap, BTreeSet};
 
 pub use crate::model::RayNode;
 
@@ -102,6 +103,13 @@ pub fn parse_work(stdout: &str) -> Result<crate::model::ClusterWork, String> {
         .ok_or_else(|| format!("no JSON in the state API's answer: {}", tail(stdout, 2)))?;
     let mut work: crate::model::ClusterWork = serde_json::from_str(stdout[start..].trim())
         .map_err(|e| format!("cannot read the state API's answer: {e}"))?;
+    clean_work(&mut work);
+    Ok(work)
+}
+
+/// Keeps job names to a safe alphabet and length: they come from whoever
+/// submitted the job, and reach terminals and pull requests.
+fn clean_work(work: &mut crate::model::ClusterWork) {
     let clean = |w: &mut crate::model::NodeWork| {
         for j in &mut w.jobs {
             let kept: String = j
@@ -118,14 +126,15 @@ pub fn parse_work(stdout: &str) -> Result<crate::model::ClusterWork, String> {
     };
     clean(&mut work.all);
     work.nodes.values_mut().for_each(clean);
-    Ok(work)
 }
 
-/// Asks the head what runs on the cluster.
+/// Asks the head what runs on the cluster: the dashboard's state API through
+/// the host's loopback, else the same questions from inside the container.
 pub async fn work<B: DockerBackend>(
     head: &B,
     container: &str,
     spec: &NodeSpec,
+    token: Option<&str>,
 ) -> Result<crate::model::ClusterWork, String> {
     let port = spec
         .ports
@@ -133,6 +142,212 @@ pub async fn work<B: DockerBackend>(
         .as_ref()
         .map(|h| h.dashboard)
         .ok_or_else(|| "the head has no dashboard port".to_string())?;
+    if let Ok(lists) = state_lists(head, port, token).await {
+        return Ok(work_from(&lists));
+    }
+    work_by_exec(head, container, port).await
+}
+
+/// Ray's nodes and what runs where, in one set of state API requests (the
+/// plan asks both): the node list, or why not, and the work when known.
+pub async fn survey<B: DockerBackend>(
+    head: &B,
+    container: &str,
+    spec: &NodeSpec,
+    token: Option<&str>,
+) -> (
+    Result<Vec<RayNode>, String>,
+    Option<crate::model::ClusterWork>,
+) {
+    if let Some(port) = spec.ports.head.as_ref().map(|h| h.dashboard) {
+        if let Ok(lists) = state_lists(head, port, token).await {
+            let nodes = lists
+                .nodes
+                .iter()
+                .map(|n| serde_json::from_value::<RayNode>(n.clone()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("cannot read the state API's node list: {e}"));
+            let work = nodes.is_ok().then(|| work_from(&lists));
+            return (nodes, work);
+        }
+    }
+    let (nodes, work) = tokio::join!(nodes_by_exec(head, container, spec), async {
+        match spec.ports.head.as_ref() {
+            Some(h) => work_by_exec(head, container, h.dashboard).await.ok(),
+            None => None,
+        }
+    });
+    let work = if nodes.is_ok() { work } else { None };
+    (nodes, work)
+}
+
+/// The four lists of Ray's state API that say what runs where.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StateLists {
+    pub nodes: Vec<serde_json::Value>,
+    pub jobs: Vec<serde_json::Value>,
+    /// Live actors only.
+    pub actors: Vec<serde_json::Value>,
+    pub placement_groups: Vec<serde_json::Value>,
+}
+
+/// A state API path: at most 10,000 entries, Ray's own 10 s deadline.
+fn state_path(kind: &str, filter: &str) -> String {
+    format!("/api/v0/{kind}?limit=10000&timeout=10&detail=1{filter}")
+}
+
+/// One state API list through the head host's loopback.
+async fn state_list<B: DockerBackend>(
+    head: &B,
+    port: u16,
+    kind: &str,
+    filter: &str,
+    token: Option<&str>,
+) -> Result<Vec<serde_json::Value>, String> {
+    let (status, body) = head
+        .loopback_get(port, &state_path(kind, filter), token)
+        .await
+        .map_err(|e| e.to_string())?;
+    parse_state(status, &body)
+}
+
+/// Nodes, jobs, live actors and placement groups, asked at once.
+pub async fn state_lists<B: DockerBackend>(
+    head: &B,
+    port: u16,
+    token: Option<&str>,
+) -> Result<StateLists, String> {
+    let alive = "&filter_keys=state&filter_predicates=%3D&filter_values=ALIVE";
+    let (nodes, jobs, actors, placement_groups) = tokio::join!(
+        state_list(head, port, "nodes", "", token),
+        state_list(head, port, "jobs", "", token),
+        state_list(head, port, "actors", alive, token),
+        state_list(head, port, "placement_groups", "", token),
+    );
+    Ok(StateLists {
+        nodes: nodes?,
+        jobs: jobs?,
+        actors: actors?,
+        placement_groups: placement_groups?,
+    })
+}
+
+/// Reads one state API answer: its entries, or what the API said instead.
+pub fn parse_state(status: u16, body: &[u8]) -> Result<Vec<serde_json::Value>, String> {
+    let text = String::from_utf8_lossy(body);
+    if status != 200 {
+        return Err(format!(
+            "the state API answered HTTP {status}: {}",
+            crate::model::excerpt(text.trim(), 200)
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("cannot read the state API's answer: {e}"))?;
+    if value.get("result").and_then(serde_json::Value::as_bool) != Some(true) {
+        let msg = value
+            .get("msg")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("the state API refused");
+        return Err(crate::model::excerpt(msg, 200));
+    }
+    match value.pointer("/data/result/result") {
+        Some(serde_json::Value::Array(items)) => Ok(items.clone()),
+        _ => Err("the state API's answer holds no list".to_string()),
+    }
+}
+
+/// What runs where: a job counts on a node when its driver, one of its
+/// actors or one of its placement group bundles is there (named by its
+/// submission ID, else its job ID); actors and placement groups count on the
+/// nodes they occupy. Removed placement groups and finished jobs do not count.
+pub fn work_from(lists: &StateLists) -> crate::model::ClusterWork {
+    use crate::model::{ClusterWork, NodeWork};
+    use serde_json::Value;
+    let text = |v: Option<&Value>| -> Option<String> {
+        match v? {
+            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            Value::Null | Value::String(_) | Value::Bool(false) => None,
+            other => Some(other.to_string()),
+        }
+    };
+    let mut by_ip: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for n in &lists.nodes {
+        if n.get("state").and_then(Value::as_str) == Some("ALIVE") {
+            if let (Some(ip), Some(id)) = (text(n.get("node_ip")), text(n.get("node_id"))) {
+                by_ip.entry(ip).or_default().push(id);
+            }
+        }
+    }
+    let mut work = ClusterWork::default();
+    fn job(work: &mut ClusterWork, node: Option<String>, name: Option<&String>) {
+        if let (Some(node), Some(name)) = (node, name) {
+            let w: &mut NodeWork = work.nodes.entry(node).or_default();
+            if !w.jobs.contains(name) {
+                w.jobs.push(name.clone());
+            }
+        }
+    }
+    let mut running: BTreeMap<String, String> = BTreeMap::new();
+    for j in &lists.jobs {
+        if j.get("status").and_then(Value::as_str) != Some("RUNNING") {
+            continue;
+        }
+        let name = text(j.get("submission_id"))
+            .or_else(|| text(j.get("job_id")))
+            .unwrap_or_else(|| "?".to_string());
+        if let Some(id) = text(j.get("job_id")) {
+            running.insert(id, name.clone());
+        }
+        work.all.jobs.push(name.clone());
+        let node = text(j.get("driver_node_id")).or_else(|| {
+            let ip = text(j.pointer("/driver_info/node_ip_address"))?;
+            match by_ip.get(&ip).map(Vec::as_slice) {
+                Some([only]) => Some(only.clone()),
+                _ => None,
+            }
+        });
+        job(&mut work, node, Some(&name));
+    }
+    for a in &lists.actors {
+        work.all.actors += 1;
+        if let Some(node) = text(a.get("node_id")) {
+            work.nodes.entry(node.clone()).or_default().actors += 1;
+            let name = text(a.get("job_id")).and_then(|id| running.get(&id).cloned());
+            job(&mut work, Some(node), name.as_ref());
+        }
+    }
+    for p in &lists.placement_groups {
+        if p.get("state").and_then(Value::as_str) == Some("REMOVED") {
+            continue;
+        }
+        work.all.placement_groups += 1;
+        let mut nodes: BTreeSet<String> = BTreeSet::new();
+        for b in p
+            .get("bundles")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(node) = text(b.get("node_id")) {
+                nodes.insert(node);
+            }
+        }
+        let name = text(p.get("creator_job_id")).and_then(|id| running.get(&id).cloned());
+        for node in nodes {
+            work.nodes.entry(node.clone()).or_default().placement_groups += 1;
+            job(&mut work, Some(node), name.as_ref());
+        }
+    }
+    clean_work(&mut work);
+    work
+}
+
+/// [`work`] from inside the head's container (a Python process there).
+async fn work_by_exec<B: DockerBackend>(
+    head: &B,
+    container: &str,
+    port: u16,
+) -> Result<crate::model::ClusterWork, String> {
     let out = head
         .exec(container, &work_command(port))
         .await
@@ -158,9 +373,31 @@ pub fn parse_ray_nodes(stdout: &str) -> Result<Vec<RayNode>, String> {
         .map_err(|e| format!("cannot read `ray list nodes` output: {e}"))
 }
 
-/// Asks the head's Ray for its nodes: the dashboard's state API first, then
-/// `ray list nodes` if that fails.
+/// Asks the head's Ray for its nodes: the dashboard's state API through the
+/// host's loopback (no process started anywhere), else the same API from
+/// inside the container, else `ray list nodes` there.
 pub async fn nodes<B: DockerBackend>(
+    head: &B,
+    container: &str,
+    spec: &NodeSpec,
+    token: Option<&str>,
+) -> Result<Vec<RayNode>, String> {
+    if let Some(port) = spec.ports.head.as_ref().map(|h| h.dashboard) {
+        if let Ok(list) = state_list(head, port, "nodes", "", token).await {
+            if let Ok(nodes) = list
+                .into_iter()
+                .map(serde_json::from_value::<RayNode>)
+                .collect::<Result<Vec<_>, _>>()
+            {
+                return Ok(nodes);
+            }
+        }
+    }
+    nodes_by_exec(head, container, spec).await
+}
+
+/// [`nodes`] from inside the head's container.
+async fn nodes_by_exec<B: DockerBackend>(
     head: &B,
     container: &str,
     spec: &NodeSpec,

@@ -20,6 +20,22 @@ pub struct HeadSecrets {
     pub token: Option<Secret>,
 }
 
+impl HeadSecrets {
+    /// The Ray token to show the running head: the one it keeps in its
+    /// container (what it runs with), else the operator's (`token_file`,
+    /// `token_env`). `None` with authentication off or nothing known.
+    pub fn ray_token<'a>(&'a self, config: &'a Config) -> Option<&'a Secret> {
+        use crate::config::{Auth, TokenSource};
+        match &config.cluster.auth {
+            Auth::None => None,
+            Auth::Token(source) => self.token.as_ref().or(match source {
+                TokenSource::Given(t) => Some(t),
+                TokenSource::Generated => None,
+            }),
+        }
+    }
+}
+
 impl std::fmt::Debug for HeadSecrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HeadSecrets")

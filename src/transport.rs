@@ -10,7 +10,7 @@
 //! engine too old.
 
 use crate::config::{KnownHostsPolicy, SshConfig};
-use crate::engine::{DockerBackend, EngineBackend};
+use crate::engine::EngineBackend;
 use crate::model::{EngineInfo, HostName};
 use futures_util::stream::{self, StreamExt};
 use openssh::{ForwardType, KnownHosts, Session, SessionBuilder};
@@ -265,6 +265,130 @@ impl Connection {
     }
 }
 
+/// TCP ports on a host's own loopback (Ray's dashboard), reached through the
+/// host's SSH connection: a private local socket per port, forwarded on
+/// first use; on `local`, directly. Holds the session weakly, so closing the
+/// connection still shuts its master down.
+#[derive(Debug)]
+pub struct Loopback {
+    session: Option<std::sync::Weak<Session>>,
+    dir: PathBuf,
+    forwards: tokio::sync::Mutex<BTreeMap<u16, PathBuf>>,
+}
+
+/// The largest answer read from a host port (Ray's state API lists at most
+/// 10,000 entries of a kind).
+const MAX_HTTP_BODY: usize = 64 << 20;
+
+impl Loopback {
+    /// The loopback of this machine (a host written `local`).
+    pub fn local() -> Loopback {
+        Loopback {
+            session: None,
+            dir: PathBuf::new(),
+            forwards: Default::default(),
+        }
+    }
+
+    /// `GET path` on `port` of the host's loopback, with a bearer token when
+    /// given: the status and the body (at most 64 MiB), within `timeout`.
+    pub async fn get(
+        &self,
+        port: u16,
+        path: &str,
+        bearer: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(u16, Vec<u8>), String> {
+        let request = async {
+            match &self.session {
+                None => {
+                    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                        .await
+                        .map_err(|e| format!("cannot connect to port {port}: {e}"))?;
+                    http_get(stream, path, bearer).await
+                }
+                Some(session) => {
+                    let socket = self.forward(session, port).await?;
+                    let stream = tokio::net::UnixStream::connect(&socket)
+                        .await
+                        .map_err(|e| format!("cannot use the forwarded port {port}: {e}"))?;
+                    http_get(stream, path, bearer).await
+                }
+            }
+        };
+        tokio::time::timeout(timeout, request)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "no answer on port {port} within {}s",
+                    timeout.as_secs()
+                ))
+            })
+    }
+
+    /// The local socket forwarded to `port` on the host, set up once.
+    async fn forward(
+        &self,
+        session: &std::sync::Weak<Session>,
+        port: u16,
+    ) -> Result<PathBuf, String> {
+        let mut forwards = self.forwards.lock().await;
+        if let Some(p) = forwards.get(&port) {
+            return Ok(p.clone());
+        }
+        let session = session
+            .upgrade()
+            .ok_or_else(|| "the SSH connection is closed".to_string())?;
+        let local = self.dir.join(format!("port-{port}.sock"));
+        session
+            .request_port_forward(
+                ForwardType::Local,
+                local.clone(),
+                openssh::Socket::TcpSocket {
+                    host: "127.0.0.1".into(),
+                    port,
+                },
+            )
+            .await
+            .map_err(|e| format!("cannot forward port {port}: {}", error_chain(&e)))?;
+        forwards.insert(port, local.clone());
+        Ok(local)
+    }
+}
+
+/// One HTTP/1.1 `GET` over `stream`.
+async fn http_get<S>(stream: S, path: &str, bearer: Option<&str>) -> Result<(u16, Vec<u8>), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
+    let driver = tokio::spawn(conn);
+    let mut request = hyper::Request::get(path).header(hyper::header::HOST, "127.0.0.1");
+    if let Some(token) = bearer {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| format!("bad request: {e}"))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("no HTTP answer: {e}"))?;
+    let status = response.status().as_u16();
+    let body = http_body_util::Limited::new(response.into_body(), MAX_HTTP_BODY)
+        .collect()
+        .await
+        .map_err(|e| format!("cannot read the HTTP answer: {e}"))?
+        .to_bytes()
+        .to_vec();
+    driver.abort();
+    Ok((status, body))
+}
+
 /// Opens connections: one SSH master per host, under a short private
 /// control directory; masters left by a process that died are closed first.
 pub struct Transport {
@@ -308,19 +432,67 @@ impl Transport {
         })
     }
 
-    /// Connects to one host's engine.
+    /// Connects to one host's engine: [`Transport::open`], then
+    /// [`Transport::describe`].
     pub async fn connect(&self, host: &HostName) -> Result<Connection, TransportError> {
+        let mut conn = self.open(host).await?;
+        match self.describe(&conn).await {
+            Ok(engine) => {
+                conn.engine = engine;
+                Ok(conn)
+            }
+            Err(e) => {
+                conn.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens the SSH connection to one host and forwards its engine's socket
+    /// (nothing asked of the engine yet: its description is empty until
+    /// [`Transport::describe`]). Commands on the host can start at once.
+    pub async fn open(&self, host: &HostName) -> Result<Connection, TransportError> {
         if host.is_local() {
-            return self.connect_local(host).await;
+            if !Path::new(REMOTE_DOCKER_SOCKET).exists() {
+                return Err(TransportError {
+                    host: host.clone(),
+                    kind: TransportErrorKind::SocketMissing,
+                    detail: format!("`{REMOTE_DOCKER_SOCKET}` does not exist"),
+                    hint: "start Docker on this machine (`sudo systemctl start docker`, or `dockerd &`)"
+                        .to_string(),
+                });
+            }
+            let docker = bollard::Docker::connect_with_socket(
+                REMOTE_DOCKER_SOCKET,
+                ENGINE_TIMEOUT_SECS,
+                bollard::API_DEFAULT_VERSION,
+            )
+            .map_err(|e| self.other(host, e.to_string()))?;
+            return Ok(Connection {
+                host: host.clone(),
+                engine: EngineInfo::default(),
+                backend: EngineBackend {
+                    docker,
+                    loopback: Some(Arc::new(Loopback::local())),
+                },
+                session: None,
+                _forward_dir: None,
+            });
         }
         let session =
             crate::timings::span(host.as_str(), "ssh handshake", self.open_session(host)).await?;
-        let forward_dir = tempfile::Builder::new()
+        let forward_dir = match tempfile::Builder::new()
             .prefix("f")
             .tempdir_in(&self.control_dir)
-            .map_err(|e| self.other(host, format!("cannot create a socket directory: {e}")))?;
+        {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = session.close().await;
+                return Err(self.other(host, format!("cannot create a socket directory: {e}")));
+            }
+        };
         let local = forward_dir.path().join("docker.sock");
-        crate::timings::span(
+        let forwarded = crate::timings::span(
             host.as_str(),
             "docker socket forwarded",
             session.request_port_forward(
@@ -329,102 +501,81 @@ impl Transport {
                 PathBuf::from(REMOTE_DOCKER_SOCKET),
             ),
         )
-        .await
-        .map_err(|e| self.other(host, format!("cannot forward the Docker socket: {e}")))?;
-        let docker = bollard::Docker::connect_with_socket(
+        .await;
+        if let Err(e) = forwarded {
+            let _ = session.close().await;
+            return Err(self.other(host, format!("cannot forward the Docker socket: {e}")));
+        }
+        let docker = match bollard::Docker::connect_with_socket(
             &local.display().to_string(),
             ENGINE_TIMEOUT_SECS,
             bollard::API_DEFAULT_VERSION,
-        )
-        .map_err(|e| self.other(host, e.to_string()))?;
-        let docker = match crate::timings::span(
-            host.as_str(),
-            "engine version negotiated",
-            docker.negotiate_version(),
-        )
-        .await
-        {
+        ) {
             Ok(d) => d,
             Err(e) => {
-                let err = self.diagnose_socket(host, &session, e.to_string()).await;
                 let _ = session.close().await;
-                return Err(err);
+                return Err(self.other(host, e.to_string()));
             }
         };
-        let backend = EngineBackend { docker };
-        let engine = match crate::timings::span(
-            host.as_str(),
-            "engine described",
-            self.check_engine(host, &backend),
-        )
-        .await
-        {
-            Ok(e) => e,
-            Err(e) => {
-                let _ = session.close().await;
-                return Err(e);
-            }
+        let session = Arc::new(session);
+        let backend = EngineBackend {
+            docker,
+            loopback: Some(Arc::new(Loopback {
+                session: Some(Arc::downgrade(&session)),
+                dir: forward_dir.path().to_path_buf(),
+                forwards: Default::default(),
+            })),
         };
         Ok(Connection {
             host: host.clone(),
-            engine,
+            engine: EngineInfo::default(),
             backend,
-            session: Some(Arc::new(session)),
+            session: Some(session),
             _forward_dir: Some(forward_dir),
         })
     }
 
-    async fn connect_local(&self, host: &HostName) -> Result<Connection, TransportError> {
-        let missing = !Path::new(REMOTE_DOCKER_SOCKET).exists();
-        if missing {
-            return Err(TransportError {
-                host: host.clone(),
-                kind: TransportErrorKind::SocketMissing,
-                detail: format!("`{REMOTE_DOCKER_SOCKET}` does not exist"),
-                hint:
-                    "start Docker on this machine (`sudo systemctl start docker`, or `dockerd &`)"
-                        .to_string(),
-            });
-        }
-        let docker = bollard::Docker::connect_with_socket(
-            REMOTE_DOCKER_SOCKET,
-            ENGINE_TIMEOUT_SECS,
-            bollard::API_DEFAULT_VERSION,
-        )
-        .map_err(|e| self.other(host, e.to_string()))?;
-        let docker = docker.negotiate_version().await.map_err(|e| {
-            let text = e.to_string();
-            if text.to_ascii_lowercase().contains("permission denied") {
-                TransportError {
-                    host: host.clone(),
-                    kind: TransportErrorKind::SocketForbidden,
-                    detail: text,
-                    hint: "add your user to the `docker` group (`sudo usermod -aG docker $USER`, then log in again)".to_string(),
-                }
-            } else {
-                self.other(host, text)
-            }
-        })?;
-        let backend = EngineBackend { docker };
-        let engine = self.check_engine(host, &backend).await?;
-        Ok(Connection {
-            host: host.clone(),
-            engine,
-            backend,
-            session: None,
-            _forward_dir: None,
+    /// Asks an opened connection's engine its version (the health check)
+    /// and description, over two channels at once; refuses an engine older
+    /// than seedcore drives, and says why an engine does not answer.
+    pub async fn describe(&self, conn: &Connection) -> Result<EngineInfo, TransportError> {
+        let host = &conn.host;
+        let docker = &conn.backend.docker;
+        let (version, info) = crate::timings::span(host.as_str(), "engine asked", async {
+            tokio::join!(docker.version(), docker.info())
         })
+        .await;
+        let version = match (version, &conn.session) {
+            (Ok(v), _) => v,
+            (Err(e), Some(session)) => {
+                return Err(self.diagnose_socket(host, session, e.to_string()).await)
+            }
+            (Err(e), None) => {
+                let text = e.to_string();
+                return Err(if text.to_ascii_lowercase().contains("permission denied") {
+                    TransportError {
+                        host: host.clone(),
+                        kind: TransportErrorKind::SocketForbidden,
+                        detail: text,
+                        hint: "add your user to the `docker` group (`sudo usermod -aG docker $USER`, then log in again)".to_string(),
+                    }
+                } else {
+                    self.other(host, text)
+                });
+            }
+        };
+        let info = info.map_err(|e| self.other(host, e.to_string()))?;
+        self.check_engine(host, version, info)
     }
 
-    async fn check_engine(
+    /// The engine's description, refused when its API is older than seedcore drives.
+    fn check_engine(
         &self,
         host: &HostName,
-        backend: &EngineBackend,
+        version: bollard::models::SystemVersion,
+        info: bollard::models::SystemInfo,
     ) -> Result<EngineInfo, TransportError> {
-        let engine = backend
-            .describe()
-            .await
-            .map_err(|e| self.other(host, e.to_string()))?;
+        let engine = crate::engine::engine_info(version, info);
         let parse = |s: &str| -> Option<(u32, u32)> {
             let (a, b) = s.split_once('.')?;
             Some((a.parse().ok()?, b.parse().ok()?))

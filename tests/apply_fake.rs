@@ -370,6 +370,7 @@ async fn a_second_apply_is_a_no_op() {
         &head_id,
         &backends(&c),
         &Default::default(),
+        None,
         Duration::from_secs(1),
         Duration::from_millis(5),
     )

@@ -250,6 +250,7 @@ impl ScopeArgs {
             skip_preflight: self.skip_preflight,
             lock_timeout: std::time::Duration::ZERO,
             max_unavailable: self.max_unavailable,
+            all_routes: false,
         }
     }
 }
@@ -491,6 +492,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             let (loaded, fresh) = load(&cli.config, &overrides)?;
             let mut scope = scope.scope();
             scope.skip_preflight = false;
+            scope.all_routes = true;
             let plan = live::block_on(crate::ops::apply::plan_live(&loaded, &fresh, &scope))??;
             let report = plan.preflight.unwrap_or_default();
             write_stdout(&report.render())?;

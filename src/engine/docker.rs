@@ -10,6 +10,23 @@ use std::collections::HashMap;
 #[derive(Debug, Clone)]
 pub struct EngineBackend {
     pub docker: Docker,
+    /// The host's own loopback (Ray's dashboard), when the backend reaches
+    /// a cluster host; `None` for an engine used only for images.
+    pub loopback: Option<std::sync::Arc<crate::transport::Loopback>>,
+}
+
+/// An engine's description from its `version` and `info` answers.
+pub fn engine_info(
+    version: bollard::models::SystemVersion,
+    info: bollard::models::SystemInfo,
+) -> EngineInfo {
+    EngineInfo {
+        id: info.id.unwrap_or_default(),
+        version: version.version.unwrap_or_default(),
+        api_version: version.api_version.unwrap_or_default(),
+        cpus: info.ncpu.unwrap_or(0).max(0) as u32,
+        memory_bytes: info.mem_total.unwrap_or(0).max(0) as u64,
+    }
 }
 
 impl EngineBackend {
@@ -59,15 +76,8 @@ impl EngineBackend {
 
 impl DockerBackend for EngineBackend {
     async fn describe(&self) -> Result<EngineInfo> {
-        let version = self.docker.version().await?;
-        let info = self.docker.info().await?;
-        Ok(EngineInfo {
-            id: info.id.unwrap_or_default(),
-            version: version.version.unwrap_or_default(),
-            api_version: version.api_version.unwrap_or_default(),
-            cpus: info.ncpu.unwrap_or(0).max(0) as u32,
-            memory_bytes: info.mem_total.unwrap_or(0).max(0) as u64,
-        })
+        let (version, info) = tokio::join!(self.docker.version(), self.docker.info());
+        Ok(engine_info(version?, info?))
     }
 
     async fn all_containers(&self) -> Result<Vec<ObservedContainer>> {
@@ -79,11 +89,11 @@ impl DockerBackend for EngineBackend {
         cluster: &str,
         names: &[String],
     ) -> Result<Vec<ObservedContainer>> {
-        self.list(|name, labels| {
-            labels.get(crate::model::LABEL_CLUSTER).map(String::as_str) == Some(cluster)
-                || names.iter().any(|n| n == name)
-        })
-        .await
+        let all = self.list(|_, _| true).await?;
+        Ok(all
+            .into_iter()
+            .filter(|c| crate::observe::concerns(c, cluster, names))
+            .collect())
     }
 
     async fn image_id(&self, image: &str) -> Result<Option<String>> {
@@ -287,6 +297,21 @@ impl DockerBackend for EngineBackend {
             }
         }
         Ok(None)
+    }
+
+    async fn loopback_get(
+        &self,
+        port: u16,
+        path: &str,
+        bearer: Option<&str>,
+    ) -> Result<(u16, Vec<u8>)> {
+        let loopback = self.loopback.as_ref().ok_or_else(|| {
+            BackendError::other("this engine's host ports are not reachable from here")
+        })?;
+        loopback
+            .get(port, path, bearer, std::time::Duration::from_secs(15))
+            .await
+            .map_err(BackendError::other)
     }
 
     async fn exec(&self, container: &str, cmd: &[String]) -> Result<ExecOutput> {

@@ -693,6 +693,49 @@ impl DockerBackend for FakeBackend {
         Ok(ok(String::new()))
     }
 
+    async fn loopback_get(
+        &self,
+        port: u16,
+        path: &str,
+        bearer: Option<&str>,
+    ) -> Result<(u16, Vec<u8>)> {
+        let target = format!(":{port}");
+        self.call("get", &target, &format!(" {path}")).await?;
+        // The head's dashboard listens on the host of a running head.
+        let head = self.with(|s| {
+            s.hosts.get(&self.host).and_then(|h| {
+                h.values()
+                    .find(|c| {
+                        let joined = c.command.join(" ");
+                        c.state == "running"
+                            && joined.contains("ray start --head")
+                            && joined.contains(&format!("--dashboard-port={port}"))
+                    })
+                    .map(|c| c.files.get(crate::model::NODE_TOKEN_PATH).cloned())
+            })
+        });
+        let Some(token) = head else {
+            return Err(BackendError::other(format!(
+                "cannot use the forwarded port {port}: Connection refused"
+            )));
+        };
+        if let Some(token) = token {
+            let expected = String::from_utf8_lossy(&token).trim().to_string();
+            if bearer != Some(expected.as_str()) {
+                return Ok((401, b"Unauthorized: invalid or missing token".to_vec()));
+            }
+        }
+        let body = if path.starts_with("/api/v0/nodes") {
+            let nodes: serde_json::Value = serde_json::from_str(&self.ray_nodes_json()).unwrap();
+            serde_json::json!({"result": true, "msg": "", "data": {"result": {"result": nodes}}})
+        } else if path.starts_with("/api/v0/") {
+            serde_json::json!({"result": true, "msg": "", "data": {"result": {"result": []}}})
+        } else {
+            return Ok((404, b"Not Found".to_vec()));
+        };
+        Ok((200, body.to_string().into_bytes()))
+    }
+
     fn logs(&self, container: &str, _options: LogOptions) -> BoxStream<'static, Result<String>> {
         let (name, how) = self.resolve(container);
         let extra = self.with(|s| {

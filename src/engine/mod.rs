@@ -8,7 +8,7 @@ pub mod docker;
 #[cfg(any(test, feature = "test-support"))]
 pub mod fake;
 
-pub use docker::EngineBackend;
+pub use docker::{engine_info, EngineBackend};
 
 use crate::model::{EngineInfo, NodeSpec, ObservedContainer};
 use futures_util::stream::BoxStream;
@@ -188,6 +188,16 @@ pub trait DockerBackend: Send + Sync {
     ) -> impl Future<Output = Result<ExecOutput>> + Send;
     /// A container's log lines (stdout and stderr interleaved).
     fn logs(&self, container: &str, options: LogOptions) -> BoxStream<'static, Result<String>>;
+    /// `GET path` on `port` of the host's own loopback (Ray's dashboard, which
+    /// the head's host network puts there), with a bearer token when given:
+    /// the HTTP status and the body. Through the host's SSH connection; no
+    /// process is started on the host.
+    fn loopback_get(
+        &self,
+        port: u16,
+        path: &str,
+        bearer: Option<&str>,
+    ) -> impl Future<Output = Result<(u16, Vec<u8>)>> + Send;
 }
 
 /// Parses the exit code from Docker's status text, e.g. `Exited (137) 5 minutes ago`.

@@ -38,6 +38,8 @@ pub struct Prepared {
     pub command: &'static str,
     /// What push steps need (`image_source = "push"`).
     pub pushes: crate::apply::Pushes,
+    /// Ray's node list as observed with the plan, when the head answered.
+    pub ray: Option<Vec<crate::ray::RayNode>>,
 }
 
 /// How an executed plan ended.
@@ -97,6 +99,9 @@ pub struct Scope {
     pub lock_timeout: Duration,
     /// Overrides `rollout.max_unavailable` (`--max-unavailable`).
     pub max_unavailable: Option<crate::config::MaxUnavailable>,
+    /// Try every route between hosts (`seedcore check`), not only those the
+    /// plan's changes need.
+    pub all_routes: bool,
 }
 
 /// Runs the preflight checks for a plan against the open session (or marks
@@ -120,6 +125,7 @@ pub async fn check(
         plan,
         parallel,
         loaded.config.head.public,
+        scope.all_routes,
     )
     .await
 }
@@ -259,6 +265,7 @@ pub async fn prepare(
                 kind: Kind::Apply,
                 saved,
                 head_secrets: observed.head_secrets,
+                ray: observed.ray,
                 command: "apply",
             })
         }
@@ -296,6 +303,7 @@ pub async fn prepare_destroy(
         saved: false,
         pushes: Default::default(),
         head_secrets: observed.head_secrets,
+        ray: observed.ray,
         command: "destroy",
     })
 }
@@ -325,6 +333,7 @@ pub async fn prepare_restart(
             kind: Kind::Apply,
             saved: false,
             head_secrets: observed.head_secrets,
+            ray: observed.ray,
             command: "restart",
         }),
         Err(e) => {
@@ -335,8 +344,12 @@ pub async fn prepare_restart(
 }
 
 /// Declared nodes that run but that Ray does not list up: with nothing for
-/// Docker to change, a wedged raylet shows only here.
-pub async fn ray_gaps(prepared: &Prepared) -> Vec<(NodeName, String)> {
+/// Docker to change, a wedged raylet shows only here. Ray's list as observed
+/// with the plan moments ago, else asked again.
+pub async fn ray_gaps(prepared: &Prepared, loaded: &Loaded) -> Vec<(NodeName, String)> {
+    if let Some(nodes) = &prepared.ray {
+        return crate::ray::missing_nodes(&prepared.plan.desired(), nodes);
+    }
     let head = prepared.desired.head();
     let Some(conn) = prepared.hosts.connections.get(&head.host) else {
         return Vec::new();
@@ -350,7 +363,8 @@ pub async fn ray_gaps(prepared: &Prepared) -> Vec<(NodeName, String)> {
     else {
         return Vec::new();
     };
-    match crate::ray::nodes(&conn.backend, id, head).await {
+    let token = prepared.head_secrets.ray_token(&loaded.config);
+    match crate::ray::nodes(&conn.backend, id, head, token.map(|t| t.expose())).await {
         Ok(nodes) => crate::ray::missing_nodes(&prepared.plan.desired(), &nodes),
         Err(_) => Vec::new(),
     }
@@ -364,7 +378,7 @@ pub async fn await_gaps(
     loaded: &Loaded,
     on_waiting: &dyn Fn(usize, Duration),
 ) -> Vec<(NodeName, String)> {
-    let gaps = ray_gaps(prepared).await;
+    let gaps = ray_gaps(prepared, loaded).await;
     if gaps.is_empty() {
         return gaps;
     }
@@ -381,11 +395,13 @@ pub async fn await_gaps(
     let timeout = Duration::from_secs(loaded.config.timeouts.nodes_alive_secs);
     on_waiting(gaps.len(), timeout);
     let backends = prepared.hosts.backends();
+    let token = prepared.head_secrets.ray_token(&loaded.config);
     executor::wait_whole(
         &prepared.plan.desired(),
         id,
         &backends,
         &Default::default(),
+        token.map(|t| t.expose()),
         timeout,
         Duration::from_secs(1),
     )
@@ -489,6 +505,7 @@ pub async fn execute(
         &head_container,
         &backends,
         &report.stale_node_ids,
+        options.node_files.token.as_ref().map(|t| t.expose()),
         options.nodes_alive_timeout,
         Duration::from_secs(1),
     );

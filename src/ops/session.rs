@@ -8,7 +8,7 @@ use super::{Error, Result};
 use crate::config::Loaded;
 use crate::engine::EngineBackend;
 use crate::memory;
-use crate::model::{DesiredState, HostName, ObservedState};
+use crate::model::{DesiredState, HostName, HostObservation, ObservedContainer, ObservedState};
 use crate::observe;
 use crate::ownership;
 use crate::topology;
@@ -26,6 +26,9 @@ pub struct Hosts {
     /// Each host's listening sockets with their holders, asked once per
     /// session (lowering and preflight both read it), or why not.
     pub listeners: BTreeMap<HostName, std::result::Result<Vec<crate::checks::Listener>, String>>,
+    /// Every container of each observed host, whoever made it (preflight
+    /// names the holders of ports from it).
+    pub containers: BTreeMap<HostName, Vec<ObservedContainer>>,
     /// The cluster lock, for operations that change the cluster.
     pub lock: Option<crate::lock::Held>,
     /// Said about the lock (a stale one broken, none taken).
@@ -63,56 +66,233 @@ impl Hosts {
             lock.release().await;
         }
         let start = crate::timings::now();
-        for (_, c) in self.connections {
-            c.close().await;
-        }
+        futures_util::future::join_all(self.connections.into_values().map(Connection::close)).await;
         crate::timings::record("", "connections closed", start);
         self.transport.cleanup();
     }
 }
 
-/// Connects to every host of `hosts` not connected yet.
-async fn connect_more(all: &mut Hosts, hosts: &[HostName], parallel: usize) {
-    let todo: Vec<HostName> = hosts
-        .iter()
-        .filter(|h| !all.connections.contains_key(*h) && !all.failures.contains_key(*h))
-        .cloned()
-        .collect();
-    if todo.is_empty() {
-        return;
-    }
-    for (h, r) in all.transport.connect_all(&todo, parallel).await {
-        match r {
-            Ok(c) => {
-                all.connections.insert(h, c);
+/// What one host told in one visit, besides its connection.
+struct Visit {
+    observation: HostObservation,
+    /// Every container on the host, whoever made it.
+    containers: Vec<ObservedContainer>,
+    /// The lists of hosts it remembers for this cluster name, by identity.
+    remembered: BTreeMap<String, Vec<HostName>>,
+    listeners: std::result::Result<Vec<crate::checks::Listener>, String>,
+}
+
+/// What the head told, asked as soon as its host was observed.
+struct HeadAnswers {
+    /// The head's ports the questions went to (the plan's must be the same).
+    ports: Option<crate::model::HeadPorts>,
+    ray: Option<Vec<crate::ray::RayNode>>,
+    work: Option<crate::model::ClusterWork>,
+    secrets: std::result::Result<crate::secrets::HeadSecrets, String>,
+}
+
+/// One host's part of opening a session.
+struct Reached {
+    host: HostName,
+    connection: std::result::Result<Connection, TransportError>,
+    visit: Option<Visit>,
+    head: Option<HeadAnswers>,
+}
+
+/// The lock's part, shared by the hosts' tasks: the head's host takes it
+/// right after connecting; every host is observed only once it is settled,
+/// so that what is planned is what the lock protects.
+struct LockGate<'a> {
+    request: &'a crate::lock::Request,
+    settled: tokio::sync::watch::Sender<bool>,
+    held: tokio::sync::Mutex<Option<std::result::Result<crate::lock::Held, String>>>,
+    notes: std::sync::Mutex<Vec<String>>,
+}
+
+impl LockGate<'_> {
+    async fn take(&self, conn: Option<&Connection>, head: &HostName, cluster: &str) {
+        match conn {
+            Some(conn) if !head.is_local() => {
+                let got = crate::timings::span(
+                    head.as_str(),
+                    "cluster lock taken",
+                    crate::lock::acquire(conn, cluster, self.request),
+                )
+                .await;
+                *self.held.lock().await = Some(got.map_err(|e| e.to_string()));
             }
-            Err(e) => {
-                all.failures.insert(h, e);
-            }
+            Some(_) => self.notes.lock().unwrap().push(
+                "warning: the head runs on this machine (`local`): no cluster lock is taken"
+                    .to_string(),
+            ),
+            None => self.notes.lock().unwrap().push(format!(
+                "warning: `{head}` (the head's host) is unreachable: no cluster lock is taken"
+            )),
         }
+        self.settled.send_replace(true);
+    }
+
+    /// Waits until the lock is taken, or known not to be; `false` when
+    /// another holder has it (nothing is to be observed then).
+    async fn wait(&self) -> bool {
+        let mut rx = self.settled.subscribe();
+        let _ = rx.wait_for(|settled| *settled).await;
+        !matches!(&*self.held.lock().await, Some(Err(_)))
     }
 }
 
-/// Observes the connected hosts among `hosts` (unreachable ones recorded as such).
-async fn observe_some(
-    all: &Hosts,
-    hosts: &[HostName],
-    desired: &DesiredState,
+/// Connects to `host`, then observes it and reads what it keeps (at once);
+/// on the head's host, asks the head its questions as soon as it is observed.
+async fn reach(
+    transport: &Transport,
+    host: HostName,
+    loaded: &Loaded,
+    fresh: &DesiredState,
+    gate: Option<&LockGate<'_>>,
+    ask_head: bool,
+) -> Reached {
+    let head = &fresh.head().host;
+    let unvisited = |host: HostName, connection| Reached {
+        host,
+        connection,
+        visit: None,
+        head: None,
+    };
+    let mut conn = match transport.open(&host).await {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(gate) = gate.filter(|_| host == *head) {
+                gate.take(None, head, &fresh.cluster.name).await;
+            }
+            return unvisited(host, Err(e));
+        }
+    };
+    let ask = ask_head && host == *head;
+    // Without a lock, the host's facts are read while its engine is asked;
+    // with one, nothing is observed before the lock is settled.
+    let (described, facts) = match gate {
+        None => {
+            let (described, facts) = tokio::join!(
+                async {
+                    let engine = transport.describe(&conn).await?;
+                    let seen = observe_and_ask(&conn, engine.clone(), ask, loaded, fresh).await;
+                    Ok::<_, TransportError>((engine, seen))
+                },
+                host_facts(&conn, &fresh.cluster.name),
+            );
+            (described, facts)
+        }
+        Some(gate) => {
+            let (engine, go) = tokio::join!(transport.describe(&conn), async {
+                if host == *head {
+                    gate.take(Some(&conn), head, &fresh.cluster.name).await;
+                }
+                gate.wait().await
+            });
+            match engine {
+                Ok(engine) if !go => {
+                    conn.engine = engine;
+                    return unvisited(host, Ok(conn));
+                }
+                Ok(engine) => {
+                    let (seen, facts) = tokio::join!(
+                        observe_and_ask(&conn, engine.clone(), ask, loaded, fresh),
+                        host_facts(&conn, &fresh.cluster.name),
+                    );
+                    (Ok((engine, seen)), facts)
+                }
+                Err(e) => (Err(e), (BTreeMap::new(), Err(String::new()))),
+            }
+        }
+    };
+    let (engine, (observation, containers, answers)) = match described {
+        Ok(found) => found,
+        Err(e) => {
+            conn.close().await;
+            return unvisited(host, Err(e));
+        }
+    };
+    conn.engine = engine;
+    let (remembered, listeners) = facts;
+    Reached {
+        host,
+        connection: Ok(conn),
+        visit: Some(Visit {
+            observation,
+            containers,
+            remembered,
+            listeners,
+        }),
+        head: answers,
+    }
+}
+
+/// Observes a described host and, on the head's host (`ask`), asks the
+/// head as soon as its container is seen.
+async fn observe_and_ask(
+    conn: &Connection,
+    engine: crate::model::EngineInfo,
+    ask: bool,
+    loaded: &Loaded,
+    fresh: &DesiredState,
+) -> (HostObservation, Vec<ObservedContainer>, Option<HeadAnswers>) {
+    let host = conn.host.as_str();
+    let (observation, containers) = crate::timings::span(
+        host,
+        "observed",
+        observe::observe_described(&conn.backend, engine, fresh, &conn.host),
+    )
+    .await;
+    let answers = if ask {
+        Some(
+            crate::timings::span(
+                host,
+                "head asked",
+                head_answers(conn, &observation, loaded, fresh),
+            )
+            .await,
+        )
+    } else {
+        None
+    };
+    (observation, containers, answers)
+}
+
+/// Connects to and visits `hosts` (at most `parallel` at a time; the first
+/// is started first), recording each in `all`; returns what each told.
+async fn reach_all(
+    all: &mut Hosts,
+    hosts: Vec<HostName>,
+    loaded: &Loaded,
+    fresh: &DesiredState,
     parallel: usize,
-) -> ObservedState {
-    let mut view: BTreeMap<HostName, std::result::Result<&EngineBackend, String>> = BTreeMap::new();
-    for h in hosts {
-        match (all.connections.get(h), all.failures.get(h)) {
-            (Some(c), _) => {
-                view.insert(h.clone(), Ok(&c.backend));
+    gate: Option<&LockGate<'_>>,
+) -> (BTreeMap<HostName, Visit>, Option<HeadAnswers>) {
+    let transport = &all.transport;
+    let reached: Vec<Reached> = stream::iter(hosts)
+        .map(|h| reach(transport, h, loaded, fresh, gate, true))
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    let mut visits = BTreeMap::new();
+    let mut head = None;
+    for r in reached {
+        match r.connection {
+            Ok(c) => {
+                all.connections.insert(r.host.clone(), c);
             }
-            (None, Some(e)) => {
-                view.insert(h.clone(), Err(e.summary()));
+            Err(e) => {
+                all.failures.insert(r.host.clone(), e);
             }
-            (None, None) => {}
+        }
+        if let Some(v) = r.visit {
+            visits.insert(r.host.clone(), v);
+        }
+        if r.head.is_some() {
+            head = r.head;
         }
     }
-    observe::observe(&view, desired, parallel).await
+    (visits, head)
 }
 
 /// Connects to the declared hosts, observes them, settles the cluster's
@@ -121,6 +301,10 @@ async fn observe_some(
 /// desired state lowered with the identity and the ports running nodes keep.
 /// With `partial`, unreachable declared hosts are warned about and left out
 /// (for `destroy`); otherwise they are an error naming each with its fix.
+///
+/// Each host goes its own way, all at once: connect, then observe it and read
+/// what it keeps at the same time; the head's host then asks the head (Ray's
+/// nodes and work, its secrets) while the other hosts are still answering.
 pub async fn open(
     loaded: &Loaded,
     fresh: &DesiredState,
@@ -159,13 +343,59 @@ async fn open_with(
         connections: BTreeMap::new(),
         failures: BTreeMap::new(),
         listeners: BTreeMap::new(),
+        containers: BTreeMap::new(),
         lock: None,
         lock_notes: Vec::new(),
         source: None,
         transport,
     };
     let declared = fresh.hosts();
-    connect_more(&mut hosts, &declared, parallel).await;
+    let head_host = fresh.head().host.clone();
+    // The head's host first: with fewer slots than hosts, the others wait
+    // for its lock.
+    let mut order: Vec<HostName> = vec![head_host.clone()];
+    order.extend(declared.iter().filter(|h| **h != head_host).cloned());
+    let gate = lock.map(|request| LockGate {
+        request,
+        settled: tokio::sync::watch::Sender::new(false),
+        held: tokio::sync::Mutex::new(None),
+        notes: std::sync::Mutex::new(Vec::new()),
+    });
+    let pushed: BTreeSet<String> = fresh
+        .pushed_images_by_host()
+        .into_values()
+        .flatten()
+        .collect();
+    let ((mut visits, head), local) = tokio::join!(
+        reach_all(&mut hosts, order, loaded, fresh, parallel, gate.as_ref()),
+        async {
+            match pushed.is_empty() {
+                true => None,
+                false => Some(local_images(pushed.clone()).await),
+            }
+        }
+    );
+    if let Some(gate) = gate {
+        hosts
+            .lock_notes
+            .extend(gate.notes.into_inner().unwrap_or_default());
+        match gate.held.into_inner() {
+            Some(Ok(held)) => {
+                if let Some(old) = &held.broke {
+                    hosts.lock_notes.push(format!(
+                        "warning: took over a stale cluster lock on `{head_host}` (its holder ended without releasing it): {}",
+                        old.describe()
+                    ));
+                }
+                hosts.lock = Some(held);
+            }
+            Some(Err(text)) => {
+                hosts.close().await;
+                return Err(Error::Locked(text));
+            }
+            None => {}
+        }
+    }
     // One machine under two names would see the other name's nodes as
     // orphans and remove them.
     let mut by_engine: BTreeMap<&str, Vec<&HostName>> = BTreeMap::new();
@@ -201,58 +431,20 @@ async fn open_with(
             "{text}\nerror: the plan is incomplete: {n} host(s) could not be observed\nhint: to go on with the other hosts, pass `--skip-unreachable` (nothing on the unreachable hosts is planned or removed), or narrow the plan with `--target NODE|GROUP|HOST`"
         )));
     }
-    if let Some(request) = lock {
-        let head = &fresh.head().host;
-        match hosts.connections.get(head) {
-            Some(conn) if !head.is_local() => {
-                match crate::timings::span(
-                    head.as_str(),
-                    "cluster lock taken",
-                    crate::lock::acquire(conn, &fresh.cluster.name, request),
-                )
-                .await
-                {
-                    Ok(held) => {
-                        if let Some(old) = &held.broke {
-                            hosts.lock_notes.push(format!(
-                                "warning: took over a stale cluster lock on `{head}` (its holder ended without releasing it): {}",
-                                old.describe()
-                            ));
-                        }
-                        hosts.lock = Some(held);
-                    }
-                    Err(e) => {
-                        hosts.close().await;
-                        return Err(Error::Locked(e.to_string()));
-                    }
-                }
-            }
-            Some(_) => hosts.lock_notes.push(
-                "warning: the head runs on this machine (`local`): no cluster lock is taken"
-                    .to_string(),
-            ),
-            None => hosts.lock_notes.push(format!(
-                "warning: `{head}` (the head's host) is unreachable: no cluster lock is taken"
-            )),
-        }
+    let mut observed = ObservedState::new();
+    for h in &declared {
+        let obs = match (visits.get(h), hosts.failures.get(h)) {
+            (Some(v), _) => v.observation.clone(),
+            (None, Some(e)) => observe::unreachable_host(e.summary()),
+            (None, None) => continue,
+        };
+        observed.hosts.insert(h.clone(), obs);
     }
-    let lists: Vec<BTreeMap<String, Vec<HostName>>> = stream::iter(hosts.connections.values())
-        .map(|conn| {
-            crate::timings::span(
-                conn.host.as_str(),
-                "remembered hosts read",
-                memory::read(conn, &fresh.cluster.name),
-            )
-        })
-        .buffer_unordered(parallel)
-        .collect()
-        .await;
-    let mut observed = observe_some(&hosts, &declared, fresh, parallel).await;
     let identity = ownership::resolve(&loaded.config, &observed);
     // Hosts this cluster ran on that the configuration no longer names.
-    let mut extra: Vec<HostName> = lists
-        .iter()
-        .filter_map(|l| l.get(&identity.id))
+    let mut extra: Vec<HostName> = visits
+        .values()
+        .filter_map(|v| v.remembered.get(&identity.id))
         .flatten()
         .filter(|h| !declared.contains(h))
         .cloned()
@@ -260,28 +452,32 @@ async fn open_with(
     extra.sort();
     extra.dedup();
     if !extra.is_empty() {
-        connect_more(&mut hosts, &extra, parallel).await;
-        let more = observe_some(&hosts, &extra, fresh, parallel).await;
-        observed.hosts.extend(more.hosts);
+        let (more, _) = reach_all(&mut hosts, extra.clone(), loaded, fresh, parallel, None).await;
+        for h in &extra {
+            let obs = match (more.get(h), hosts.failures.get(h)) {
+                (Some(v), _) => v.observation.clone(),
+                (None, Some(e)) => observe::unreachable_host(e.summary()),
+                (None, None) => continue,
+            };
+            observed.hosts.insert(h.clone(), obs);
+        }
+        visits.extend(more);
     }
+    observed.observed_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs() as i64);
     // What listens on each host (and who holds it): new nodes never get
     // those ports, and preflight names the holders.
-    hosts.listeners = stream::iter(hosts.connections.iter())
-        .map(|(h, conn)| async move {
-            let found =
-                crate::timings::span(h.as_str(), "listening sockets listed", listeners(conn)).await;
-            (h.clone(), found)
-        })
-        .buffer_unordered(parallel)
-        .collect()
-        .await;
-    for (h, found) in &hosts.listeners {
-        if let (Some(o), Ok(found)) = (observed.hosts.get_mut(h), found) {
+    for (h, v) in visits {
+        if let (Some(o), Ok(found)) = (observed.hosts.get_mut(&h), &v.listeners) {
             let mut ports: Vec<u16> = found.iter().map(|l| l.port).collect();
             ports.sort();
             ports.dedup();
             o.listening = ports;
         }
+        hosts.listeners.insert(h.clone(), v.listeners);
+        hosts.containers.insert(h, v.containers);
     }
     let kept = ownership::kept_ports(&identity, &observed);
     let desired = match topology::lower(&loaded.config, &identity, &kept) {
@@ -291,38 +487,33 @@ async fn open_with(
             return Err(Error::Config(loaded.source.errors(errors)));
         }
     };
-    // Three questions to the head, at once: Ray's nodes, its work, its secrets.
-    let head_host = desired.head().host.as_str();
-    let (ray, work, secrets) = tokio::join!(
-        crate::timings::span(
-            head_host,
-            "Ray's nodes asked",
-            ray_view(&hosts, &observed, &desired)
-        ),
-        crate::timings::span(
-            head_host,
-            "Ray's work asked",
-            ray_work(&hosts, &observed, &desired)
-        ),
-        crate::timings::span(
-            head_host,
-            "head's secrets read",
-            head_secrets(&hosts, &observed, &desired)
-        )
-    );
-    observed.work = ray.as_ref().and(work);
-    observed.ray = ray;
-    observed.head_secrets = match secrets {
-        Ok(found) => found,
-        Err(e) => {
-            hosts.close().await;
-            return Err(Error::Hosts(format!(
-                "error: cannot read the Ray token and digest key the head keeps: {}\nhint: nothing was changed; run again once `{}` answers (a new token would replace every node)",
-                crate::model::excerpt(&e, 300),
-                desired.head().host
-            )));
-        }
+    // The head's answers, unless the head's ports moved with the lowering
+    // (then asked again at the right ones).
+    let head = match head {
+        Some(h) if h.ports == desired.head().ports.head => Some(h),
+        _ => match hosts.connections.get(&desired.head().host) {
+            Some(conn) => match observed.hosts.get(&desired.head().host) {
+                Some(obs) => Some(head_answers(conn, obs, loaded, &desired).await),
+                None => None,
+            },
+            None => None,
+        },
     };
+    if let Some(head) = head {
+        observed.ray = head.ray;
+        observed.work = observed.ray.as_ref().and(head.work);
+        observed.head_secrets = match head.secrets {
+            Ok(found) => found,
+            Err(e) => {
+                hosts.close().await;
+                return Err(Error::Hosts(format!(
+                    "error: cannot read the Ray token and digest key the head keeps: {}\nhint: nothing was changed; run again once `{}` answers (a new token would replace every node)",
+                    crate::model::excerpt(&e, 300),
+                    desired.head().host
+                )));
+            }
+        };
+    }
     if !desired.pushed.is_empty() {
         let building = loaded
             .config
@@ -330,7 +521,11 @@ async fn open_with(
             .build
             .is_some()
             .then(|| loaded.config.cluster.image.clone());
-        if let Err(e) = push_sources(&mut hosts, &mut observed, &desired, building).await {
+        let local = match local {
+            Some(local) => local,
+            None => local_images(BTreeSet::new()).await,
+        };
+        if let Err(e) = push_sources(&mut hosts, &mut observed, &desired, building, local).await {
             hosts.close().await;
             return Err(Error::Hosts(e));
         }
@@ -344,6 +539,123 @@ async fn open_with(
     Ok((hosts, observed, desired))
 }
 
+/// What a host keeps that concerns this cluster name, in one command: its
+/// listening sockets with their holders, then the lists of hosts it
+/// remembers. On `local`, both read here.
+async fn host_facts(
+    conn: &Connection,
+    name: &str,
+) -> (
+    BTreeMap<String, Vec<HostName>>,
+    std::result::Result<Vec<crate::checks::Listener>, String>,
+) {
+    if conn.host.is_local() {
+        let listeners = listeners_of(
+            conn.run_on_host(&["sh", "-c", crate::checks::LISTENERS_SCRIPT], None)
+                .await
+                .map(|o| {
+                    let code = o.status.code();
+                    (o.stdout, o.stderr, code)
+                }),
+        );
+        let remembered = tokio::task::spawn_blocking({
+            let name = name.to_string();
+            move || memory::read_local(&name)
+        })
+        .await
+        .unwrap_or_default();
+        return (memory::parse_lists(&remembered), listeners);
+    }
+    let script = format!(
+        "( {} ); echo \"{FACTS_MARK} $?\"; ( {} )",
+        crate::checks::LISTENERS_SCRIPT,
+        memory::READ_SCRIPT
+    );
+    let out = crate::timings::span(
+        conn.host.as_str(),
+        "host facts read",
+        conn.run_on_host(
+            &["sh", "-c", &script, "sh", &memory::read_argument(name)],
+            None,
+        ),
+    )
+    .await;
+    let Some(out) = out else {
+        return (
+            BTreeMap::new(),
+            Err("cannot run commands there".to_string()),
+        );
+    };
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (sockets, rest) = text.split_once(FACTS_MARK).unwrap_or((&text, ""));
+    let (code, remembered) = rest.split_once('\n').unwrap_or((rest, ""));
+    let code = code.trim().parse::<i32>().ok();
+    let listeners = listeners_of(Some((sockets.as_bytes().to_vec(), out.stderr, code)));
+    (memory::parse_lists(remembered), listeners)
+}
+
+/// Separates the listening sockets from the remembered hosts in
+/// [`host_facts`]'s output (never printed by `ss` or the lists' reader).
+const FACTS_MARK: &str = "==seedcore-listeners-exit";
+
+/// The listeners from [`crate::checks::LISTENERS_SCRIPT`]'s output, error
+/// output and exit code, or why not.
+fn listeners_of(
+    out: Option<(Vec<u8>, Vec<u8>, Option<i32>)>,
+) -> std::result::Result<Vec<crate::checks::Listener>, String> {
+    match out {
+        Some((stdout, _, Some(0))) => Ok(crate::checks::parse_listeners(&String::from_utf8_lossy(
+            &stdout,
+        ))),
+        Some((_, _, Some(3))) => Err("`ss` (iproute2) is not installed there".to_string()),
+        Some((_, stderr, _)) => Err(format!(
+            "listing its sockets failed: {}",
+            crate::model::excerpt(String::from_utf8_lossy(&stderr).trim(), 200)
+        )),
+        None => Err("cannot run commands there".to_string()),
+    }
+}
+
+/// The head's answers: its secrets (from its container, running or not),
+/// then, when it runs, Ray's nodes and what runs where.
+async fn head_answers(
+    conn: &Connection,
+    observation: &HostObservation,
+    loaded: &Loaded,
+    desired: &DesiredState,
+) -> HeadAnswers {
+    let spec = desired.head();
+    let mut one = ObservedState::new();
+    one.hosts.insert(spec.host.clone(), observation.clone());
+    let identity = ownership::resolve(&loaded.config, &one);
+    let container = observation.containers.iter().find(|c| {
+        c.name == spec.name.0 && ownership::owner(&identity, c) == ownership::Owner::Ours
+    });
+    let mut answers = HeadAnswers {
+        ports: spec.ports.head.clone(),
+        ray: None,
+        work: None,
+        secrets: Ok(Default::default()),
+    };
+    let Some(container) = container else {
+        return answers;
+    };
+    answers.secrets = head_secrets(conn, &container.id).await;
+    if container.is_running() {
+        let token = answers
+            .secrets
+            .as_ref()
+            .ok()
+            .and_then(|s| s.ray_token(&loaded.config))
+            .map(|t| t.expose().to_string());
+        let (nodes, work) =
+            crate::ray::survey(&conn.backend, &container.id, spec, token.as_deref()).await;
+        answers.ray = nodes.ok();
+        answers.work = work;
+    }
+    answers
+}
+
 /// This machine's Docker engine (`DOCKER_HOST=unix://...` or the default socket).
 pub fn local_engine() -> std::result::Result<crate::engine::EngineBackend, String> {
     let socket = std::env::var("DOCKER_HOST")
@@ -351,8 +663,45 @@ pub fn local_engine() -> std::result::Result<crate::engine::EngineBackend, Strin
         .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
         .unwrap_or_else(|| "/var/run/docker.sock".to_string());
     bollard::Docker::connect_with_socket(&socket, 600, bollard::API_DEFAULT_VERSION)
-        .map(|docker| crate::engine::EngineBackend { docker })
+        .map(|docker| crate::engine::EngineBackend {
+            docker,
+            loopback: None,
+        })
         .map_err(|e| format!("cannot reach this machine's Docker engine at `{socket}`: {e}"))
+}
+
+/// This machine's engine (when it has one; a cluster host that has an
+/// image stands in for it, relayed through seedcore's own sessions) and
+/// what it has of the images seedcore pushes.
+struct LocalImages {
+    engine: std::result::Result<crate::engine::EngineBackend, String>,
+    found: BTreeMap<String, std::result::Result<bollard::models::ImageInspect, String>>,
+}
+
+/// Asks this machine's engine for `images` (while the hosts are visited).
+async fn local_images(images: BTreeSet<String>) -> LocalImages {
+    let engine = match local_engine() {
+        Ok(source) => match source.docker.negotiate_version().await {
+            Ok(docker) => Ok(crate::engine::EngineBackend {
+                docker,
+                loopback: None,
+            }),
+            Err(e) => Err(format!("cannot reach this machine's Docker engine: {e}")),
+        },
+        Err(e) => Err(e),
+    };
+    let mut found = BTreeMap::new();
+    if let Ok(source) = &engine {
+        for image in images {
+            let here = source
+                .docker
+                .inspect_image(&image)
+                .await
+                .map_err(|e| e.to_string());
+            found.insert(image, here);
+        }
+    }
+    LocalImages { engine, found }
 }
 
 /// For `image_source = "push"`: the images as this machine's engine lays
@@ -362,30 +711,27 @@ async fn push_sources(
     observed: &mut ObservedState,
     desired: &DesiredState,
     building: Option<String>,
+    local: LocalImages,
 ) -> std::result::Result<(), String> {
     let hint = "hint: build or pull the image on this machine (`docker build -t IMAGE .`), or set `cluster.image_source = \"pull\"` to let each host pull it from a registry";
-    // This machine's engine, when it has one; a cluster host that has an
-    // image stands in for it (relayed through seedcore's own sessions).
-    let local = match local_engine() {
-        Ok(source) => match source.docker.negotiate_version().await {
-            Ok(docker) => Ok(crate::engine::EngineBackend { docker }),
-            Err(e) => Err(format!("cannot reach this machine's Docker engine: {e}")),
-        },
-        Err(e) => Err(e),
-    };
+    let LocalImages {
+        engine: local,
+        mut found,
+    } = local;
     let by_host = desired.pushed_images_by_host();
     let mut images: BTreeSet<String> = BTreeSet::new();
     for list in by_host.values() {
         images.extend(list.iter().cloned());
     }
     for image in images {
-        let here = match &local {
-            Ok(source) => source
+        let here = match (found.remove(&image), &local) {
+            (Some(here), _) => here,
+            (None, Ok(source)) => source
                 .docker
                 .inspect_image(&image)
                 .await
                 .map_err(|e| e.to_string()),
-            Err(e) => Err(e.clone()),
+            (None, Err(e)) => Err(e.clone()),
         };
         let (id, from) = match here {
             Ok(i) => (i.id.unwrap_or_default(), None),
@@ -502,40 +848,23 @@ fn hosts_needing(
 }
 
 /// What this cluster's head keeps (its digest key and generated token),
-/// read from its container whether it runs or not.
+/// read from its container (`id`) whether it runs or not.
 async fn head_secrets(
-    hosts: &Hosts,
-    observed: &ObservedState,
-    desired: &DesiredState,
+    conn: &Connection,
+    id: &str,
 ) -> std::result::Result<crate::secrets::HeadSecrets, String> {
     use crate::engine::DockerBackend;
     let mut found = crate::secrets::HeadSecrets::default();
-    let head = desired.head();
-    let Some(conn) = hosts.connections.get(&head.host) else {
-        return Ok(found);
-    };
-    let Some(container) = observed.hosts.get(&head.host).and_then(|o| {
-        o.containers.iter().find(|c| {
-            c.name == head.name.0 && ownership::owner(&desired.cluster, c) == ownership::Owner::Ours
-        })
-    }) else {
-        return Ok(found);
-    };
+    let (key, token) = tokio::join!(
+        conn.backend
+            .read_file(id, crate::model::NODE_DIGEST_KEY_PATH),
+        conn.backend.read_file(id, crate::model::NODE_TOKEN_PATH)
+    );
     // Only an absent file means "none": an error must not look like one.
-    if let Some(key) = conn
-        .backend
-        .read_file(&container.id, crate::model::NODE_DIGEST_KEY_PATH)
-        .await
-        .map_err(|e| e.to_string())?
-    {
+    if let Some(key) = key.map_err(|e| e.to_string())? {
         found.digest_key = (key.len() >= 16).then_some(key);
     }
-    if let Some(token) = conn
-        .backend
-        .read_file(&container.id, crate::model::NODE_TOKEN_PATH)
-        .await
-        .map_err(|e| e.to_string())?
-    {
+    if let Some(token) = token.map_err(|e| e.to_string())? {
         if let Ok(text) = String::from_utf8(token) {
             let text = text.trim().to_string();
             if !text.is_empty() {
@@ -549,27 +878,6 @@ async fn head_secrets(
     Ok(found)
 }
 
-/// A host's listening TCP sockets with their processes and containers.
-async fn listeners(conn: &Connection) -> std::result::Result<Vec<crate::checks::Listener>, String> {
-    match conn
-        .run_on_host(&["sh", "-c", crate::checks::LISTENERS_SCRIPT], None)
-        .await
-    {
-        Some(o) if o.status.success() => Ok(crate::checks::parse_listeners(
-            &String::from_utf8_lossy(&o.stdout),
-        )),
-        Some(o) if o.status.code() == Some(3) => {
-            Err("`ss` (iproute2) is not installed there".to_string())
-        }
-        Some(o) => Err(format!(
-            "listing its sockets failed: {}",
-            crate::model::excerpt(String::from_utf8_lossy(&o.stderr).trim(), 200)
-        )),
-        None => Err("cannot run commands there".to_string()),
-    }
-}
-
-/// Ray's node list from this cluster's head, when its container runs.
 /// The Ray version in each node image: from the cache by image ID, else
 /// from a throwaway container on an engine that has the image.
 async fn ray_versions(
@@ -617,45 +925,4 @@ async fn ray_versions(
     }
     let _ = tokio::task::spawn_blocking(move || crate::compat::remember(&learnt)).await;
     out
-}
-
-/// What runs on the cluster, when its head answers (`None`: unknown).
-async fn ray_work(
-    hosts: &Hosts,
-    observed: &ObservedState,
-    desired: &DesiredState,
-) -> Option<crate::model::ClusterWork> {
-    let head = desired.head();
-    let conn = hosts.connections.get(&head.host)?;
-    let container = running_head(observed, desired)?;
-    crate::ray::work(&conn.backend, &container, head).await.ok()
-}
-
-/// The ID of this cluster's running head container.
-fn running_head(observed: &ObservedState, desired: &DesiredState) -> Option<String> {
-    let head = desired.head();
-    observed
-        .hosts
-        .get(&head.host)?
-        .containers
-        .iter()
-        .find(|c| {
-            c.name == head.name.0
-                && c.is_running()
-                && ownership::owner(&desired.cluster, c) == ownership::Owner::Ours
-        })
-        .map(|c| c.id.clone())
-}
-
-async fn ray_view(
-    hosts: &Hosts,
-    observed: &ObservedState,
-    desired: &DesiredState,
-) -> Option<Vec<crate::ray::RayNode>> {
-    let head = desired.head();
-    let conn = hosts.connections.get(&head.host)?;
-    let container = running_head(observed, desired)?;
-    crate::ray::nodes(&conn.backend, &container, head)
-        .await
-        .ok()
 }

@@ -70,7 +70,14 @@ pub async fn gather(
         hosts.connections.get(&head.host),
         ours(&head.host, head.name.as_str()),
     ) {
-        (Some(c), Some(h)) => ray::nodes(&c.backend, &h.id, head).await,
+        // Asked moments ago, when the hosts were observed.
+        (Some(_), Some(_)) if observed.ray.is_some() => {
+            Ok(observed.ray.clone().unwrap_or_default())
+        }
+        (Some(c), Some(h)) => {
+            let token = observed.head_secrets.ray_token(&loaded.config);
+            ray::nodes(&c.backend, &h.id, head, token.map(|t| t.expose())).await
+        }
         (Some(_), None) => Err(format!("`{}` has no container", head.name)),
         (None, _) => Err(format!("head host `{}` unreachable", head.host)),
     };
