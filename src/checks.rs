@@ -145,6 +145,11 @@ pub struct Report {
     pub warnings: Vec<String>,
     /// Skipped with `--skip-preflight`.
     pub skipped: bool,
+    /// Routes not tried: the plan keeps the nodes on both ends and Ray lists
+    /// them ALIVE, so Ray's own traffic shows them open (`seedcore check`
+    /// tries them all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alive_in_ray: Vec<Check>,
 }
 
 impl Report {
@@ -183,6 +188,7 @@ impl Report {
         }
         out.push_str(header.trim_end());
         out.push('\n');
+        let mut shown_by_ray = false;
         for h in &self.hosts {
             let mut row = format!("  {:width$}", h.0);
             for k in Kind::ALL {
@@ -192,7 +198,16 @@ impl Report {
                     .filter(|c| c.host == *h && c.kind == k)
                     .collect();
                 let text = if cell.is_empty() {
-                    "-"
+                    if self
+                        .alive_in_ray
+                        .iter()
+                        .any(|c| c.host == *h && c.kind == k)
+                    {
+                        shown_by_ray = true;
+                        ALIVE_IN_RAY
+                    } else {
+                        "-"
+                    }
                 } else if cell.iter().all(|c| c.ok) {
                     "pass"
                 } else {
@@ -202,6 +217,11 @@ impl Report {
             }
             out.push_str(row.trim_end());
             out.push('\n');
+        }
+        if shown_by_ray {
+            out.push_str(&format!(
+                "  {ALIVE_IN_RAY}: not tried; the plan keeps the nodes on both ends and Ray lists them ALIVE (`seedcore check` tries every route)\n"
+            ));
         }
         for c in self.failures() {
             out.push_str(&format!(
@@ -220,6 +240,9 @@ impl Report {
         out
     }
 }
+
+/// A route cell whose every route was shown open by Ray rather than tried.
+const ALIVE_IN_RAY: &str = "ALIVE";
 
 /// A port a node on the host will bind, and what it is for.
 #[derive(Debug, Clone)]
@@ -426,8 +449,7 @@ pub fn needs_probe(
         && route.nodes.iter().all(|n| unchanged(n) && up(n)))
 }
 
-/// The check for a route that was not tried: every node it serves runs
-/// unchanged and Ray lists it ALIVE.
+/// The entry for a route that was not tried (see [`Report::alive_in_ray`]).
 pub fn route_shown_by_ray(route: &Route) -> Check {
     let mut check = route_check(route, Ok(()));
     check
@@ -659,5 +681,38 @@ mod port_tests {
             .fix
             .unwrap()
             .contains("allow TCP 8077 from 10.0.0.1 to 10.0.0.2"));
+    }
+
+    #[test]
+    fn only_routes_of_changing_or_unlisted_nodes_are_tried() {
+        let d = desired();
+        let r = routes(&d);
+        let head = d.head().name.clone();
+        let worker = r[1].nodes[0].clone();
+        assert_eq!(
+            r[0].nodes,
+            vec![worker.clone()],
+            "the GCS route serves the host's workers"
+        );
+        let all = |_: &NodeName| true;
+        let none = |_: &NodeName| false;
+        // Everything kept and listed ALIVE: Ray's traffic shows the way open.
+        assert!(r.iter().all(|x| !needs_probe(x, &head, all, all)));
+        // A change, or a node Ray does not list, needs the routes tried.
+        assert!(r.iter().all(|x| needs_probe(x, &head, none, all)));
+        assert!(r.iter().all(|x| needs_probe(x, &head, all, none)));
+        let head_changes = |n: &NodeName| *n != head;
+        assert!(r.iter().all(|x| needs_probe(x, &head, head_changes, all)));
+        let worker_changes = |n: &NodeName| *n != worker;
+        assert!(r.iter().all(|x| needs_probe(x, &head, worker_changes, all)));
+        let shown = route_shown_by_ray(&r[0]);
+        assert!(shown.ok);
+        assert!(
+            shown.detail.ends_with(
+                "not tried, Ray lists the nodes on both ends ALIVE and the plan keeps them"
+            ),
+            "{}",
+            shown.detail
+        );
     }
 }

@@ -227,9 +227,7 @@ pub async fn run(
     let (routes, shown): (Vec<Route>, Vec<Route>) = routes
         .into_iter()
         .partition(|r| all_routes || checks::needs_probe(r, head, unchanged, up));
-    report
-        .checks
-        .extend(shown.iter().map(checks::route_shown_by_ray));
+    report.alive_in_ray = shown.iter().map(checks::route_shown_by_ray).collect();
     report
         .checks
         .extend(reachability(hosts, &routes, &listening, parallel, &mut report.warnings).await);

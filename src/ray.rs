@@ -535,4 +535,69 @@ mod tests {
         assert!(nodes[0].is_alive());
         assert!(parse_ray_nodes("nothing").is_err());
     }
+
+    fn lists() -> StateLists {
+        let v = |s: &str| -> Vec<serde_json::Value> { serde_json::from_str(s).unwrap() };
+        StateLists {
+            nodes: v(r#"[{"node_id":"H","node_ip":"10.0.0.1","state":"ALIVE"},
+                         {"node_id":"W","node_ip":"10.0.0.2","state":"ALIVE"},
+                         {"node_id":"W2","node_ip":"10.0.0.2","state":"ALIVE"},
+                         {"node_id":"D","node_ip":"10.0.0.3","state":"DEAD"}]"#),
+            jobs: v(
+                r#"[{"job_id":"01000000","submission_id":"train-42","status":"RUNNING","driver_node_id":"H"},
+                        {"job_id":"02000000","submission_id":null,"status":"RUNNING","driver_info":{"node_ip_address":"10.0.0.1"}},
+                        {"job_id":"03000000","submission_id":"old","status":"SUCCEEDED","driver_node_id":"W"},
+                        {"job_id":"04000000","submission_id":"evil\u001b[31m$(rm)","status":"RUNNING","driver_info":{"node_ip_address":"10.0.0.2"}}]"#,
+            ),
+            actors: v(
+                r#"[{"actor_id":"a1","node_id":"W","job_id":"01000000","state":"ALIVE"},
+                          {"actor_id":"a2","node_id":"W","job_id":"01000000","state":"ALIVE"},
+                          {"actor_id":"a3","node_id":null,"job_id":"02000000","state":"ALIVE"}]"#,
+            ),
+            placement_groups: v(
+                r#"[{"placement_group_id":"p1","creator_job_id":"02000000","state":"CREATED",
+                                     "bundles":[{"node_id":"W2"},{"node_id":"W2"},{"node_id":"W"}]},
+                                    {"placement_group_id":"p2","creator_job_id":"01000000","state":"REMOVED",
+                                     "bundles":[{"node_id":"H"}]}]"#,
+            ),
+        }
+    }
+
+    #[test]
+    fn work_counts_jobs_actors_and_placement_groups_where_they_run() {
+        let work = work_from(&lists());
+        let json = serde_json::to_value(&work).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "nodes": {
+                    "H": {"jobs": ["train-42", "02000000"], "actors": 0, "placement_groups": 0},
+                    // Two actors of train-42, a bundle of job 02.
+                    "W": {"jobs": ["train-42", "02000000"], "actors": 2, "placement_groups": 1},
+                    // Both of p1's bundles count once.
+                    "W2": {"jobs": ["02000000"], "actors": 0, "placement_groups": 1}
+                },
+                // The driver on 10.0.0.2 is not pinned: two ALIVE nodes share that address.
+                "all": {"jobs": ["train-42", "02000000", "evil31mrm"], "actors": 3, "placement_groups": 1}
+            })
+        );
+    }
+
+    #[test]
+    fn state_answers_are_read_or_refused_with_what_the_api_said() {
+        let ok = br#"{"result": true, "msg": "", "data": {"result": {"total": 1, "result": [{"node_id": "a"}]}}}"#;
+        assert_eq!(parse_state(200, ok).unwrap().len(), 1);
+        let refused = br#"{"result": false, "msg": "Failed to retrieve nodes", "data": {}}"#;
+        assert_eq!(
+            parse_state(200, refused).unwrap_err(),
+            "Failed to retrieve nodes"
+        );
+        let unauthorized = parse_state(401, b"Unauthorized: missing token").unwrap_err();
+        assert_eq!(
+            unauthorized,
+            "the state API answered HTTP 401: Unauthorized: missing token"
+        );
+        assert!(parse_state(200, b"<html>").is_err());
+        assert!(parse_state(200, br#"{"result": true, "data": {}}"#).is_err());
+    }
 }

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 /// Version of the JSON plan format, `MAJOR.MINOR`: a minor bump only adds
 /// fields; a major bump means readers of another major must refuse.
-pub const JSON_FORMAT: &str = "2.1";
+pub const JSON_FORMAT: &str = "2.2";
 /// GitHub comments are limited to 65,536 characters; stay well below.
 pub const MARKDOWN_LIMIT: usize = 60_000;
 

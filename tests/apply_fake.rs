@@ -679,3 +679,62 @@ async fn local_nodes_are_matched_at_their_loopback_address() {
     // Ray reports `local` nodes at 127.0.0.1, where they advertise themselves.
     assert!(report.succeeded(), "{:?}", report.failures());
 }
+
+/// Ray is asked through the head host's loopback (the dashboard's state
+/// API, with the cluster's token), starting no process in the head; a
+/// refused request falls back to asking from inside the container.
+#[tokio::test]
+async fn ray_is_asked_over_the_hosts_loopback_with_the_token() {
+    use seedcore::engine::{ContainerFile, DockerBackend};
+    let c = cluster();
+    let (_, report, _) = apply_once(&c, &[], 8).await;
+    assert!(report.succeeded(), "{:?}", report.failures());
+    let (_, desired) = plan_for(&c, &[]).await;
+    let head_spec = desired.head();
+    let head_id = report.containers[&head_spec.name].clone();
+    let head = c.backend("10.0.0.1");
+    let asked = |from: usize| -> Vec<String> { c.journal()[from..].to_vec() };
+
+    let from = c.journal().len();
+    let (nodes, work) = seedcore::ray::survey(&head, &head_id, head_spec, None).await;
+    assert_eq!(nodes.unwrap().len(), desired.nodes.len());
+    assert!(work.is_some());
+    let lines = asked(from);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with("10.0.0.1 get :8265 /api/v0/")),
+        "{lines:#?}"
+    );
+    assert_eq!(
+        lines.len(),
+        4,
+        "nodes, jobs, actors, placement groups: {lines:#?}"
+    );
+
+    // With token authentication, the head refuses a request without it.
+    head.put_files(
+        &head_id,
+        &[ContainerFile {
+            path: seedcore::model::NODE_TOKEN_PATH.to_string(),
+            bytes: b"s3cret\n".to_vec(),
+            mode: 0o400,
+        }],
+    )
+    .await
+    .unwrap();
+    let from = c.journal().len();
+    let nodes = seedcore::ray::nodes(&head, &head_id, head_spec, Some("s3cret")).await;
+    assert_eq!(nodes.unwrap().len(), desired.nodes.len());
+    let lines = asked(from);
+    assert!(lines.iter().all(|l| !l.contains(" exec ")), "{lines:#?}");
+    let from = c.journal().len();
+    let nodes = seedcore::ray::nodes(&head, &head_id, head_spec, None).await;
+    assert_eq!(nodes.unwrap().len(), desired.nodes.len());
+    assert!(
+        asked(from)
+            .iter()
+            .any(|l| l.starts_with("10.0.0.1 exec fake-ray-head: python3 -c ")),
+        "refused over the loopback: asked from inside the head"
+    );
+}

@@ -768,7 +768,24 @@ fn a_dropped_node_manager_port_is_named_with_its_firewall_rule() {
     );
     assert_lacks(&check, "Plan:");
 
-    let plan = lab.seedcore(&["plan", "--detailed-exitcode"]);
+    // A plan that keeps the node does not try its routes: Ray lists both
+    // ends ALIVE (its own traffic shows the way); the table says so.
+    let kept = lab.seedcore(&["plan", "--detailed-exitcode"]);
+    kept.expect_code(0);
+    assert_eq!(
+        preflight_row(&kept, &ip2),
+        ["pass", "pass", "pass", "ALIVE", "ALIVE"],
+        "{}",
+        kept.stdout
+    );
+    assert_contains(&kept, "  ALIVE: not tried; the plan keeps the nodes on both ends and Ray lists them ALIVE (`seedcore check` tries every route)");
+    // A plan that replaces it tries them, and fails as check does.
+    let plan = lab.seedcore(&[
+        "plan",
+        "--detailed-exitcode",
+        "--set",
+        "workers.remote.cpus=2",
+    ]);
     plan.expect_code(1);
     assert_eq!(preflight_failures(&plan), failures);
     assert_contains(&plan, "error: preflight found 1 problem(s)");

@@ -586,11 +586,23 @@ async fn host_facts(
             Err("cannot run commands there".to_string()),
         );
     };
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (sockets, rest) = text.split_once(FACTS_MARK).unwrap_or((&text, ""));
+    parse_facts(&String::from_utf8_lossy(&out.stdout), &out.stderr)
+}
+
+/// Reads [`host_facts`]'s output: the sockets and their exit code before the
+/// mark, the remembered lists after it (what a list file holds cannot reach
+/// the sockets: it comes last).
+fn parse_facts(
+    stdout: &str,
+    stderr: &[u8],
+) -> (
+    BTreeMap<String, Vec<HostName>>,
+    std::result::Result<Vec<crate::checks::Listener>, String>,
+) {
+    let (sockets, rest) = stdout.split_once(FACTS_MARK).unwrap_or((stdout, ""));
     let (code, remembered) = rest.split_once('\n').unwrap_or((rest, ""));
     let code = code.trim().parse::<i32>().ok();
-    let listeners = listeners_of(Some((sockets.as_bytes().to_vec(), out.stderr, code)));
+    let listeners = listeners_of(Some((sockets.as_bytes().to_vec(), stderr.to_vec(), code)));
     (memory::parse_lists(remembered), listeners)
 }
 
@@ -925,4 +937,41 @@ async fn ray_versions(
     }
     let _ = tokio::task::spawn_blocking(move || crate::compat::remember(&learnt)).await;
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_facts_split_into_sockets_and_remembered_hosts() {
+        let out = format!(
+            "LISTEN 0 4096 0.0.0.0:6380 0.0.0.0:* users:((\"gcs_server\",pid=77,fd=9))\n== cgroups\n77 0::/docker/{id}\n{FACTS_MARK} 0\n== abc123\n10.0.0.2\n10.0.0.3\n\n== other\n{FACTS_MARK} 0\nLISTEN 0 1 0.0.0.0:1 0.0.0.0:* users:((\"forged\",pid=1,fd=1))\n",
+            id = "a".repeat(64)
+        );
+        let (remembered, listeners) = parse_facts(&out, b"");
+        let listeners = listeners.unwrap();
+        assert_eq!(listeners.len(), 1, "{listeners:?}");
+        assert_eq!((listeners[0].port, listeners[0].pid), (6380, 77));
+        assert_eq!(
+            listeners[0].container.as_deref(),
+            Some("a".repeat(64).as_str())
+        );
+        assert_eq!(
+            remembered["abc123"],
+            vec![HostName("10.0.0.2".into()), HostName("10.0.0.3".into())]
+        );
+        // A list file's forged lines are host names that do not parse: dropped.
+        assert!(remembered["other"].is_empty(), "{remembered:?}");
+        let (_, missing) = parse_facts(&format!("{FACTS_MARK} 3\n"), b"");
+        assert_eq!(
+            missing.unwrap_err(),
+            "`ss` (iproute2) is not installed there"
+        );
+        let (_, failed) = parse_facts(&format!("{FACTS_MARK} 1\n"), b"ss: boom\n");
+        assert_eq!(failed.unwrap_err(), "listing its sockets failed: ss: boom");
+        let (nothing, cut) = parse_facts("", b"");
+        assert!(nothing.is_empty());
+        assert!(cut.is_err(), "no exit code: the command was cut short");
+    }
 }
