@@ -72,7 +72,7 @@ fn two_environments_plan_two_clusters_from_one_file() {
     let (staging, prod) = (plan("staging"), plan("prod"));
     assert_eq!(staging["environment"], "staging");
     assert_eq!(prod["environment"], "prod");
-    assert_eq!(staging["format_version"], "2.1");
+    assert_eq!(staging["format_version"], "2.2");
     // Its own name (derived `BASE-ENV`, or the overlay's own), its own id.
     assert_eq!(staging["cluster"]["name"], "shop-staging");
     assert_eq!(prod["cluster"]["name"], "shop-production");

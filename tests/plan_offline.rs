@@ -228,7 +228,7 @@ fn plan_as_json_is_versioned_and_carries_the_full_argv() {
     ]));
     assert_eq!(r.code, 0, "stderr: {}", r.stderr);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("valid JSON");
-    assert_eq!(v["format_version"], "2.1");
+    assert_eq!(v["format_version"], "2.2");
     assert_eq!(
         v["summary"],
         serde_json::json!({"add": 5, "change": 0, "destroy": 0})
@@ -1826,9 +1826,27 @@ fn the_preflight_table_names_each_failure_and_its_fix() {
         checks,
         warnings: vec!["the dashboard (8265) and the Ray client server (10001) listen on every address of `172.31.17.143`".to_string()],
         skipped: false,
+        alive_in_ray: Vec::new(),
     };
     assert!(report.failed());
     insta::assert_snapshot!("preflight_table", report.render());
+    // Routes between kept nodes that Ray lists ALIVE are not tried.
+    let (tried, kept): (Vec<_>, Vec<_>) = report
+        .checks
+        .iter()
+        .cloned()
+        .partition(|c| !matches!(c.kind, checks::Kind::ToHead | checks::Kind::FromHead));
+    let kept_report = Report {
+        checks: tried,
+        alive_in_ray: kept
+            .iter()
+            .zip(routes.iter())
+            .map(|(_, r)| checks::route_shown_by_ray(r))
+            .collect(),
+        ..report.clone()
+    };
+    assert_eq!(kept_report.failures().count(), 1, "only the port held");
+    insta::assert_snapshot!("preflight_table_alive_in_ray", kept_report.render());
     assert_eq!(
         Report::skipped().render(),
         "Preflight: skipped (--skip-preflight): ports and connections were not checked.\n"
