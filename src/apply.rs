@@ -67,7 +67,10 @@ impl ApplyOptions {
             head_ready_timeout: Duration::from_secs(config.timeouts.head_ready_secs),
             nodes_alive_timeout: Duration::from_secs(config.timeouts.nodes_alive_secs),
             drain_timeout: Duration::from_secs(config.timeouts.drain_secs),
-            poll_interval: Duration::from_millis(1000),
+            // Polls are cheap: the engine's API and Ray's state API over the
+            // SSH connection; what starts a process in a container is
+            // rationed apart (see `wait_port`, `check_log`).
+            poll_interval: Duration::from_millis(250),
             ssh: ssh_prefix(&config.ssh),
             node_files: NodeFiles::default(),
             interrupt: crate::interrupt::Interrupt::new(),
@@ -97,6 +100,13 @@ pub fn ssh_prefix(ssh: &crate::config::SshConfig) -> String {
 /// the port's listening sockets (`/proc/net/tcp*`, the host's with host
 /// networking) held open by a process this container sees. A port held by
 /// another container or by the host is not this node answering.
+/// How often a wait reads Ray's own logs for a known failure.
+const LOG_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// How often a wait probes a port from inside the container while the
+/// host's loopback finds nothing listening there.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
 const LISTENS: &str = r#"import os, sys
 p = int(sys.argv[1])
 inodes = set()
@@ -718,7 +728,11 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
     /// GCS's and raylet's own logs inside its container, while the container
     /// still runs (checked every few polls).
     async fn check_log(&self, b: &B, node: &NodeName, poll: u32) -> Result<(), String> {
-        if poll % 3 != 2 {
+        // About every two seconds (at least every third poll): reading
+        // Ray's own logs starts a process in the container.
+        let every = (LOG_CHECK_EVERY.as_millis() / self.options.poll_interval.as_millis().max(1))
+            .max(3) as u32;
+        if poll % every != every - 1 {
             return Ok(());
         }
         let tail = self.log_tail(b, node).await;
@@ -783,14 +797,24 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
             port.to_string(),
         ];
         let mut poll = 0;
+        let mut probed: Option<Instant> = None;
         loop {
             self.check_alive(b, &spec.name).await?;
             self.check_log(b, &spec.name, poll).await?;
             poll += 1;
             let id = self.container(&spec.name)?;
-            if let Ok(out) = b.exec(&id, &probe).await {
-                if out.exit_code == 0 {
-                    return Ok(());
+            // The host's loopback says cheaply whether anything listens;
+            // the probe in the container, which starts a process there,
+            // runs when something does (or every second, should the
+            // loopback not tell).
+            let listens = b.loopback_listens(port).await.unwrap_or(false);
+            let due = probed.is_none_or(|at| at.elapsed() >= PROBE_EVERY);
+            if listens || due {
+                probed = Some(Instant::now());
+                if let Ok(out) = b.exec(&id, &probe).await {
+                    if out.exit_code == 0 {
+                        return Ok(());
+                    }
                 }
             }
             if Instant::now() > deadline {

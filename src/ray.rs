@@ -142,10 +142,11 @@ pub async fn work<B: DockerBackend>(
         .as_ref()
         .map(|h| h.dashboard)
         .ok_or_else(|| "the head has no dashboard port".to_string())?;
-    if let Ok(lists) = state_lists(head, port, token).await {
-        return Ok(work_from(&lists));
+    match state_lists(head, port, token).await {
+        Ok(lists) => Ok(work_from(&lists)),
+        Err(e) if !head.fallback_due() => Err(e),
+        Err(_) => work_by_exec(head, container, port).await,
     }
-    work_by_exec(head, container, port).await
 }
 
 /// Ray's nodes and what runs where, in one set of state API requests (the
@@ -383,14 +384,20 @@ pub async fn nodes<B: DockerBackend>(
     token: Option<&str>,
 ) -> Result<Vec<RayNode>, String> {
     if let Some(port) = spec.ports.head.as_ref().map(|h| h.dashboard) {
-        if let Ok(list) = state_list(head, port, "nodes", "", token).await {
-            if let Ok(nodes) = list
-                .into_iter()
-                .map(serde_json::from_value::<RayNode>)
-                .collect::<Result<Vec<_>, _>>()
-            {
-                return Ok(nodes);
-            }
+        let asked = state_list(head, port, "nodes", "", token)
+            .await
+            .and_then(|list| {
+                list.into_iter()
+                    .map(serde_json::from_value::<RayNode>)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("cannot read the state API's node list: {e}"))
+            });
+        match asked {
+            Ok(nodes) => return Ok(nodes),
+            // The loopback answers on this host: the dashboard is not up
+            // (yet); asking from inside would only cost the head's CPU.
+            Err(e) if !head.fallback_due() => return Err(e),
+            Err(_) => {}
         }
     }
     nodes_by_exec(head, container, spec).await
@@ -409,6 +416,11 @@ async fn nodes_by_exec<B: DockerBackend>(
                     return Ok(nodes);
                 }
             }
+            // Nothing listens on the dashboard's port: `ray list nodes`
+            // asks the same dashboard (and starts Ray's whole client).
+            if refused(&format!("{}{}", out.stdout, out.stderr)) {
+                return Err(format!("the dashboard does not answer on port {port} yet"));
+            }
         }
     }
     let out = head
@@ -423,6 +435,11 @@ async fn nodes_by_exec<B: DockerBackend>(
         ));
     }
     parse_ray_nodes(&out.stdout)
+}
+
+/// Whether Python's output says the connection was refused.
+fn refused(output: &str) -> bool {
+    output.contains("Connection refused") || output.contains("[Errno 111]")
 }
 
 pub(crate) fn tail(text: &str, n: usize) -> String {
@@ -581,6 +598,16 @@ mod tests {
                 "all": {"jobs": ["train-42", "02000000", "evil31mrm"], "actors": 3, "placement_groups": 1}
             })
         );
+    }
+
+    #[test]
+    fn a_refused_dashboard_is_recognized_in_pythons_words() {
+        assert!(refused(
+            "urllib.error.URLError: <urlopen error [Errno 111] Connection refused>"
+        ));
+        assert!(!refused(
+            "urllib.error.HTTPError: HTTP Error 401: Unauthorized"
+        ));
     }
 
     #[test]

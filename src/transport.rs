@@ -274,7 +274,17 @@ pub struct Loopback {
     session: Option<std::sync::Weak<Session>>,
     dir: PathBuf,
     forwards: tokio::sync::Mutex<BTreeMap<u16, PathBuf>>,
+    /// Some HTTP request through it got an answer: the way works, and a
+    /// port that does not answer is not listening.
+    answered: std::sync::atomic::AtomicBool,
+    /// When a caller last fell back to asking from inside a container.
+    fell_back: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How often a caller may fall back to asking from inside a container
+/// while the host's loopback has never answered (a process started there
+/// costs the host's CPU, which a starting Ray needs).
+const FALLBACK_EVERY: Duration = Duration::from_secs(2);
 
 /// The largest answer read from a host port (Ray's state API lists at most
 /// 10,000 entries of a kind).
@@ -283,10 +293,70 @@ const MAX_HTTP_BODY: usize = 64 << 20;
 impl Loopback {
     /// The loopback of this machine (a host written `local`).
     pub fn local() -> Loopback {
+        Loopback::new(None, PathBuf::new())
+    }
+
+    fn new(session: Option<std::sync::Weak<Session>>, dir: PathBuf) -> Loopback {
         Loopback {
-            session: None,
-            dir: PathBuf::new(),
+            session,
+            dir,
             forwards: Default::default(),
+            answered: Default::default(),
+            fell_back: Default::default(),
+        }
+    }
+
+    /// Whether asking from inside a container is worth it now: the loopback
+    /// never answered, and nobody fell back in the last two seconds (the
+    /// caller then does).
+    pub fn fallback_due(&self) -> bool {
+        if self.answered.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
+        }
+        let mut last = self.fell_back.lock().unwrap_or_else(|e| e.into_inner());
+        match *last {
+            Some(at) if at.elapsed() < FALLBACK_EVERY => false,
+            _ => {
+                *last = Some(std::time::Instant::now());
+                true
+            }
+        }
+    }
+
+    /// Whether something listens on `port` of the host's loopback: a
+    /// connection that the far end closes at once is refused; one that
+    /// stays open, or answers (an HTTP/2 server such as Ray's GCS answers
+    /// the preface it is sent), listens.
+    pub async fn listens(&self, port: u16) -> Result<bool, String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // The HTTP/2 client preface and an empty SETTINGS frame.
+        const PREFACE: &[u8] =
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+        async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+            mut stream: S,
+        ) -> bool {
+            if stream.write_all(PREFACE).await.is_err() {
+                return false;
+            }
+            let mut buf = [0u8; 64];
+            match tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => false,
+                Ok(Ok(_)) | Err(_) => true,
+            }
+        }
+        match &self.session {
+            None => match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                Ok(stream) => Ok(answer(stream).await),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(false),
+                Err(e) => Err(format!("cannot connect to port {port}: {e}")),
+            },
+            Some(session) => {
+                let socket = self.forward(session, port).await?;
+                let stream = tokio::net::UnixStream::connect(&socket)
+                    .await
+                    .map_err(|e| format!("cannot use the forwarded port {port}: {e}"))?;
+                Ok(answer(stream).await)
+            }
         }
     }
 
@@ -316,14 +386,19 @@ impl Loopback {
                 }
             }
         };
-        tokio::time::timeout(timeout, request)
+        let result = tokio::time::timeout(timeout, request)
             .await
             .unwrap_or_else(|_| {
                 Err(format!(
                     "no answer on port {port} within {}s",
                     timeout.as_secs()
                 ))
-            })
+            });
+        if result.is_ok() {
+            self.answered
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
     }
 
     /// The local socket forwarded to `port` on the host, set up once.
@@ -520,11 +595,10 @@ impl Transport {
         let session = Arc::new(session);
         let backend = EngineBackend {
             docker,
-            loopback: Some(Arc::new(Loopback {
-                session: Some(Arc::downgrade(&session)),
-                dir: forward_dir.path().to_path_buf(),
-                forwards: Default::default(),
-            })),
+            loopback: Some(Arc::new(Loopback::new(
+                Some(Arc::downgrade(&session)),
+                forward_dir.path().to_path_buf(),
+            ))),
         };
         Ok(Connection {
             host: host.clone(),
@@ -804,6 +878,28 @@ async fn close_stale_masters(base: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_port_of_the_loopback_listens_or_not() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let l = Loopback::local();
+        assert_eq!(l.listens(port).await, Ok(true));
+        drop(listener);
+        assert_eq!(l.listens(port).await, Ok(false));
+    }
+
+    #[test]
+    fn falling_back_is_rationed_and_stops_once_the_loopback_answered() {
+        let l = Loopback::local();
+        assert!(l.fallback_due(), "the first question may fall back");
+        assert!(!l.fallback_due(), "not again within two seconds");
+        *l.fell_back.lock().unwrap() = Some(std::time::Instant::now() - FALLBACK_EVERY);
+        assert!(l.fallback_due(), "two seconds later it may");
+        l.answered.store(true, std::sync::atomic::Ordering::Relaxed);
+        *l.fell_back.lock().unwrap() = None;
+        assert!(!l.fallback_due(), "never once the loopback has answered");
+    }
 
     fn ssh() -> SshConfig {
         SshConfig {

@@ -314,6 +314,17 @@ impl DockerBackend for EngineBackend {
             .map_err(BackendError::other)
     }
 
+    async fn loopback_listens(&self, port: u16) -> Result<bool> {
+        let loopback = self.loopback.as_ref().ok_or_else(|| {
+            BackendError::other("this engine's host ports are not reachable from here")
+        })?;
+        loopback.listens(port).await.map_err(BackendError::other)
+    }
+
+    fn fallback_due(&self) -> bool {
+        self.loopback.as_ref().is_none_or(|l| l.fallback_due())
+    }
+
     async fn exec(&self, container: &str, cmd: &[String]) -> Result<ExecOutput> {
         use bollard::exec::{StartExecOptions, StartExecResults};
         use bollard::models::ExecConfig;

@@ -198,6 +198,14 @@ pub trait DockerBackend: Send + Sync {
         path: &str,
         bearer: Option<&str>,
     ) -> impl Future<Output = Result<(u16, Vec<u8>)>> + Send;
+    /// Whether something listens on `port` of the host's loopback (cheap:
+    /// no process is started; it cannot tell who listens).
+    fn loopback_listens(&self, port: u16) -> impl Future<Output = Result<bool>> + Send;
+    /// Whether a question the loopback could not answer is worth asking
+    /// from inside a container now: never once the loopback has answered
+    /// (a port that does not answer is then not listening yet), else at
+    /// most every two seconds.
+    fn fallback_due(&self) -> bool;
 }
 
 /// Parses the exit code from Docker's status text, e.g. `Exited (137) 5 minutes ago`.
