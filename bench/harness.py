@@ -49,13 +49,21 @@ def log(msg):
 # ------------------------------------------------------------------ running and timing
 
 
-def run(cmd, env=None, timeout=900, out=None, shell=False):
-    """Runs cmd (stdin closed). Returns dict(rc, wall, rss_kb, tail). rss_kb is
-    wait4's ru_maxrss: the largest of the process and its waited-for children
-    (the ssh processes seedcore starts), like /usr/bin/time -v."""
+def run(cmd, env=None, timeout=900, out=None, shell=False, peak=False):
+    """Runs cmd (stdin closed). Returns dict(rc, wall, rss_kb, tail). rss_kb is wait4's
+    ru_maxrss: the largest of the process and its waited-for children. A child forked by
+    this Python process starts from this process's own size (ru_maxrss keeps what it had
+    before exec), so with `peak` the command runs under GNU time, whose few MB are all it
+    inherits, and rss_kb is the command's own peak (and its children's: seedcore's ssh
+    processes), from time's %M. Its wall time includes time's exec (~1 ms)."""
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
+    peak_file = None
+    if peak:
+        fd, peak_file = tempfile.mkstemp(prefix="peak.")
+        os.close(fd)
+        cmd = ["/usr/bin/time", "-o", peak_file, "-f", "%M"] + list(cmd)
     with tempfile.TemporaryFile() as f:
         t0 = time.perf_counter()
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
@@ -74,10 +82,16 @@ def run(cmd, env=None, timeout=900, out=None, shell=False):
         p.returncode = os.waitstatus_to_exitcode(status)
         f.seek(0)
         text = f.read().decode("utf-8", "replace")
+    rss_kb = ru.ru_maxrss
+    if peak_file:
+        with open(peak_file) as pf:
+            lines = [l for l in pf.read().split() if l.isdigit()]
+        os.unlink(peak_file)
+        rss_kb = int(lines[-1]) if lines else None
     if out:
         with open(out, "w") as o:
             o.write(text)
-    return {"rc": p.returncode, "wall": wall, "rss_kb": ru.ru_maxrss, "tail": text[-3000:]}
+    return {"rc": p.returncode, "wall": wall, "rss_kb": rss_kb, "tail": text[-3000:]}
 
 
 def must(res, what, ok=(0,)):
@@ -478,7 +492,8 @@ def phase_scale(a):
         for n in alternate(i, [1, 8, 32]):
             for who in alternate(i, ["plan", "floor"]):
                 if who == "plan":
-                    r = must(run(sc(bin_, cfg(n), "plan"), env=SC_ENV), "seedcore plan (%d hosts)" % n)
+                    r = must(run(sc(bin_, cfg(n), "plan"), env=SC_ENV, peak=True),
+                             "seedcore plan (%d hosts)" % n)
                     res["plan_scale"][n].append(r["wall"])
                     res["rss_kb"][n].append(r["rss_kb"])
                 else:
@@ -825,6 +840,12 @@ def selftest():
     # run(): exit code, wall time, peak RSS of a child that allocates ~50 MB.
     r = run([sys.executable, "-c", "b = bytearray(50 * 1024 * 1024); print('x')"])
     assert r["rc"] == 0 and r["rss_kb"] > 50 * 1024 and r["tail"].strip() == "x", r
+    # Under GNU time: the command's own peak, not this process's size.
+    hog = bytearray(80 * 1024 * 1024)
+    small = run(["sh", "-c", "true"], peak=True)
+    assert small["rc"] == 0 and small["rss_kb"] < 20 * 1024, small
+    assert run(["sh", "-c", "true"])["rss_kb"] > 80 * 1024, "the artefact peak=True avoids"
+    del hog
     assert run(["sh", "-c", "exit 3"])["rc"] == 3
     # YAML emitter: the values that matter round-trip as strings/lists (checked with PyYAML
     # by bench/run check, when the venv has it).

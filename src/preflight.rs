@@ -38,8 +38,12 @@ while time.time() < end:
             c, _ = s.accept(); c.close()
 "#;
 
-/// Tries each port of `$1` at once (2 s each); prints `PORT ok` or `PORT fail`.
-const CONNECT: &str = "h=$1; shift; for p in \"$@\"; do ( if timeout 2 bash -c 'exec 3<>/dev/tcp/$0/$1' \"$h\" \"$p\" 2>/dev/null; then echo \"$p ok\"; else echo \"$p fail\"; fi ) & done; wait";
+/// Tries every `ADDRESS PORT` pair of its arguments at once, 2 s in all,
+/// and prints `ADDRESS PORT ok` for each that accepted (a pair without its
+/// line did not). One `timeout` and one `bash` whatever the number of
+/// pairs: each try is a fork of that bash, and `timeout` ends them all with
+/// its process group.
+const CONNECT: &str = "exec timeout 2 bash -c 'while [ $# -ge 2 ]; do h=$1 p=$2; shift 2; { exec 3<>\"/dev/tcp/$h/$p\"; } 2>/dev/null && echo \"$h $p ok\" & done; wait' bash \"$@\"";
 
 /// A test listener on one host: the process (while it runs), the ports it
 /// does not answer for, and what went wrong.
@@ -369,27 +373,30 @@ async fn reachability(
         warnings.extend(start.warning);
         children.extend(start.child);
     }
-    // Connect from each source host, all at once.
-    let mut by_source: BTreeMap<(&HostName, &str), Vec<&Route>> = BTreeMap::new();
+    // Connect from each source host, all at once: one command per host.
+    let mut by_source: BTreeMap<&HostName, Vec<&Route>> = BTreeMap::new();
     for r in routes {
         if not_probed.contains(&(r.to.clone(), r.port)) {
             continue;
         }
-        by_source
-            .entry((&r.from, r.to_address.as_str()))
-            .or_default()
-            .push(r);
+        by_source.entry(&r.from).or_default().push(r);
     }
     let results: Vec<Vec<Check>> = stream::iter(by_source)
-        .map(|((from, address), routes)| async move {
+        .map(|(from, routes)| async move {
             let Some(conn) = hosts.connections.get(from) else {
                 return Vec::new();
             };
-            let mut ports: Vec<String> = routes.iter().map(|r| r.port.to_string()).collect();
-            ports.sort();
-            ports.dedup();
-            let mut argv: Vec<&str> = vec!["sh", "-c", CONNECT, "sh", address];
-            argv.extend(ports.iter().map(String::as_str));
+            let mut pairs: Vec<(&str, String)> = routes
+                .iter()
+                .map(|r| (r.to_address.as_str(), r.port.to_string()))
+                .collect();
+            pairs.sort();
+            pairs.dedup();
+            let mut argv: Vec<&str> = vec!["sh", "-c", CONNECT, "sh"];
+            for (address, port) in &pairs {
+                argv.push(address);
+                argv.push(port);
+            }
             let out = crate::timings::span(
                 from.as_str(),
                 "connections probed",
@@ -403,7 +410,7 @@ async fn reachability(
             routes
                 .iter()
                 .map(|r| {
-                    let line = format!("{} ok", r.port);
+                    let line = format!("{} {} ok", r.to_address, r.port);
                     let result = if out.is_none() {
                         Err("the probe could not run".to_string())
                     } else if text.lines().any(|l| l == line) {
@@ -418,12 +425,13 @@ async fn reachability(
         .buffer_unordered(parallel.max(1))
         .collect()
         .await;
-    // The listeners end when their stdin closes.
-    for mut child in children {
+    // The listeners end when their stdin closes; wait for them all at once.
+    futures_util::future::join_all(children.into_iter().map(|mut child| async move {
         if let Some(mut stdin) = child.stdin().take() {
             let _ = stdin.shutdown().await;
         }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), child.wait()).await;
-    }
+    }))
+    .await;
     results.into_iter().flatten().collect()
 }

@@ -449,18 +449,21 @@ pub async fn execute(
         && plan.desired().nodes.is_empty()
         && report.succeeded()
         && hosts.failures.is_empty();
-    stream::iter(hosts.connections.values())
-        .for_each_concurrent(options.max_parallel, |conn| async {
+    let interrupted = options.interrupt.fired();
+    // Each host's list of hosts and the audit trail, all hosts at once.
+    let remembered = stream::iter(hosts.connections.values()).for_each_concurrent(
+        options.max_parallel,
+        |conn| async {
             if gone {
                 memory::forget(conn, &desired.cluster).await
             } else {
                 memory::write(conn, &desired.cluster, &remember).await
             }
-        })
-        .await;
-
-    let interrupted = options.interrupt.fired();
-    record(prepared, loaded, &report, interrupted).await;
+        },
+    );
+    let start = crate::timings::now();
+    tokio::join!(remembered, record(prepared, loaded, &report, interrupted));
+    crate::timings::record("", "hosts remembered, audit trail written", start);
     if let (crate::config::Auth::Token(crate::config::TokenSource::Generated), Some(token)) =
         (&loaded.config.cluster.auth, &options.node_files.token)
     {
@@ -791,20 +794,22 @@ async fn record(
     let mut touched: BTreeSet<&crate::model::HostName> =
         plan.effective().map(|c| &c.host).collect();
     touched.insert(&prepared.desired.head().host);
-    for host in touched {
-        if let Some(conn) = prepared.hosts.connections.get(host) {
-            if host.is_local() {
-                continue;
-            }
-            if let Err(e) = crate::audit::append(conn, &prepared.desired.cluster.name, &entry).await
-            {
-                eprintln!(
-                    "warning: cannot append to the audit trail on `{host}` ({}): {e}",
-                    crate::audit::log_path(&prepared.desired.cluster.name)
-                );
-            }
+    let entry = &entry;
+    futures_util::future::join_all(touched.into_iter().map(|host| async move {
+        let Some(conn) = prepared.hosts.connections.get(host) else {
+            return;
+        };
+        if host.is_local() {
+            return;
         }
-    }
+        if let Err(e) = crate::audit::append(conn, &prepared.desired.cluster.name, entry).await {
+            eprintln!(
+                "warning: cannot append to the audit trail on `{host}` ({}): {e}",
+                crate::audit::log_path(&prepared.desired.cluster.name)
+            );
+        }
+    }))
+    .await;
 }
 
 /// Where the operator's copy of a generated Ray token is kept (0600), for
