@@ -797,7 +797,9 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
             port.to_string(),
         ];
         let mut poll = 0;
-        let mut probed: Option<Instant> = None;
+        // The container started a moment ago: the first probe from inside
+        // waits its turn unless the loopback finds something listening.
+        let mut probed: Option<Instant> = Some(Instant::now());
         loop {
             self.check_alive(b, &spec.name).await?;
             self.check_log(b, &spec.name, poll).await?;

@@ -332,32 +332,41 @@ impl Loopback {
         // The HTTP/2 client preface and an empty SETTINGS frame.
         const PREFACE: &[u8] =
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+        /// Whether the far end listens, and whether it answered.
         async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             mut stream: S,
-        ) -> bool {
+        ) -> (bool, bool) {
             if stream.write_all(PREFACE).await.is_err() {
-                return false;
+                return (false, false);
             }
             let mut buf = [0u8; 64];
             match tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => false,
-                Ok(Ok(_)) | Err(_) => true,
+                Ok(Ok(0)) | Ok(Err(_)) => (false, false),
+                Ok(Ok(_)) => (true, true),
+                Err(_) => (true, false),
             }
         }
-        match &self.session {
+        let (listens, answered) = match &self.session {
             None => match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-                Ok(stream) => Ok(answer(stream).await),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(false),
-                Err(e) => Err(format!("cannot connect to port {port}: {e}")),
+                Ok(stream) => answer(stream).await,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => (false, false),
+                Err(e) => return Err(format!("cannot connect to port {port}: {e}")),
             },
             Some(session) => {
                 let socket = self.forward(session, port).await?;
                 let stream = tokio::net::UnixStream::connect(&socket)
                     .await
                     .map_err(|e| format!("cannot use the forwarded port {port}: {e}"))?;
-                Ok(answer(stream).await)
+                answer(stream).await
             }
+        };
+        // An answer came through: the way works, and a port that does not
+        // answer later is not listening.
+        if answered {
+            self.answered
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        Ok(listens)
     }
 
     /// `GET path` on `port` of the host's loopback, with a bearer token when
