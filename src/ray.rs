@@ -149,39 +149,6 @@ pub async fn work<B: DockerBackend>(
     }
 }
 
-/// Ray's nodes and what runs where, in one set of state API requests (the
-/// plan asks both): the node list, or why not, and the work when known.
-pub async fn survey<B: DockerBackend>(
-    head: &B,
-    container: &str,
-    spec: &NodeSpec,
-    token: Option<&str>,
-) -> (
-    Result<Vec<RayNode>, String>,
-    Option<crate::model::ClusterWork>,
-) {
-    if let Some(port) = spec.ports.head.as_ref().map(|h| h.dashboard) {
-        if let Ok(lists) = state_lists(head, port, token).await {
-            let nodes = lists
-                .nodes
-                .iter()
-                .map(|n| serde_json::from_value::<RayNode>(n.clone()))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("cannot read the state API's node list: {e}"));
-            let work = nodes.is_ok().then(|| work_from(&lists));
-            return (nodes, work);
-        }
-    }
-    let (nodes, work) = tokio::join!(nodes_by_exec(head, container, spec), async {
-        match spec.ports.head.as_ref() {
-            Some(h) => work_by_exec(head, container, h.dashboard).await.ok(),
-            None => None,
-        }
-    });
-    let work = if nodes.is_ok() { work } else { None };
-    (nodes, work)
-}
-
 /// The four lists of Ray's state API that say what runs where.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StateLists {

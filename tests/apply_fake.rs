@@ -696,9 +696,10 @@ async fn ray_is_asked_over_the_hosts_loopback_with_the_token() {
     let asked = |from: usize| -> Vec<String> { c.journal()[from..].to_vec() };
 
     let from = c.journal().len();
-    let (nodes, work) = seedcore::ray::survey(&head, &head_id, head_spec, None).await;
+    let nodes = seedcore::ray::nodes(&head, &head_id, head_spec, None).await;
     assert_eq!(nodes.unwrap().len(), desired.nodes.len());
-    assert!(work.is_some());
+    let work = seedcore::ray::work(&head, &head_id, head_spec, None).await;
+    assert!(work.is_ok(), "{work:?}");
     let lines = asked(from);
     assert!(
         lines
@@ -708,8 +709,8 @@ async fn ray_is_asked_over_the_hosts_loopback_with_the_token() {
     );
     assert_eq!(
         lines.len(),
-        4,
-        "nodes, jobs, actors, placement groups: {lines:#?}"
+        5,
+        "nodes; then nodes, jobs, actors, placement groups: {lines:#?}"
     );
 
     // With token authentication, the head refuses a request without it.

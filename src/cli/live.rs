@@ -113,7 +113,12 @@ pub async fn observe_only(
     parallel: Option<usize>,
     partial: bool,
 ) -> Result<(ObservedState, DesiredState)> {
-    let (hosts, observed, desired) = ops::session::open(loaded, fresh, parallel, partial).await?;
+    let (hosts, mut observed, desired) =
+        ops::session::open(loaded, fresh, parallel, partial).await?;
+    // A recorded observation holds what runs where too.
+    if observed.ray.is_some() {
+        observed.work = ops::session::cluster_work(&hosts, &observed, &desired, loaded).await;
+    }
     warn(&hosts.warnings());
     hosts.close().await;
     Ok((observed, desired))

@@ -132,11 +132,17 @@ pub async fn check(
 
 /// `plan` against the live hosts: connect, observe, plan, check, close.
 pub async fn plan_live(loaded: &Loaded, fresh: &DesiredState, scope: &Scope) -> Result<Plan> {
-    let (hosts, observed, desired) =
+    let (hosts, mut observed, desired) =
         session::open(loaded, fresh, scope.parallel, scope.skip_unreachable).await?;
-    let start = crate::timings::now();
-    let made = make_plan(loaded, &desired, &observed, BTreeSet::new(), scope);
-    crate::timings::record("", "plan made", start);
+    let made = plan_with_work(
+        loaded,
+        &desired,
+        &mut observed,
+        &hosts,
+        BTreeSet::new(),
+        scope,
+    )
+    .await;
     let result = match made {
         Ok(mut plan) => {
             plan.preflight = Some(
@@ -153,6 +159,31 @@ pub async fn plan_live(loaded: &Loaded, fresh: &DesiredState, scope: &Scope) -> 
     };
     hosts.close().await;
     result
+}
+
+/// Plans, asking the head what runs where only when the plan stops a
+/// running node (then planned again with the answer: the plan names what
+/// each stop interrupts).
+pub async fn plan_with_work(
+    loaded: &Loaded,
+    desired: &DesiredState,
+    observed: &mut crate::model::ObservedState,
+    hosts: &Hosts,
+    restart: BTreeSet<NodeName>,
+    scope: &Scope,
+) -> Result<Plan> {
+    let start = crate::timings::now();
+    let plan = make_plan(loaded, desired, observed, restart.clone(), scope);
+    crate::timings::record("", "plan made", start);
+    let plan = plan?;
+    if plan.interrupts.is_empty() || observed.ray.is_none() || observed.work.is_some() {
+        return Ok(plan);
+    }
+    observed.work = session::cluster_work(hosts, observed, desired, loaded).await;
+    if observed.work.is_none() {
+        return Ok(plan);
+    }
+    make_plan(loaded, desired, observed, restart, scope)
 }
 
 /// Plans against an observation with the configuration's options.
@@ -219,7 +250,7 @@ pub async fn prepare(
     saved: Option<SavedPlan>,
     scope: &Scope,
 ) -> Result<Prepared> {
-    let (hosts, observed, desired) = session::open_locked(
+    let (hosts, mut observed, desired) = session::open_locked(
         loaded,
         fresh,
         scope.parallel,
@@ -250,8 +281,16 @@ pub async fn prepare(
                     ))
                 })
         }
-        None => make_plan(loaded, &desired, &observed, BTreeSet::new(), scope)
-            .map(|p| (desired, p, false)),
+        None => plan_with_work(
+            loaded,
+            &desired,
+            &mut observed,
+            &hosts,
+            BTreeSet::new(),
+            scope,
+        )
+        .await
+        .map(|p| (desired, p, false)),
     };
     match planned {
         Ok((desired, mut plan, saved)) => {
@@ -316,7 +355,7 @@ pub async fn prepare_restart(
     parallel: Option<usize>,
     lock_timeout: Duration,
 ) -> Result<Prepared> {
-    let (hosts, observed, desired) = session::open_locked(
+    let (hosts, mut observed, desired) = session::open_locked(
         loaded,
         fresh,
         parallel,
@@ -324,7 +363,16 @@ pub async fn prepare_restart(
         &lock_request("restart", lock_timeout),
     )
     .await?;
-    match make_plan(loaded, &desired, &observed, chosen, &Scope::default()) {
+    let planned = plan_with_work(
+        loaded,
+        &desired,
+        &mut observed,
+        &hosts,
+        chosen,
+        &Scope::default(),
+    )
+    .await;
+    match planned {
         Ok(plan) => Ok(Prepared {
             pushes: pushes_of(&hosts, &observed, loaded.config.cluster.build.as_ref()),
             hosts,

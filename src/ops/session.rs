@@ -87,7 +87,6 @@ struct HeadAnswers {
     /// The head's ports the questions went to (the plan's must be the same).
     ports: Option<crate::model::HeadPorts>,
     ray: Option<Vec<crate::ray::RayNode>>,
-    work: Option<crate::model::ClusterWork>,
     secrets: std::result::Result<crate::secrets::HeadSecrets, String>,
 }
 
@@ -501,7 +500,6 @@ async fn open_with(
     };
     if let Some(head) = head {
         observed.ray = head.ray;
-        observed.work = observed.ray.as_ref().and(head.work);
         observed.head_secrets = match head.secrets {
             Ok(found) => found,
             Err(e) => {
@@ -646,7 +644,6 @@ async fn head_answers(
     let mut answers = HeadAnswers {
         ports: spec.ports.head.clone(),
         ray: None,
-        work: None,
         secrets: Ok(Default::default()),
     };
     let Some(container) = container else {
@@ -660,12 +657,47 @@ async fn head_answers(
             .ok()
             .and_then(|s| s.ray_token(&loaded.config))
             .map(|t| t.expose().to_string());
-        let (nodes, work) =
-            crate::ray::survey(&conn.backend, &container.id, spec, token.as_deref()).await;
-        answers.ray = nodes.ok();
-        answers.work = work;
+        answers.ray = crate::ray::nodes(&conn.backend, &container.id, spec, token.as_deref())
+            .await
+            .ok();
     }
     answers
+}
+
+/// What runs where on the cluster (jobs, actors, placement groups), asked
+/// of the running head; `None` when it does not answer. Asked only when a
+/// plan stops a running node (what the plan's "interrupts" say).
+pub async fn cluster_work(
+    hosts: &Hosts,
+    observed: &ObservedState,
+    desired: &DesiredState,
+    loaded: &Loaded,
+) -> Option<crate::model::ClusterWork> {
+    let head = desired.head();
+    let conn = hosts.connections.get(&head.host)?;
+    let container = observed
+        .hosts
+        .get(&head.host)?
+        .containers
+        .iter()
+        .find(|c| {
+            c.name == head.name.0
+                && c.is_running()
+                && ownership::owner(&desired.cluster, c) == ownership::Owner::Ours
+        })?;
+    let token = observed.head_secrets.ray_token(&loaded.config);
+    crate::timings::span(
+        head.host.as_str(),
+        "Ray's work asked",
+        crate::ray::work(
+            &conn.backend,
+            &container.id,
+            head,
+            token.map(|t| t.expose()),
+        ),
+    )
+    .await
+    .ok()
 }
 
 /// This machine's Docker engine (`DOCKER_HOST=unix://...` or the default socket).
