@@ -144,7 +144,7 @@ pub async fn work<B: DockerBackend>(
         .ok_or_else(|| "the head has no dashboard port".to_string())?;
     match state_lists(head, port, token).await {
         Ok(lists) => Ok(work_from(&lists)),
-        Err(e) if !head.fallback_due() => Err(e),
+        Err(e) if !head.fallback_due(e.answered) => Err(e.message),
         Err(_) => work_by_exec(head, container, port).await,
     }
 }
@@ -164,6 +164,21 @@ fn state_path(kind: &str, filter: &str) -> String {
     format!("/api/v0/{kind}?limit=10000&timeout=10&detail=1{filter}")
 }
 
+/// Why the state API gave no list through the loopback.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateFailure {
+    /// The dashboard answered (with an error): it runs, and asking from
+    /// inside the head may do better (another token, another Ray).
+    pub answered: bool,
+    pub message: String,
+}
+
+impl std::fmt::Display for StateFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// One state API list through the head host's loopback.
 async fn state_list<B: DockerBackend>(
     head: &B,
@@ -171,12 +186,18 @@ async fn state_list<B: DockerBackend>(
     kind: &str,
     filter: &str,
     token: Option<&str>,
-) -> Result<Vec<serde_json::Value>, String> {
+) -> Result<Vec<serde_json::Value>, StateFailure> {
     let (status, body) = head
         .loopback_get(port, &state_path(kind, filter), token)
         .await
-        .map_err(|e| e.to_string())?;
-    parse_state(status, &body)
+        .map_err(|e| StateFailure {
+            answered: false,
+            message: e.to_string(),
+        })?;
+    parse_state(status, &body).map_err(|message| StateFailure {
+        answered: true,
+        message,
+    })
 }
 
 /// Nodes, jobs, live actors and placement groups, asked at once.
@@ -184,7 +205,7 @@ pub async fn state_lists<B: DockerBackend>(
     head: &B,
     port: u16,
     token: Option<&str>,
-) -> Result<StateLists, String> {
+) -> Result<StateLists, StateFailure> {
     let alive = "&filter_keys=state&filter_predicates=%3D&filter_values=ALIVE";
     let (nodes, jobs, actors, placement_groups) = tokio::join!(
         state_list(head, port, "nodes", "", token),
@@ -357,13 +378,17 @@ pub async fn nodes<B: DockerBackend>(
                 list.into_iter()
                     .map(serde_json::from_value::<RayNode>)
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| format!("cannot read the state API's node list: {e}"))
+                    .map_err(|e| StateFailure {
+                        answered: true,
+                        message: format!("cannot read the state API's node list: {e}"),
+                    })
             });
         match asked {
             Ok(nodes) => return Ok(nodes),
-            // The loopback answers on this host: the dashboard is not up
-            // (yet); asking from inside would only cost the head's CPU.
-            Err(e) if !head.fallback_due() => return Err(e),
+            // Not now: the dashboard does not answer although the loopback
+            // did before (it is not up yet), or the head was asked from
+            // inside a moment ago; that costs the head's CPU.
+            Err(e) if !head.fallback_due(e.answered) => return Err(e.message),
             Err(_) => {}
         }
     }

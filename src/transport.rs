@@ -306,11 +306,12 @@ impl Loopback {
         }
     }
 
-    /// Whether asking from inside a container is worth it now: the loopback
-    /// never answered, and nobody fell back in the last two seconds (the
-    /// caller then does).
-    pub fn fallback_due(&self) -> bool {
-        if self.answered.load(std::sync::atomic::Ordering::Relaxed) {
+    /// Whether asking from inside a container is worth it now: the port
+    /// answered with an error (`answered`), or the loopback never carried an
+    /// answer; and nobody fell back in the last two seconds (the caller then
+    /// does).
+    pub fn fallback_due(&self, answered: bool) -> bool {
+        if !answered && self.answered.load(std::sync::atomic::Ordering::Relaxed) {
             return false;
         }
         let mut last = self.fell_back.lock().unwrap_or_else(|e| e.into_inner());
@@ -451,7 +452,14 @@ where
         .await
         .map_err(|e| format!("HTTP handshake failed: {e}"))?;
     let driver = tokio::spawn(conn);
-    let mut request = hyper::Request::get(path).header(hyper::header::HOST, "127.0.0.1");
+    // Ray's dashboard before 2.11 fails (HTTP 500) on a request without a
+    // User-Agent.
+    let mut request = hyper::Request::get(path)
+        .header(hyper::header::HOST, "127.0.0.1")
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("seedcore/", env!("CARGO_PKG_VERSION")),
+        );
     if let Some(token) = bearer {
         request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
     }
@@ -898,16 +906,74 @@ mod tests {
         assert_eq!(l.listens(port).await, Ok(false));
     }
 
+    /// Ray's dashboard before 2.11 answers HTTP 500 to a request without a
+    /// User-Agent (seen with Ray 2.10.0): the request carries one.
+    #[tokio::test]
+    async fn a_get_on_the_loopback_names_its_user_agent() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                request.extend_from_slice(&buf[..n]);
+            }
+            let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+            let (status, body) = if text.contains("\r\nuser-agent: seedcore/") {
+                ("200 OK", "{}")
+            } else {
+                ("500 Internal Server Error", "Server got itself in trouble")
+            };
+            let answer = format!(
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(answer.as_bytes()).await.unwrap();
+            text
+        });
+        let l = Loopback::local();
+        let got = l
+            .get(
+                port,
+                "/api/v0/nodes?limit=1",
+                Some("t0ken"),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        let request = server.await.unwrap();
+        assert_eq!(got, (200, b"{}".to_vec()), "{request}");
+        assert!(
+            request.starts_with("get /api/v0/nodes?limit=1 http/1.1\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.contains("\r\nauthorization: bearer t0ken\r\n"),
+            "{request}"
+        );
+    }
+
     #[test]
     fn falling_back_is_rationed_and_stops_once_the_loopback_answered() {
         let l = Loopback::local();
-        assert!(l.fallback_due(), "the first question may fall back");
-        assert!(!l.fallback_due(), "not again within two seconds");
+        assert!(l.fallback_due(false), "the first question may fall back");
+        assert!(!l.fallback_due(false), "not again within two seconds");
+        assert!(!l.fallback_due(true), "not even after an error answer");
         *l.fell_back.lock().unwrap() = Some(std::time::Instant::now() - FALLBACK_EVERY);
-        assert!(l.fallback_due(), "two seconds later it may");
+        assert!(l.fallback_due(false), "two seconds later it may");
         l.answered.store(true, std::sync::atomic::Ordering::Relaxed);
         *l.fell_back.lock().unwrap() = None;
-        assert!(!l.fallback_due(), "never once the loopback has answered");
+        assert!(
+            !l.fallback_due(false),
+            "never for no answer once the loopback has answered"
+        );
+        assert!(
+            l.fallback_due(true),
+            "an error answer may be asked about from inside"
+        );
     }
 
     fn ssh() -> SshConfig {

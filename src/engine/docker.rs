@@ -321,8 +321,10 @@ impl DockerBackend for EngineBackend {
         loopback.listens(port).await.map_err(BackendError::other)
     }
 
-    fn fallback_due(&self) -> bool {
-        self.loopback.as_ref().is_none_or(|l| l.fallback_due())
+    fn fallback_due(&self, answered: bool) -> bool {
+        self.loopback
+            .as_ref()
+            .is_none_or(|l| l.fallback_due(answered))
     }
 
     async fn exec(&self, container: &str, cmd: &[String]) -> Result<ExecOutput> {

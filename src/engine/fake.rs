@@ -743,7 +743,7 @@ impl DockerBackend for FakeBackend {
         Ok(true)
     }
 
-    fn fallback_due(&self) -> bool {
+    fn fallback_due(&self, _answered: bool) -> bool {
         true
     }
 

@@ -202,10 +202,11 @@ pub trait DockerBackend: Send + Sync {
     /// no process is started; it cannot tell who listens).
     fn loopback_listens(&self, port: u16) -> impl Future<Output = Result<bool>> + Send;
     /// Whether a question the loopback could not answer is worth asking
-    /// from inside a container now: never once the loopback has answered
-    /// (a port that does not answer is then not listening yet), else at
-    /// most every two seconds.
-    fn fallback_due(&self) -> bool;
+    /// from inside a container now (at most every two seconds). `answered`:
+    /// the port answered with an error, so asking from inside may do better.
+    /// Otherwise never once the loopback has carried an answer: a port that
+    /// does not answer is not listening yet.
+    fn fallback_due(&self, answered: bool) -> bool;
 }
 
 /// Parses the exit code from Docker's status text, e.g. `Exited (137) 5 minutes ago`.
