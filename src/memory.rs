@@ -32,25 +32,38 @@ pub fn parse(text: &str) -> Vec<HostName> {
 }
 
 /// Prints every list of the cluster name's directory (`$1`, relative to the
-/// home directory), each after a line `== ID`.
-pub const READ_SCRIPT: &str = "cd \"$HOME\" 2>/dev/null || exit 0; for f in \"$1\"/*.hosts; do [ -f \"$f\" ] || continue; b=${f##*/}; printf '== %s\\n' \"${b%.hosts}\"; head -c 65536 \"$f\"; echo; done";
+/// home directory), each after a line `== ID`, then [`READ_END`].
+pub const READ_SCRIPT: &str = "( cd \"$HOME\" 2>/dev/null || exit 0; for f in \"$1\"/*.hosts; do [ -f \"$f\" ] || continue; b=${f##*/}; printf '== %s\\n' \"${b%.hosts}\"; head -c 65536 \"$f\"; echo; done ); echo ==seedcore-lists-end";
+
+/// The last line of [`READ_SCRIPT`]'s output: without it, the lists were
+/// not read whole.
+pub const READ_END: &str = "==seedcore-lists-end";
 
 /// The argument [`READ_SCRIPT`] takes for a cluster name.
 pub fn read_argument(name: &str) -> String {
     dir(name)
 }
 
-/// Every list one host keeps for a cluster name, by identity.
-pub async fn read(conn: &Connection, name: &str) -> BTreeMap<String, Vec<HostName>> {
-    let text = if conn.host.is_local() {
-        read_local(name)
-    } else {
-        conn.run_on_host(&["sh", "-c", READ_SCRIPT, "sh", &dir(name)], None)
+/// Every list one host keeps for a cluster name, by identity; `None` when
+/// they could not be read whole.
+pub async fn read(conn: &Connection, name: &str) -> Option<BTreeMap<String, Vec<HostName>>> {
+    if conn.host.is_local() {
+        let name = name.to_string();
+        let text = tokio::task::spawn_blocking(move || read_local(&name))
             .await
-            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-            .unwrap_or_default()
-    };
-    parse_lists(&text)
+            .ok()?;
+        return Some(parse_lists(&text));
+    }
+    let out = conn
+        .run_on_host(&["sh", "-c", READ_SCRIPT, "sh", &dir(name)], None)
+        .await?;
+    parse_read(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Reads [`READ_SCRIPT`]'s whole output; `None` unless it ends with [`READ_END`].
+pub fn parse_read(text: &str) -> Option<BTreeMap<String, Vec<HostName>>> {
+    let body = text.trim_end().strip_suffix(READ_END)?;
+    Some(parse_lists(body))
 }
 
 /// Reads [`READ_SCRIPT`]'s output: each identity's list.
@@ -100,32 +113,74 @@ pub fn read_local(name: &str) -> String {
     out
 }
 
-/// Writes this cluster's list on one host (best effort: a host that cannot
-/// store it is still planned from the configuration).
-pub async fn write(conn: &Connection, cluster: &ClusterIdentity, hosts: &[HostName]) {
-    let body: String = hosts
-        .iter()
-        .filter(|h| !h.is_local())
-        .map(|h| format!("{h}\n"))
-        .collect();
+/// What a host's list holds for `hosts`: every host but `local`, in order.
+pub fn listed(hosts: &[HostName]) -> Vec<HostName> {
+    let mut out: Vec<HostName> = Vec::new();
+    for h in hosts.iter().filter(|h| !h.is_local()) {
+        if !out.contains(h) {
+            out.push(h.clone());
+        }
+    }
+    out
+}
+
+/// Whether a list read back holds exactly the hosts it should (in any order).
+pub fn holds(read: &[HostName], hosts: &[HostName]) -> bool {
+    let mut a = listed(read);
+    let mut b = listed(hosts);
+    a.sort();
+    b.sort();
+    a == b
+}
+
+/// Writes this cluster's list on one host, tried twice; says why not.
+pub async fn write(
+    conn: &Connection,
+    cluster: &ClusterIdentity,
+    hosts: &[HostName],
+) -> Result<(), String> {
+    let mut outcome = write_once(conn, cluster, hosts).await;
+    if outcome.is_err() {
+        outcome = write_once(conn, cluster, hosts).await;
+    }
+    outcome
+}
+
+async fn write_once(
+    conn: &Connection,
+    cluster: &ClusterIdentity,
+    hosts: &[HostName],
+) -> Result<(), String> {
+    let body: String = listed(hosts).iter().map(|h| format!("{h}\n")).collect();
     let file = format!("{}/{}.hosts", dir(&cluster.name), cluster.id);
     if conn.host.is_local() {
-        if let Some(home) = std::env::var_os("HOME") {
-            let p = std::path::Path::new(&home).join(&file);
-            if let Some(d) = p.parent() {
-                let _ = std::fs::create_dir_all(d);
-            }
-            let _ = std::fs::write(p, body);
+        let home = std::env::var_os("HOME").ok_or("HOME is not set")?;
+        let p = std::path::Path::new(&home).join(&file);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
         }
-    } else {
-        const SCRIPT: &str = "cd \"$HOME\" && mkdir -p \"$1\" && cat > \"$2\"";
-        let _ = conn
-            .run_on_host(
-                &["sh", "-c", SCRIPT, "sh", &dir(&cluster.name), &file],
-                Some(body.as_bytes()),
-            )
-            .await;
+        return std::fs::write(&p, body).map_err(|e| format!("{}: {e}", p.display()));
     }
+    const SCRIPT: &str =
+        "cd \"$HOME\" && mkdir -p \"$1\" && cat > \"$2.new\" && mv -f \"$2.new\" \"$2\"";
+    let out = conn
+        .run_on_host(
+            &["sh", "-c", SCRIPT, "sh", &dir(&cluster.name), &file],
+            Some(body.as_bytes()),
+        )
+        .await
+        .ok_or("the command could not be run there")?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let said = String::from_utf8_lossy(&out.stderr);
+    Err(match said.trim() {
+        "" => format!("`~/{file}` could not be written ({})", out.status),
+        text => format!(
+            "`~/{file}` could not be written: {}",
+            crate::model::excerpt(text, 200)
+        ),
+    })
 }
 
 /// Forgets this cluster on one host (after a whole cluster was destroyed).
@@ -149,6 +204,33 @@ pub async fn forget(conn: &Connection, cluster: &ClusterIdentity) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lists_count_only_when_read_to_their_last_line() {
+        let whole = format!("== abc\n10.0.0.5\n\n{READ_END}\n");
+        let lists = parse_read(&whole).expect("whole");
+        assert_eq!(lists["abc"], vec![HostName("10.0.0.5".to_string())]);
+        assert_eq!(parse_read("== abc\n10.0.0.5\n"), None);
+        assert_eq!(parse_read(""), None);
+        // A list that forges the last line is still one list among others.
+        let forged = format!("== abc\n{READ_END}\n10.0.0.6\n\n{READ_END}\n");
+        assert_eq!(
+            parse_read(&forged).expect("whole")["abc"],
+            vec![HostName("10.0.0.6".to_string())]
+        );
+    }
+
+    #[test]
+    fn a_list_holds_its_hosts_in_any_order_never_local() {
+        let h = |s: &str| HostName(s.to_string());
+        assert_eq!(
+            listed(&[h("b"), h("local"), h("a"), h("b")]),
+            vec![h("b"), h("a")]
+        );
+        assert!(holds(&[h("a"), h("b")], &[h("b"), h("local"), h("a")]));
+        assert!(!holds(&[h("a")], &[h("a"), h("b")]));
+        assert!(!holds(&[h("a"), h("b"), h("c")], &[h("a"), h("b")]));
+    }
 
     #[test]
     fn local_and_invalid_lines_are_never_remembered() {

@@ -1098,6 +1098,71 @@ fn adding_a_remote_host_joins_it() {
     assert_contains(&plan, "No changes.");
 }
 
+/// The hosts labhost`k` remembers for the cluster (sorted), or `None` without a list.
+fn remembered(lab: &Lab, k: usize) -> Option<Vec<String>> {
+    let out = lab.ssh(k, "cat ~/.seedcore/seedlab/*.hosts");
+    if !out.status.success() {
+        return None;
+    }
+    let mut hosts: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    hosts.sort();
+    Some(hosts)
+}
+
+#[test]
+fn a_lost_list_of_hosts_is_written_again_and_one_that_cannot_be_kept_is_named() {
+    let _serial = serial();
+    let lab = Lab::require();
+    converge(&lab);
+    let all: Vec<String> = (1..=3).map(|k| lab.host_ip(k)).collect();
+    for k in 1..=3 {
+        assert_eq!(remembered(&lab, k).as_ref(), Some(&all), "labhost{k}");
+    }
+    // labhost1 lost its list; labhost2 cannot keep one (a file where its
+    // directory goes).
+    lab.ssh_ok(1, "rm -f ~/.seedcore/seedlab/*.hosts");
+    lab.ssh_ok(
+        2,
+        "rm -rf ~/.seedcore/seedlab && echo x > ~/.seedcore/seedlab",
+    );
+    let _restore = OnDrop(|| {
+        let _ = lab.ssh(2, "rm -f ~/.seedcore/seedlab");
+    });
+    let apply = lab.seedcore(&["apply", "--auto-approve"]);
+    apply.expect_ok();
+    assert_contains(&apply, "No changes.");
+    assert_eq!(remembered(&lab, 1).as_ref(), Some(&all), "labhost1 again");
+    assert_contains(
+        &apply,
+        "warning: `10.77.0.12` could not keep the list of this cluster's hosts (`~/.seedcore/seedlab/",
+    );
+    assert_contains(
+        &apply,
+        "hint: run `seedcore apply` again once `10.77.0.12` accepts it",
+    );
+    assert_lacks(&apply, "warning: `10.77.0.11` could not keep");
+
+    // Once it can, the next apply writes it, and the one after is silent.
+    lab.ssh_ok(2, "rm -f ~/.seedcore/seedlab");
+    let apply = lab.seedcore(&["apply", "--auto-approve"]);
+    apply.expect_ok();
+    assert_lacks(&apply, "could not keep");
+    assert_eq!(remembered(&lab, 2).as_ref(), Some(&all), "labhost2 again");
+
+    // A host dropped from the configuration is found through those lists.
+    let shrink = lab.seedcore(&[
+        "plan",
+        "--set",
+        "workers.remote.hosts=10.77.0.12",
+        "--detailed-exitcode",
+    ]);
+    shrink.expect_code(2);
+    assert_contains(&shrink, &header(REMOTE13, &all[2], "will be destroyed"));
+}
+
 #[test]
 fn restart_replaces_the_named_node() {
     let _serial = serial();

@@ -213,6 +213,7 @@ async fn show_and_execute(
                 )
             })
             .await;
+            warn(&ops::apply::repair_lists(prepared).await);
             if !gaps.is_empty() {
                 let list: Vec<String> = gaps
                     .iter()
@@ -265,6 +266,7 @@ async fn show_and_execute(
             "\nDestroy complete! Nodes: {} destroyed. ({secs:.1}s)\n",
             s.destroy
         ))?;
+        warn(&finished.warnings);
         return Ok(exit::OK);
     }
     let mut out = format!(
@@ -273,6 +275,7 @@ async fn show_and_execute(
     );
     out.push_str(&access_lines(desired));
     super::write_stdout(&out)?;
+    warn(&finished.warnings);
     Ok(exit::OK)
 }
 

@@ -9,7 +9,7 @@ use super::{config_digest, Error, Result};
 use crate::apply::{self as executor, ApplyOptions, Outcome, Reporter};
 use crate::config::Loaded;
 use crate::memory;
-use crate::model::{DesiredState, NodeName};
+use crate::model::{DesiredState, HostName, NodeName};
 use crate::plan::artifact::{SavedPlan, SavedPlanError};
 use crate::plan::{self, DiffOptions, Plan, Step, Summary};
 use futures_util::stream::{self, StreamExt};
@@ -47,6 +47,8 @@ pub struct Prepared {
 pub struct Finished {
     pub summary: Summary,
     pub elapsed: Duration,
+    /// Said after the summary (hosts that could not keep their list).
+    pub warnings: Vec<String>,
 }
 
 /// Reads a saved plan and checks it was made from this configuration.
@@ -457,6 +459,66 @@ pub async fn await_gaps(
     .unwrap_or(gaps)
 }
 
+/// Writes on every connected host the hosts that run (or may run) this
+/// cluster's nodes, or forgets the cluster there when it is `gone`; with
+/// `repair`, only on hosts whose list is not that already. Returns a
+/// warning for each host that could not keep it.
+pub async fn remember_hosts(
+    hosts: &Hosts,
+    cluster: &crate::model::ClusterIdentity,
+    remember: &[HostName],
+    gone: bool,
+    repair: bool,
+) -> Vec<String> {
+    let stale = hosts.connections.values().filter(|conn| {
+        !repair
+            || !hosts
+                .remembered
+                .get(&conn.host)
+                .is_some_and(|read| memory::holds(read, remember))
+    });
+    let unkept: Vec<Option<String>> = stream::iter(stale)
+        .map(|conn| async move {
+            let done = if gone {
+                memory::forget(conn, cluster).await;
+                Ok(())
+            } else {
+                memory::write(conn, cluster, remember).await
+            };
+            done.err().map(|why| unkept_list(&conn.host, &why))
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut lines: Vec<String> = unkept.into_iter().flatten().collect();
+    lines.sort();
+    lines
+}
+
+/// With nothing to change, rewrites the lists of hosts that do not hold
+/// what an apply would have written (a write that failed before, a list
+/// lost); warnings as [`remember_hosts`].
+pub async fn repair_lists(prepared: &Prepared) -> Vec<String> {
+    let hosts = &prepared.hosts;
+    let mut remember = prepared.desired.hosts();
+    for h in hosts.failures.keys() {
+        if !remember.contains(h) {
+            remember.push(h.clone());
+        }
+    }
+    let start = crate::timings::now();
+    let unkept = remember_hosts(hosts, &prepared.desired.cluster, &remember, false, true).await;
+    crate::timings::record("", "hosts' lists checked", start);
+    unkept
+}
+
+/// The warning for a host that could not keep the list of this cluster's hosts.
+pub fn unkept_list(host: &HostName, why: &str) -> String {
+    format!(
+        "warning: `{host}` could not keep the list of this cluster's hosts ({why}): if a host is dropped from the configuration before it does, its nodes are not found and stay there\nhint: run `seedcore apply` again once `{host}` accepts it (an apply with nothing to change rewrites a list that is wrong)"
+    )
+}
+
 /// Executes a prepared plan. `on_waiting` is told before the final wait for
 /// Ray (for an apply) so the caller can say what is happening.
 pub async fn execute(
@@ -499,18 +561,16 @@ pub async fn execute(
         && hosts.failures.is_empty();
     let interrupted = options.interrupt.fired();
     // Each host's list of hosts and the audit trail, all hosts at once.
-    let remembered = stream::iter(hosts.connections.values()).for_each_concurrent(
-        options.max_parallel,
-        |conn| async {
-            if gone {
-                memory::forget(conn, &desired.cluster).await
-            } else {
-                memory::write(conn, &desired.cluster, &remember).await
-            }
-        },
-    );
+    let remembered = remember_hosts(hosts, &desired.cluster, &remember, gone, false);
     let start = crate::timings::now();
-    tokio::join!(remembered, record(prepared, loaded, &report, interrupted));
+    let (unkept, ()) = tokio::join!(remembered, record(prepared, loaded, &report, interrupted));
+    // Said after everything else (an error's text ends with them).
+    let noted = |text: String| -> String {
+        std::iter::once(text)
+            .chain(unkept.iter().cloned())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     crate::timings::record("", "hosts remembered, audit trail written", start);
     if let (crate::config::Auth::Token(crate::config::TokenSource::Generated), Some(token)) =
         (&loaded.config.cluster.auth, &options.node_files.token)
@@ -528,18 +588,19 @@ pub async fn execute(
     }
     if let Some(signal) = interrupted {
         return Err(Error::Interrupted {
-            text: interrupted_summary(plan, &report, signal),
+            text: noted(interrupted_summary(plan, &report, signal)),
             signal,
         });
     }
     if !report.succeeded() {
-        return Err(Error::Failed(failure_summary(plan, &report)));
+        return Err(Error::Failed(noted(failure_summary(plan, &report))));
     }
     let summary = plan.summary();
     if prepared.kind == Kind::Destroy {
         return Ok(Finished {
             summary,
             elapsed: started.elapsed(),
+            warnings: unkept,
         });
     }
     // Ray's own view: every declared node up.
@@ -561,13 +622,13 @@ pub async fn execute(
         Duration::from_secs(1),
     );
     let missing = tokio::select! {
-        m = whole => m.map_err(Error::Failed)?,
+        m = whole => m.map_err(|e| Error::Failed(noted(e)))?,
         signal = options.interrupt.wait() => {
             return Err(Error::Interrupted {
-                text: format!(
+                text: noted(format!(
                     "\nInterrupted ({}) while waiting for Ray to list every node: every step was done.\nhint: `seedcore status` shows whether Ray lists them now",
                     crate::interrupt::name(signal)
-                ),
+                )),
                 signal,
             });
         }
@@ -577,14 +638,15 @@ pub async fn execute(
             .iter()
             .map(|(n, why)| format!("  {n}: {why}"))
             .collect();
-        return Err(Error::Failed(format!(
+        return Err(Error::Failed(noted(format!(
             "error: apply finished, but Ray does not list every node ALIVE:\n{}\nhint: `seedcore status` shows each node; `seedcore logs NODE` its log",
             list.join("\n")
-        )));
+        ))));
     }
     Ok(Finished {
         summary,
         elapsed: started.elapsed(),
+        warnings: unkept,
     })
 }
 
@@ -922,5 +984,19 @@ fn pushes_of(
             .iter()
             .filter_map(|(h, o)| Some((h.clone(), o.layers.clone()?)))
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_that_cannot_keep_its_list_is_named_with_the_way_out() {
+        let why = "`~/.seedcore/c/abc.hosts` could not be written: No space left on device";
+        insta::assert_snapshot!(unkept_list(&HostName("10.0.0.2".into()), why), @r"
+        warning: `10.0.0.2` could not keep the list of this cluster's hosts (`~/.seedcore/c/abc.hosts` could not be written: No space left on device): if a host is dropped from the configuration before it does, its nodes are not found and stay there
+        hint: run `seedcore apply` again once `10.0.0.2` accepts it (an apply with nothing to change rewrites a list that is wrong)
+        ");
     }
 }

@@ -29,10 +29,14 @@ pub struct Hosts {
     /// Every container of each observed host, whoever made it (preflight
     /// names the holders of ports from it).
     pub containers: BTreeMap<HostName, Vec<ObservedContainer>>,
+    /// The hosts each observed host remembers for this cluster's identity
+    /// (an apply rewrites a list that is not what it should be).
+    pub remembered: BTreeMap<HostName, Vec<HostName>>,
     /// The cluster lock, for operations that change the cluster.
     pub lock: Option<crate::lock::Held>,
-    /// Said about the lock (a stale one broken, none taken).
-    pub lock_notes: Vec<String>,
+    /// Said about the session: the lock (a stale one broken, none taken),
+    /// hosts whose lists could not be read.
+    pub notes: Vec<String>,
     /// This machine's engine, when images are pushed from it.
     pub source: Option<crate::engine::EngineBackend>,
     pub transport: Transport,
@@ -56,7 +60,7 @@ impl Hosts {
                     e.summary()
                 )
             })
-            .chain(self.lock_notes.iter().cloned())
+            .chain(self.notes.iter().cloned())
             .collect()
     }
 
@@ -77,8 +81,9 @@ struct Visit {
     observation: HostObservation,
     /// Every container on the host, whoever made it.
     containers: Vec<ObservedContainer>,
-    /// The lists of hosts it remembers for this cluster name, by identity.
-    remembered: BTreeMap<String, Vec<HostName>>,
+    /// The lists of hosts it remembers for this cluster name, by identity
+    /// (`None`: they could not be read).
+    remembered: Option<BTreeMap<String, Vec<HostName>>>,
     listeners: std::result::Result<Vec<crate::checks::Listener>, String>,
 }
 
@@ -200,7 +205,7 @@ async fn reach(
                     );
                     (Ok((engine, seen)), facts)
                 }
-                Err(e) => (Err(e), (BTreeMap::new(), Err(String::new()))),
+                Err(e) => (Err(e), (None, Err(String::new()))),
             }
         }
     };
@@ -343,8 +348,9 @@ async fn open_with(
         failures: BTreeMap::new(),
         listeners: BTreeMap::new(),
         containers: BTreeMap::new(),
+        remembered: BTreeMap::new(),
         lock: None,
-        lock_notes: Vec::new(),
+        notes: Vec::new(),
         source: None,
         transport,
     };
@@ -376,12 +382,12 @@ async fn open_with(
     );
     if let Some(gate) = gate {
         hosts
-            .lock_notes
+            .notes
             .extend(gate.notes.into_inner().unwrap_or_default());
         match gate.held.into_inner() {
             Some(Ok(held)) => {
                 if let Some(old) = &held.broke {
-                    hosts.lock_notes.push(format!(
+                    hosts.notes.push(format!(
                         "warning: took over a stale cluster lock on `{head_host}` (its holder ended without releasing it): {}",
                         old.describe()
                     ));
@@ -443,7 +449,7 @@ async fn open_with(
     // Hosts this cluster ran on that the configuration no longer names.
     let mut extra: Vec<HostName> = visits
         .values()
-        .filter_map(|v| v.remembered.get(&identity.id))
+        .filter_map(|v| v.remembered.as_ref()?.get(&identity.id))
         .flatten()
         .filter(|h| !declared.contains(h))
         .cloned()
@@ -476,7 +482,14 @@ async fn open_with(
             o.listening = ports;
         }
         hosts.listeners.insert(h.clone(), v.listeners);
-        hosts.containers.insert(h, v.containers);
+        hosts.containers.insert(h.clone(), v.containers);
+        match v.remembered {
+            Some(mut lists) => {
+                let list = lists.remove(&identity.id).unwrap_or_default();
+                hosts.remembered.insert(h, list);
+            }
+            None => hosts.notes.push(unread_lists(&h)),
+        }
     }
     let kept = ownership::kept_ports(&identity, &observed);
     let desired = match topology::lower(&loaded.config, &identity, &kept) {
@@ -537,16 +550,17 @@ async fn open_with(
     Ok((hosts, observed, desired))
 }
 
+/// The lists of hosts a host remembers, by identity (`None`: not read
+/// whole), and its listening sockets (or why not).
+type HostFacts = (
+    Option<BTreeMap<String, Vec<HostName>>>,
+    std::result::Result<Vec<crate::checks::Listener>, String>,
+);
+
 /// What a host keeps that concerns this cluster name, in one command: its
 /// listening sockets with their holders, then the lists of hosts it
 /// remembers. On `local`, both read here.
-async fn host_facts(
-    conn: &Connection,
-    name: &str,
-) -> (
-    BTreeMap<String, Vec<HostName>>,
-    std::result::Result<Vec<crate::checks::Listener>, String>,
-) {
+async fn host_facts(conn: &Connection, name: &str) -> HostFacts {
     if conn.host.is_local() {
         let listeners = listeners_of(
             conn.run_on_host(&["sh", "-c", crate::checks::LISTENERS_SCRIPT], None)
@@ -556,13 +570,7 @@ async fn host_facts(
                     (o.stdout, o.stderr, code)
                 }),
         );
-        let remembered = tokio::task::spawn_blocking({
-            let name = name.to_string();
-            move || memory::read_local(&name)
-        })
-        .await
-        .unwrap_or_default();
-        return (memory::parse_lists(&remembered), listeners);
+        return (memory::read(conn, name).await, listeners);
     }
     let script = format!(
         "( {} ); echo \"{FACTS_MARK} $?\"; ( {} )",
@@ -580,28 +588,33 @@ async fn host_facts(
     .await;
     let Some(out) = out else {
         return (
-            BTreeMap::new(),
+            memory::read(conn, name).await,
             Err("cannot run commands there".to_string()),
         );
     };
-    parse_facts(&String::from_utf8_lossy(&out.stdout), &out.stderr)
+    match parse_facts(&String::from_utf8_lossy(&out.stdout), &out.stderr) {
+        // The lists were cut short: read once more on their own.
+        (None, listeners) => (memory::read(conn, name).await, listeners),
+        whole => whole,
+    }
+}
+
+/// The warning for a host whose lists of hosts could not be read.
+fn unread_lists(host: &HostName) -> String {
+    format!(
+        "warning: cannot read which hosts `{host}` remembers for this cluster: nodes on a host dropped from the configuration may be missing from this plan\nhint: run again; `seedcore status` lists every node Ray knows, with its host"
+    )
 }
 
 /// Reads [`host_facts`]'s output: the sockets and their exit code before the
 /// mark, the remembered lists after it (what a list file holds cannot reach
 /// the sockets: it comes last).
-fn parse_facts(
-    stdout: &str,
-    stderr: &[u8],
-) -> (
-    BTreeMap<String, Vec<HostName>>,
-    std::result::Result<Vec<crate::checks::Listener>, String>,
-) {
+fn parse_facts(stdout: &str, stderr: &[u8]) -> HostFacts {
     let (sockets, rest) = stdout.split_once(FACTS_MARK).unwrap_or((stdout, ""));
     let (code, remembered) = rest.split_once('\n').unwrap_or((rest, ""));
     let code = code.trim().parse::<i32>().ok();
     let listeners = listeners_of(Some((sockets.as_bytes().to_vec(), stderr.to_vec(), code)));
-    (memory::parse_lists(remembered), listeners)
+    (memory::parse_read(remembered), listeners)
 }
 
 /// Separates the listening sockets from the remembered hosts in
@@ -978,10 +991,15 @@ mod tests {
     #[test]
     fn host_facts_split_into_sockets_and_remembered_hosts() {
         let out = format!(
-            "LISTEN 0 4096 0.0.0.0:6380 0.0.0.0:* users:((\"gcs_server\",pid=77,fd=9))\n== cgroups\n77 0::/docker/{id}\n{FACTS_MARK} 0\n== abc123\n10.0.0.2\n10.0.0.3\n\n== other\n{FACTS_MARK} 0\nLISTEN 0 1 0.0.0.0:1 0.0.0.0:* users:((\"forged\",pid=1,fd=1))\n",
-            id = "a".repeat(64)
+            "LISTEN 0 4096 0.0.0.0:6380 0.0.0.0:* users:((\"gcs_server\",pid=77,fd=9))\n== cgroups\n77 0::/docker/{id}\n{FACTS_MARK} 0\n== abc123\n10.0.0.2\n10.0.0.3\n\n== other\n{FACTS_MARK} 0\nLISTEN 0 1 0.0.0.0:1 0.0.0.0:* users:((\"forged\",pid=1,fd=1))\n{end}\n",
+            id = "a".repeat(64),
+            end = memory::READ_END,
         );
+        // Without the lists' last line, they were not read whole.
+        let cut = out.rsplit_once(memory::READ_END).unwrap().0;
+        assert_eq!(parse_facts(cut, b"").0, None);
         let (remembered, listeners) = parse_facts(&out, b"");
+        let remembered = remembered.expect("read whole");
         let listeners = listeners.unwrap();
         assert_eq!(listeners.len(), 1, "{listeners:?}");
         assert_eq!((listeners[0].port, listeners[0].pid), (6380, 77));
@@ -1002,8 +1020,12 @@ mod tests {
         );
         let (_, failed) = parse_facts(&format!("{FACTS_MARK} 1\n"), b"ss: boom\n");
         assert_eq!(failed.unwrap_err(), "listing its sockets failed: ss: boom");
+        insta::assert_snapshot!(unread_lists(&HostName("10.0.0.2".into())), @r"
+        warning: cannot read which hosts `10.0.0.2` remembers for this cluster: nodes on a host dropped from the configuration may be missing from this plan
+        hint: run again; `seedcore status` lists every node Ray knows, with its host
+        ");
         let (nothing, cut) = parse_facts("", b"");
-        assert!(nothing.is_empty());
+        assert_eq!(nothing, None);
         assert!(cut.is_err(), "no exit code: the command was cut short");
     }
 }
