@@ -128,6 +128,30 @@ for pid in filter(str.isdigit, os.listdir('/proc')):
 sys.exit(1)
 "#;
 
+/// Unix seconds of a Docker timestamp (`2026-12-06T02:31:00.123456789Z`,
+/// UTC as Docker writes it); `None` for anything else.
+pub fn unix_seconds(text: &str) -> Option<i64> {
+    let (date, time) = text.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let time = time.strip_suffix('Z')?;
+    let whole = time.split('.').next()?;
+    let mut t = whole.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (h, min, sec) = (t.next()??, t.next()??, t.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || h > 23 || min > 59 || sec > 60 {
+        return None;
+    }
+    // Days from 1970-01-01 to the civil date (proleptic Gregorian).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + min * 60 + sec)
+}
+
 /// The last lines of the GCS's and the raylet's own logs, where Ray writes a
 /// port it could not bind long before `ray start` gives up.
 fn ray_logs_command() -> Vec<String> {
@@ -258,7 +282,16 @@ struct Executor<'a, B: DockerBackend> {
     /// Set when the head failed to come up or died: every wait ends at once
     /// with this cause instead of running out its timeout.
     head_down: std::sync::Mutex<Option<String>>,
+    /// Nodes whose container Docker restarted once during their wait: the
+    /// second after their latest start (Unix seconds), from which their log
+    /// is searched for Ray's failures (the first run's are behind them).
+    restarted: std::sync::Mutex<BTreeMap<NodeName, i64>>,
 }
+
+/// A node whose `ray start` failed once (Ray gives a starting node's raylet
+/// 30 s to register, which a loaded machine can exceed) is restarted by
+/// Docker and waited for again; a second exit is a node that keeps exiting.
+const TOLERATED_RESTARTS: i64 = 1;
 
 /// Runs a plan's steps against the hosts' backends.
 pub async fn execute<B: DockerBackend>(
@@ -286,6 +319,7 @@ pub async fn execute<B: DockerBackend>(
             .node_weights()
             .any(|s| matches!(s, Step::WaitGcs { node, .. } if *node == head.name)),
         head_down: std::sync::Mutex::new(None),
+        restarted: std::sync::Mutex::new(BTreeMap::new()),
         stale: std::sync::Mutex::new(Default::default()),
         containers: std::sync::Mutex::new(
             plan.changes
@@ -696,17 +730,39 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
         }
     }
 
-    /// Fails early when the container died, with its last log lines.
+    /// Fails early when the container died, with its last log lines. A
+    /// first exit is waited out (Docker restarts the container).
     async fn check_alive(&self, b: &B, node: &NodeName) -> Result<(), String> {
         let id = self.container(node)?;
         let what = match b.inspect_container(&id).await {
-            Ok(Some(d)) if d.state == "running" => return Ok(()),
-            Ok(Some(d)) if d.state == "restarting" || d.restart_count > 0 => {
+            Ok(Some(d)) if d.state == "running" || d.state == "restarting" => {
+                if d.restart_count == 0 {
+                    return Ok(());
+                }
+                if d.restart_count <= TOLERATED_RESTARTS {
+                    if d.state == "running" {
+                        let since = d.started_at.as_deref().and_then(unix_seconds);
+                        if let Some(since) = since {
+                            self.restarted
+                                .lock()
+                                .unwrap()
+                                .insert(node.clone(), since + 1);
+                        }
+                    }
+                    return Ok(());
+                }
+                if d.state == "running" {
+                    return Ok(());
+                }
                 format!(
                     "`{node}` keeps exiting (restarted {} times)",
                     d.restart_count
                 )
             }
+            Ok(Some(d)) if d.restart_count > 0 => format!(
+                "`{node}` keeps exiting (restarted {} times, now {})",
+                d.restart_count, d.state
+            ),
             Ok(Some(d)) => format!(
                 "`{node}` is {}{}",
                 d.state,
@@ -735,7 +791,8 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
         if poll % every != every - 1 {
             return Ok(());
         }
-        let tail = self.log_tail(b, node).await;
+        let since = self.restarted.lock().unwrap().get(node).copied();
+        let tail = self.log_tail_since(b, node, since).await;
         let mut text = tail.clone();
         if let Ok(id) = self.container(node) {
             if let Ok(out) = b.exec(&id, &ray_logs_command()).await {
@@ -750,6 +807,11 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
 
     /// The last 20 lines of a container's log, indented, for error messages.
     async fn log_tail(&self, b: &B, node: &NodeName) -> String {
+        self.log_tail_since(b, node, None).await
+    }
+
+    /// [`Self::log_tail`], from `since` (Unix seconds) on when given.
+    async fn log_tail_since(&self, b: &B, node: &NodeName, since: Option<i64>) -> String {
         let Ok(id) = self.container(node) else {
             return format!("  (no container of `{node}` to read a log from)");
         };
@@ -759,7 +821,7 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
             LogOptions {
                 follow: false,
                 tail: Some(20),
-                since: None,
+                since,
             },
         );
         while let Ok(Some(Ok(chunk))) =
@@ -1060,4 +1122,29 @@ pub async fn wait_whole<B: DockerBackend>(
 /// The first 12 characters of a container ID, as Docker shows it.
 pub fn short_id(id: &str) -> String {
     crate::model::excerpt(&id.chars().take(12).collect::<String>(), 12)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unix_seconds;
+
+    #[test]
+    fn docker_timestamps_read_as_unix_seconds() {
+        assert_eq!(unix_seconds("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            unix_seconds("2026-12-06T02:15:24.639015064Z"),
+            Some(1_796_523_324)
+        );
+        assert_eq!(unix_seconds("2024-02-29T23:59:59Z"), Some(1_709_251_199));
+        assert_eq!(unix_seconds("0001-01-01T00:00:00Z"), Some(-62_135_596_800));
+        for bad in [
+            "",
+            "2026-12-06",
+            "2026-13-01T00:00:00Z",
+            "2026-12-06T02:15:24+01:00",
+            "x-y-zT1:2:3Z",
+        ] {
+            assert_eq!(unix_seconds(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -409,3 +409,46 @@ fn a_groups_resources_and_labels_reach_rays_node_listing() {
         );
     }
 }
+
+#[test]
+fn a_node_whose_first_start_fails_is_restarted_by_docker_and_joins() {
+    let _serial = serial();
+    let lab = Lab::require();
+    // The image's entry point fails the container's first run only (a
+    // marker in the container's own filesystem), as a `ray start` that
+    // timed out once on a loaded machine would.
+    local_docker(
+        r#"docker build -q -t seedcore-ray:once - <<'EOF'
+FROM seedcore-ray:lab
+RUN printf '%s\n' '#!/bin/sh' 'if [ ! -e /var/tmp/seedcore-once ]; then : > /var/tmp/seedcore-once; echo "seedcore test: this first start fails on purpose" >&2; exit 1; fi' 'exec "$@"' > /usr/local/bin/once && chmod +x /usr/local/bin/once
+ENTRYPOINT ["/usr/local/bin/once"]
+EOF"#,
+    );
+    let _restore = OnDrop(|| restore(&lab));
+    lab.seedcore(&["apply", "--auto-approve"]).expect_ok();
+    let apply = lab.seedcore(&[
+        "--set",
+        "workers.remote.image=seedcore-ray:once",
+        "apply",
+        "--auto-approve",
+    ]);
+    apply.expect_ok();
+    // Ray listed them when apply said so; each ran twice.
+    let up = alive_names(&lab).expect("Ray's node list");
+    for (k, node) in [(2, REMOTE12), (3, REMOTE13)] {
+        assert!(up.contains(node), "{node} is not ALIVE: {up:?}");
+        let c = lab.container(k, node).expect("the worker's container");
+        assert_eq!(
+            (c.status.as_str(), c.restart_count),
+            ("running", 1),
+            "{node}"
+        );
+        assert_eq!(image_of_on(&lab, k, node), "seedcore-ray:once");
+    }
+}
+
+fn image_of_on(lab: &Lab, k: usize, name: &str) -> String {
+    lab.docker_ok(k, &["inspect", "-f", "{{.Config.Image}}", name])
+        .trim()
+        .to_string()
+}
