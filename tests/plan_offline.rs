@@ -1350,7 +1350,7 @@ fn a_worker_leaving_a_running_cluster_is_drained_first() {
 }
 
 #[test]
-fn on_destroy_every_node_stops_at_once() {
+fn on_destroy_the_head_is_removed_after_every_worker() {
     let wanted = desired(&[]);
     let p = plan::destroy(&wanted, &converged(&wanted), false);
     assert_order_respects_edges(&p);
@@ -1366,8 +1366,14 @@ fn on_destroy_every_node_stops_at_once() {
     );
     assert_eq!((head.len(), workers.len()), (1, 4));
     assert_eq!(p.graph.len(), 5, "no drain when the whole cluster goes");
-    // No head runs after it: nothing waits for anything.
-    assert_eq!(p.graph.graph.edge_count(), 0, "{p:?}");
+    for w in workers {
+        assert!(
+            before(&p, w, head[0]),
+            "{} after the head",
+            p.graph.graph[w]
+        );
+    }
+    assert_eq!(p.graph.ordered().last(), Some(&head[0]));
     insta::assert_snapshot!("plan_destroy_text", render::text(&p, Style::default()));
 }
 
