@@ -157,9 +157,13 @@ async fn write_once(
         let home = std::env::var_os("HOME").ok_or("HOME is not set")?;
         let p = std::path::Path::new(&home).join(&file);
         if let Some(d) = p.parent() {
-            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+            tokio::fs::create_dir_all(d)
+                .await
+                .map_err(|e| format!("{}: {e}", d.display()))?;
         }
-        return std::fs::write(&p, body).map_err(|e| format!("{}: {e}", p.display()));
+        return tokio::fs::write(&p, body)
+            .await
+            .map_err(|e| format!("{}: {e}", p.display()));
     }
     const SCRIPT: &str =
         "cd \"$HOME\" && mkdir -p \"$1\" && cat > \"$2.new\" && mv -f \"$2.new\" \"$2\"";

@@ -495,17 +495,29 @@ pub async fn remember_hosts(
     lines
 }
 
+/// The hosts every list should hold: the desired ones, those whose nodes
+/// could not be removed (`unremoved`), and the unreachable ones (remembered
+/// until they can be cleaned).
+fn hosts_to_remember(
+    desired: &DesiredState,
+    hosts: &Hosts,
+    unremoved: &[HostName],
+) -> Vec<HostName> {
+    let mut remember = desired.hosts();
+    for h in unremoved.iter().chain(hosts.failures.keys()) {
+        if !remember.contains(h) {
+            remember.push(h.clone());
+        }
+    }
+    remember
+}
+
 /// With nothing to change, rewrites the lists of hosts that do not hold
 /// what an apply would have written (a write that failed before, a list
 /// lost); warnings as [`remember_hosts`].
 pub async fn repair_lists(prepared: &Prepared) -> Vec<String> {
     let hosts = &prepared.hosts;
-    let mut remember = prepared.desired.hosts();
-    for h in hosts.failures.keys() {
-        if !remember.contains(h) {
-            remember.push(h.clone());
-        }
-    }
+    let remember = hosts_to_remember(&prepared.desired, hosts, &[]);
     let start = crate::timings::now();
     let unkept = remember_hosts(hosts, &prepared.desired.cluster, &remember, false, true).await;
     crate::timings::record("", "hosts' lists checked", start);
@@ -538,21 +550,15 @@ pub async fn execute(
     options.interrupt.set_executing(true);
     let report = executor::execute(plan, desired, &backends, &options, reporter).await;
     // Remember every host that still runs (or may run) our nodes.
-    let mut remember = desired.hosts();
-    for (step, outcome) in &report.outcomes {
-        if matches!(step, Step::Remove { .. })
-            && !matches!(outcome, Outcome::Done { .. })
-            && !remember.contains(step.host())
-        {
-            remember.push(step.host().clone());
-        }
-    }
-    // Unreachable hosts stay remembered until they can be cleaned.
-    for h in hosts.failures.keys() {
-        if !remember.contains(h) {
-            remember.push(h.clone());
-        }
-    }
+    let unremoved: Vec<HostName> = report
+        .outcomes
+        .iter()
+        .filter(|(step, outcome)| {
+            matches!(step, Step::Remove { .. }) && !matches!(outcome, Outcome::Done { .. })
+        })
+        .map(|(step, _)| step.host().clone())
+        .collect();
+    let remember = hosts_to_remember(desired, hosts, &unremoved);
     // A whole cluster destroyed everywhere is forgotten; otherwise every
     // host remembers where its nodes are.
     let gone = prepared.kind == Kind::Destroy
