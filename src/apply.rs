@@ -286,6 +286,11 @@ struct Executor<'a, B: DockerBackend> {
     /// second after their latest start (Unix seconds), from which their log
     /// is searched for Ray's failures (the first run's are behind them).
     restarted: std::sync::Mutex<BTreeMap<NodeName, i64>>,
+    /// The head this plan removes, if any, and whether its container has
+    /// stopped: a worker still stopping then can no longer leave Ray (its
+    /// raylet waits for the head's GCS until Docker kills it).
+    head_removal: Option<NodeName>,
+    head_stopped: tokio::sync::watch::Sender<bool>,
 }
 
 /// A node whose `ray start` failed once (Ray gives a starting node's raylet
@@ -320,6 +325,12 @@ pub async fn execute<B: DockerBackend>(
             .any(|s| matches!(s, Step::WaitGcs { node, .. } if *node == head.name)),
         head_down: std::sync::Mutex::new(None),
         restarted: std::sync::Mutex::new(BTreeMap::new()),
+        head_removal: plan
+            .changes
+            .iter()
+            .find(|c| c.role == crate::model::Role::Head && c.action == crate::plan::Action::Remove)
+            .map(|c| c.node.clone()),
+        head_stopped: tokio::sync::watch::Sender::new(false),
         stale: std::sync::Mutex::new(Default::default()),
         containers: std::sync::Mutex::new(
             plan.changes
@@ -578,9 +589,23 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
                         format!("cannot remove `{node}`: {e}")
                     }
                 };
-                b.stop_container(container, self.options.stop_timeout.as_secs())
-                    .await
-                    .map_err(gone)?;
+                let stop = b.stop_container(container, self.options.stop_timeout.as_secs());
+                if self.head_removal.as_ref() == Some(node) {
+                    stop.await.map_err(gone)?;
+                    self.head_stopped.send_replace(true);
+                } else {
+                    // Stopped with its head (the whole cluster goes): once
+                    // the head is down, the worker cannot leave Ray any more
+                    // and is removed at once rather than at `timeouts.stop`.
+                    let mut head_stopped = self.head_stopped.subscribe();
+                    tokio::select! {
+                        r = stop => r.map_err(gone)?,
+                        _ = head_stopped.wait_for(|s| *s) => self.progress(
+                            step,
+                            "the head has stopped: removed without waiting".to_string(),
+                        ),
+                    }
+                }
                 b.remove_container(container).await.map_err(gone)
             }
             Step::Create { host, node } => {

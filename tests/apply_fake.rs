@@ -739,3 +739,46 @@ async fn ray_is_asked_over_the_hosts_loopback_with_the_token() {
         "refused over the loopback: asked from inside the head"
     );
 }
+
+/// When the whole cluster goes, every node stops at once; a worker whose stop
+/// is still under way once the head has stopped can no longer leave Ray (its
+/// raylet waits for the GCS until Docker kills it) and is removed at once.
+#[tokio::test]
+async fn a_worker_still_stopping_when_the_head_is_down_is_removed_at_once() {
+    let c = cluster();
+    let (_, report, _) = apply_once(&c, &[], 8).await;
+    assert!(report.succeeded(), "{:?}", report.failures());
+    let (observed, desired) = observe_and_settle(&c, &[]).await;
+    let destroy = plan::destroy(&desired, &observed, false);
+    let worker = destroy
+        .changes
+        .iter()
+        .find(|ch| ch.role == seedcore::model::Role::Worker)
+        .expect("a worker to remove")
+        .clone();
+    c.stall(&worker.host.0, "stop", &worker.node.0);
+    let from = c.journal().len();
+    let (report, events) = tokio::time::timeout(
+        Duration::from_secs(10),
+        execute(&c, &destroy, &desired, &options(8)),
+    )
+    .await
+    .expect("the destroy waited for a worker that cannot leave Ray");
+    assert!(report.succeeded(), "{:?}", report.failures());
+    assert!(c.container_ids().is_empty(), "{:?}", c.container_ids());
+    let journal = c.journal()[from..].to_vec();
+    let head = desired.head();
+    let head_stopped = position(&journal, &format!("{} stop {}", head.host.0, head.name.0));
+    let worker_removed = position(
+        &journal,
+        &format!("{} remove {}", worker.host.0, worker.node.0),
+    );
+    assert!(head_stopped < worker_removed, "{journal:#?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Progress { step, message }
+            if step.node() == Some(&worker.node) && message.contains("the head has stopped"))),
+        "{events:#?}"
+    );
+}

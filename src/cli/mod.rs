@@ -142,7 +142,7 @@ pub enum Command {
         #[arg(long, value_name = "DURATION")]
         since: Option<String>,
     },
-    /// Remove every container of this cluster (workers first, head last).
+    /// Remove every container of this cluster (every node stops at once)
     #[command(alias = "down")]
     Destroy {
         /// Destroy without asking (required when stdin is not a terminal).

@@ -77,6 +77,8 @@ struct State {
     head_dies_after_gcs: bool,
     /// `(host, operation, container-or-image name)` -> message.
     failures: HashMap<(String, String, String), String>,
+    /// `(host, operation, container-or-image name)` that never answer.
+    stalls: Vec<(String, String, String)>,
     next_id: u64,
 }
 
@@ -142,6 +144,16 @@ impl FakeCluster {
             (host.to_string(), operation.to_string(), target.to_string()),
             message.to_string(),
         );
+    }
+
+    /// Makes `operation` on `target` never answer on `host` (a stop of a
+    /// node that does not exit: Docker's answer would come at the timeout).
+    pub fn stall(&self, host: &str, operation: &str, target: &str) {
+        self.state.lock().unwrap().stalls.push((
+            host.to_string(),
+            operation.to_string(),
+            target.to_string(),
+        ));
     }
 
     /// The head's GCS refuses `n` probes before it answers.
@@ -328,6 +340,7 @@ impl FakeBackend {
 
     async fn call(&self, verb: &str, target: &str, suffix: &str) -> Result<()> {
         let _guard = self.cluster.enter();
+        let stalled;
         {
             let mut s = self.cluster.state.lock().unwrap();
             s.journal
@@ -344,6 +357,12 @@ impl FakeBackend {
             {
                 return Err(BackendError::other(msg.clone()));
             }
+            stalled = s.stalls.iter().any(|(h, v, t)| {
+                (h.as_str(), v.as_str(), t.as_str()) == (self.host.as_str(), verb, target)
+            });
+        }
+        if stalled {
+            std::future::pending::<()>().await;
         }
         if !self.cluster.latency.is_zero() {
             tokio::time::sleep(self.cluster.latency).await;

@@ -282,7 +282,7 @@ pub fn build(
 }
 
 /// A plan that removes this cluster's containers from every observed host:
-/// the workers first, the head last (kept with `workers_only`).
+/// every node at once (the head kept with `workers_only`).
 pub fn destroy(desired: &DesiredState, observed: &ObservedState, workers_only: bool) -> Plan {
     let mut changes = Vec::new();
     for (host, obs) in &observed.hosts {

@@ -649,8 +649,12 @@ pub fn schedule(
             }
         }
     }
-    // The head goes last: workers are removed before it.
-    if let Some(hr) = head_remove {
+    // While a head runs after this plan, workers leave before the old one
+    // goes. When none does (the whole cluster is destroyed), every node
+    // stops at once: a worker that gets SIGTERM leaves Ray in about the
+    // time the head takes to stop, and waiting for it first only adds it
+    // (one still stopping once the head is down is removed by the executor).
+    if let Some(hr) = head_remove.filter(|_| head_running_after) {
         for w in &worker_removes {
             g.add_edge(*w, hr, ());
         }
