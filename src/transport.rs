@@ -33,6 +33,9 @@ const ENGINE_TIMEOUT_SECS: u64 = 600;
 /// Seconds between SSH keepalives: with ssh's default of 3 unanswered ones,
 /// a lost host is noticed within about 9 s (and its steps fail, naming it).
 const SERVER_ALIVE_SECS: u64 = 3;
+/// How long a kept connection may take to run `true` on its host before it
+/// is taken for dead, closed, and replaced by a fresh one.
+const KEPT_PROBE: Duration = Duration::from_secs(3);
 
 /// Why a host's engine cannot be reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,6 +177,9 @@ pub struct Connection {
     pub engine: EngineInfo,
     pub backend: EngineBackend,
     session: Option<Arc<Session>>,
+    /// The SSH master outlives this process (`ssh.persist`): closing the
+    /// connection only cancels this process's forwards.
+    kept: bool,
     // Removed (with the socket in it) when the connection goes.
     _forward_dir: Option<tempfile::TempDir>,
 }
@@ -215,8 +221,36 @@ impl Connection {
         cmd.spawn().await.ok()
     }
 
-    /// Closes the SSH master and removes the forwarded socket.
+    /// Closes the SSH master and removes the forwarded socket; a kept master
+    /// (`ssh.persist`) stays for the next command, without this one's forwards.
     pub async fn close(self) {
+        if self.kept {
+            if let (Some(s), Some(dir)) = (&self.session, &self._forward_dir) {
+                let mut forwards = vec![(
+                    openssh::Socket::from(dir.path().join("docker.sock")),
+                    openssh::Socket::from(PathBuf::from(REMOTE_DOCKER_SOCKET)),
+                )];
+                if let Some(l) = &self.backend.loopback {
+                    for (port, path) in l.forwards.lock().await.iter() {
+                        forwards.push((
+                            openssh::Socket::from(path.clone()),
+                            openssh::Socket::TcpSocket {
+                                host: "127.0.0.1".into(),
+                                port: *port,
+                            },
+                        ));
+                    }
+                }
+                for (listen, connect) in forwards {
+                    let _ = tokio::time::timeout(
+                        KEPT_PROBE,
+                        s.close_port_forward(ForwardType::Local, listen, connect),
+                    )
+                    .await;
+                }
+            }
+            return;
+        }
         if let Some(s) = self.session {
             // A holder of another handle (a lock keeper) is gone by now.
             if let Ok(s) = Arc::try_unwrap(s) {
@@ -568,11 +602,11 @@ impl Transport {
                     loopback: Some(Arc::new(Loopback::local())),
                 },
                 session: None,
+                kept: false,
                 _forward_dir: None,
             });
         }
-        let session =
-            crate::timings::span(host.as_str(), "ssh handshake", self.open_session(host)).await?;
+        let (session, kept) = self.session(host).await?;
         let forward_dir = match tempfile::Builder::new()
             .prefix("f")
             .tempdir_in(&self.control_dir)
@@ -622,6 +656,7 @@ impl Transport {
             engine: EngineInfo::default(),
             backend,
             session: Some(session),
+            kept,
             _forward_dir: Some(forward_dir),
         })
     }
@@ -687,7 +722,53 @@ impl Transport {
         Ok(engine)
     }
 
-    async fn open_session(&self, host: &HostName) -> Result<Session, TransportError> {
+    /// The SSH connection to a host: with `ssh.persist`, a master kept by an
+    /// earlier command when it still answers, else a new one kept in turn
+    /// (`true` when kept); without it, a master of this process alone, and
+    /// masters an earlier command kept for this host are closed.
+    async fn session(&self, host: &HostName) -> Result<(Session, bool), TransportError> {
+        let kept_dir = kept_dir(&control_base(), &self.ssh, host);
+        if self.ssh.persist_secs == 0 {
+            if kept_dir.exists() {
+                close_kept(&kept_dir).await;
+            }
+            let s = crate::timings::span(
+                host.as_str(),
+                "ssh handshake",
+                self.open_session(host, None),
+            )
+            .await?;
+            return Ok((s, false));
+        }
+        if let Err(e) = make_private_dir(&kept_dir) {
+            return Err(self.other(host, format!("cannot create `{}`: {e}", kept_dir.display())));
+        }
+        if let Some(s) = crate::timings::span(
+            host.as_str(),
+            "kept ssh connection tried",
+            reuse_kept(&kept_dir),
+        )
+        .await
+        {
+            return Ok((s, true));
+        }
+        let s = crate::timings::span(
+            host.as_str(),
+            "ssh handshake",
+            self.open_session(host, Some(&kept_dir)),
+        )
+        .await?;
+        Ok((s, true))
+    }
+
+    /// A new SSH master for `host`; in `keep` (a directory of its own for
+    /// this destination), one that outlives this process for
+    /// `ssh.persist` idle seconds.
+    async fn open_session(
+        &self,
+        host: &HostName,
+        keep: Option<&Path>,
+    ) -> Result<Session, TransportError> {
         let mut builder = SessionBuilder::default();
         if let Some(user) = &self.ssh.user {
             builder.user(user.clone());
@@ -709,13 +790,32 @@ impl Transport {
         if let Some(kh) = &self.ssh.known_hosts_file {
             builder.user_known_hosts_file(kh);
         }
+        let persist = keep.and_then(|dir| {
+            let secs = std::num::NonZeroUsize::new(self.ssh.persist_secs as usize)?;
+            builder
+                .control_directory(dir)
+                .control_persist(openssh::ControlPersist::IdleFor(secs));
+            Some(dir)
+        });
         let mut attempt = 0;
         loop {
             attempt += 1;
             let permit = self.handshakes.acquire().await.expect("never closed");
+            let connect = async {
+                if persist.is_some() {
+                    // Its directory is kept: the master outlives this process.
+                    let dir = builder.launch_master(host.as_str()).await?.keep();
+                    Ok(Session::resume_mux(
+                        dir.join("master").into_boxed_path(),
+                        Some(dir.join("log").into_boxed_path()),
+                    ))
+                } else {
+                    builder.connect_mux(host.as_str()).await
+                }
+            };
             let result = tokio::time::timeout(
                 Duration::from_secs(self.ssh.connect_timeout_secs + 5),
-                builder.connect_mux(host.as_str()),
+                connect,
             )
             .await;
             drop(permit);
@@ -865,6 +965,97 @@ fn watch_over(control_dir: &Path) {
     });
 }
 
+/// The directory of the connections kept for one destination: one per login
+/// (user, host, port, key, known-hosts file and policy), so a command never
+/// uses a connection made with other settings. Short: a socket path is at
+/// most 108 bytes, and ssh appends its own.
+fn kept_dir(base: &Path, ssh: &SshConfig, host: &HostName) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let login = format!(
+        "{}\0{}\0{}\0{}\0{}\0{:?}",
+        ssh.user.as_deref().unwrap_or(""),
+        host,
+        ssh.port.map(|p| p.to_string()).unwrap_or_default(),
+        ssh.identity_file
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        ssh.known_hosts_file
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        ssh.known_hosts,
+    );
+    let digest = Sha256::digest(login.as_bytes());
+    let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    base.join("k").join(name)
+}
+
+/// The masters kept in `dir` (by ssh's `ControlPersist`), as
+/// `(its directory, its socket)`.
+fn kept_masters(dir: &Path) -> Vec<(PathBuf, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut masters: Vec<(PathBuf, PathBuf)> = entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".ssh-connection")
+        })
+        .map(|e| (e.path(), e.path().join("master")))
+        .collect();
+    masters.sort();
+    masters
+}
+
+/// A kept master of `dir` that still runs commands on its host; the others
+/// are closed and forgotten.
+async fn reuse_kept(dir: &Path) -> Option<Session> {
+    for (conn_dir, master) in kept_masters(dir) {
+        if master.exists() {
+            let session = Session::resume_mux(master.clone().into_boxed_path(), None);
+            let answered = tokio::time::timeout(KEPT_PROBE, async {
+                session.check().await.ok()?;
+                session.command("true").status().await.ok()
+            })
+            .await;
+            if matches!(answered, Ok(Some(status)) if status.success()) {
+                return Some(session);
+            }
+            exit_master(&master).await;
+        }
+        // Ended by ssh once idle for `ssh.persist` seconds, or dead.
+        let _ = std::fs::remove_dir_all(conn_dir);
+    }
+    None
+}
+
+/// Closes the masters kept in `dir` and removes what they leave.
+async fn close_kept(dir: &Path) {
+    for (conn_dir, master) in kept_masters(dir) {
+        if master.exists() {
+            exit_master(&master).await;
+        }
+        let _ = std::fs::remove_dir_all(conn_dir);
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// Ends an SSH master at once (`ssh -O exit`), whatever it was doing.
+async fn exit_master(master: &Path) {
+    let mut exit = tokio::process::Command::new("ssh");
+    exit.args(["-o", "BatchMode=yes", "-S"])
+        .arg(master)
+        .args(["-O", "exit", "seedcore"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let _ = tokio::time::timeout(KEPT_PROBE, exit.status()).await;
+}
+
 /// Closes SSH masters whose seedcore process is gone (e.g. killed), so they
 /// don't live forever.
 async fn close_stale_masters(base: &Path) {
@@ -985,6 +1176,7 @@ mod tests {
             known_hosts_file: Some(PathBuf::from("/k")),
             max_parallel: 8,
             connect_timeout_secs: 5,
+            persist_secs: 0,
         }
     }
 

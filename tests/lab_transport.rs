@@ -313,3 +313,153 @@ fn a_local_host_uses_this_machines_engine_without_ssh() {
         "{out}"
     );
 }
+
+/// `seedcore -vv -c CONFIG plan` with its control directory under `base`:
+/// (exit code, output, the hosts whose timings show a new SSH handshake).
+fn plan_kept(base: &std::path::Path, config: &std::path::Path) -> (i32, String, Vec<String>) {
+    let out = Command::new(env!("CARGO_BIN_EXE_seedcore"))
+        .arg("-vv")
+        .arg("-c")
+        .arg(config)
+        .arg("plan")
+        .env_remove("HEAD_IP_OVERRIDE")
+        .env("NO_COLOR", "1")
+        .env("XDG_RUNTIME_DIR", base)
+        .output()
+        .expect("seedcore runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut handshakes: Vec<String> = text
+        .lines()
+        .filter(|l| l.trim_end().ends_with("ssh handshake"))
+        .filter_map(|l| l.split_whitespace().rev().nth(2).map(str::to_string))
+        .collect();
+    handshakes.sort();
+    (out.status.code().unwrap_or(-1), text, handshakes)
+}
+
+/// The SSH masters kept under `base`, as (pid, host).
+fn kept_masters(base: &std::path::Path) -> Vec<(u32, String)> {
+    let needle = format!("{}/seedcore/k/", base.display());
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).to_string())
+            .collect();
+        if args.first().is_some_and(|a| a == "ssh") && args.iter().any(|a| a.contains(&needle)) {
+            let host = args.iter().rev().find(|a| !a.is_empty()).cloned().unwrap();
+            found.push((pid, host));
+        }
+    }
+    found.sort_by(|a, b| a.1.cmp(&b.1));
+    found
+}
+
+/// The unix sockets a process listens on.
+fn listening_sockets(pid: u32) -> Vec<String> {
+    let out = Command::new("ss")
+        .args(["-xlpn"])
+        .output()
+        .expect("ss runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("pid={pid},")))
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+        .collect()
+}
+
+/// With `ssh.persist`, a command's connections outlive it and the next
+/// command uses them (no handshake), leaving no forward behind; a kept
+/// connection that died is replaced; `persist = 0` closes them.
+#[test]
+fn kept_connections_serve_the_next_command_and_a_dead_one_is_replaced() {
+    let lab = Lab::require();
+    let _serial = serial();
+    let dir = scratch("kept-connections");
+    // A short control directory of the test's own (socket paths are short).
+    let base = PathBuf::from(format!("/tmp/sck-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    let kept = config_with(
+        &lab,
+        &dir,
+        &[(
+            "known_hosts = \"strict\"",
+            "known_hosts = \"strict\"\npersist = 30",
+        )],
+    );
+    let hosts: Vec<String> = (1..=3).map(|k| lab.host_ip(k)).collect();
+    let cleanup_base = base.clone();
+    let _cleanup = OnDrop(move || {
+        for (pid, _) in kept_masters(&cleanup_base) {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+        let _ = std::fs::remove_dir_all(&cleanup_base);
+    });
+
+    let (code, out, handshakes) = plan_kept(&base, &kept);
+    assert!(code == 0, "{out}");
+    assert_eq!(handshakes, hosts, "{out}");
+    let first = kept_masters(&base);
+    assert_eq!(
+        first.iter().map(|(_, h)| h.clone()).collect::<Vec<_>>(),
+        hosts,
+        "a master per host outlives the command"
+    );
+
+    // The next command uses them: no handshake, and no forward left behind
+    // (each master listens on its control socket only).
+    let (code, out, handshakes) = plan_kept(&base, &kept);
+    assert!(code == 0, "{out}");
+    assert!(handshakes.is_empty(), "handshakes: {handshakes:?}\n{out}");
+    assert!(out.contains("kept ssh connection tried"), "{out}");
+    assert_eq!(kept_masters(&base), first, "the same masters");
+    for (pid, host) in &first {
+        let sockets = listening_sockets(*pid);
+        assert!(
+            sockets.len() == 1 && sockets[0].contains("/master"),
+            "{host}'s master still listens on {sockets:?}"
+        );
+    }
+
+    // One dies: its host gets a new connection, the others keep theirs.
+    let (dead_pid, dead_host) = first[1].clone();
+    assert!(Command::new("kill")
+        .args(["-9", &dead_pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let (code, out, handshakes) = plan_kept(&base, &kept);
+    assert!(code == 0, "{out}");
+    assert_eq!(handshakes, vec![dead_host.clone()], "{out}");
+    let now = kept_masters(&base);
+    assert_eq!(now.len(), 3, "{now:?}");
+    assert!(
+        now.contains(&first[0]) && now.contains(&first[2]),
+        "{now:?}"
+    );
+
+    // `persist = 0`: the kept connections are closed, and nothing is kept.
+    let (code, out, handshakes) = plan_kept(&base, &lab.config_path());
+    assert!(code == 0, "{out}");
+    assert_eq!(handshakes, hosts, "{out}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !kept_masters(&base).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(kept_masters(&base), vec![], "closed with persist = 0");
+    let left: Vec<_> = std::fs::read_dir(base.join("seedcore/k"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -158,6 +158,9 @@ pub struct SshConfig {
     pub known_hosts_file: Option<PathBuf>,
     pub max_parallel: usize,
     pub connect_timeout_secs: u64,
+    /// Seconds an idle connection outlives the command that opened it, for
+    /// the next one to use (ssh's `ControlPersist`); 0: closed at exit.
+    pub persist_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -121,6 +121,8 @@ pub(crate) struct RawSsh {
     pub(crate) max_parallel: Option<i64>,
     /// Seconds (default 10).
     pub(crate) connect_timeout: Option<i64>,
+    /// Seconds an idle SSH connection is kept open for the next seedcore command on this machine (ssh's ControlPersist); 0 (default): closed when seedcore exits.
+    pub(crate) persist: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
@@ -260,6 +262,7 @@ pub(crate) const SSH_KEYS: &[(&str, Kind)] = &[
     ("known_hosts_file", Kind::Str),
     ("max_parallel", Kind::Int),
     ("connect_timeout", Kind::Int),
+    ("persist", Kind::Int),
 ];
 pub(crate) const HEAD_KEYS: &[(&str, Kind)] = &[
     ("host", Kind::Str),

@@ -368,6 +368,8 @@ impl Checker {
 
 /// The longest timeout seedcore accepts, in seconds (a day).
 pub(crate) const MAX_TIMEOUT_SECS: i64 = 86_400;
+/// The longest an idle SSH connection is kept for the next command (an hour).
+pub(crate) const MAX_PERSIST_SECS: i64 = 3_600;
 
 pub(crate) fn check_name(c: &mut Checker, key: &str, name: &str, what: &str) {
     let ok = !name.is_empty()
@@ -637,6 +639,18 @@ pub(crate) fn validate_with(
             raw.ssh.connect_timeout,
             defaults::CONNECT_TIMEOUT_SECS,
         ),
+        persist_secs: match raw.ssh.persist {
+            None => 0,
+            Some(v) if (0..=MAX_PERSIST_SECS).contains(&v) => v as u64,
+            Some(v) => {
+                c.err(
+                    "ssh.persist",
+                    format!("`ssh.persist` is {v}; it is a number of seconds from 0 (off) to {MAX_PERSIST_SECS}"),
+                    "set it to how long an idle connection may wait for the next seedcore command, e.g. `persist = 60`, or 0 to close connections at exit",
+                );
+                0
+            }
+        },
     };
 
     let raw_head = match raw.head {
