@@ -176,8 +176,9 @@ def verdict(value, op, limit):
 # ------------------------------------------------------------------ configurations
 
 
-def seedcore_toml(hosts, image, serve=False):
-    """head on hosts[0], one worker on each further host (group `remote`)."""
+def seedcore_toml(hosts, image, serve=False, persist=0):
+    """head on hosts[0], one worker on each further host (group `remote`); `persist`:
+    ssh.persist (connections kept open for the next command)."""
     q = lambda s: json.dumps(s)  # TOML basic strings accept JSON string escapes
     lines = [
         "# Written by bench/harness.py (issue 14).",
@@ -192,6 +193,7 @@ def seedcore_toml(hosts, image, serve=False):
         "identity_file = %s" % q(KEY),
         "known_hosts_file = %s" % q(KNOWN),
         'known_hosts = "strict"',
+    ] + (["persist = %d" % persist] if persist else []) + [
         "",
         "[head]",
         "host = %s" % q(hosts[0]),
@@ -450,6 +452,8 @@ def render_all(work, bin_, observed_dir=None):
     empty observations (offline); otherwise from the lab."""
     for n in (1, 3, 8, 32):
         write(os.path.join(work, "seedcore-tiny-%d.toml" % n), seedcore_toml(hosts_of(n), TINY_IMAGE))
+        write(os.path.join(work, "seedcore-tiny-%d-kept.toml" % n),
+              seedcore_toml(hosts_of(n), TINY_IMAGE, persist=KEPT_SECS))
     write(os.path.join(work, "seedcore-cluster.toml"), seedcore_toml(hosts_of(3), RAY_IMAGE))
     write(os.path.join(work, "ray-cluster.yaml"), yaml_dump(ray_config(hosts_of(3))))
     for n in (3, 8):
@@ -472,29 +476,44 @@ def alternate(i, items):
     return items[k:] + items[:k]
 
 
+# seedcore with `ssh.persist` (connections kept open for the next command, as Ansible's
+# ControlPersist): its own control directory, so that the default runs (which close the
+# kept connections of their hosts) and these do not meet.
+KEPT_SECS = 60
+KEPT_ENV = dict(SC_ENV, XDG_RUNTIME_DIR="/tmp/sc-bench-kept")
+
+
 def phase_scale(a):
     work, bin_, venv = a.work, a.bin, a.venv
     render_all(work, bin_)
+    os.makedirs(KEPT_ENV["XDG_RUNTIME_DIR"], mode=0o700, exist_ok=True)
     res = {"plan_scale": {1: [], 8: [], 32: []}, "rss_kb": {1: [], 8: [], 32: []},
+           "plan_kept": {1: [], 8: [], 32: []},
            "floor_scale": {1: [], 8: [], 32: []}, "floor_classic": {1: [], 32: []},
-           "dry": {3: {"seedcore": [], "ansible": [], "ansible_fresh": []},
-                   8: {"seedcore": [], "ansible": [], "ansible_fresh": []}}}
+           "dry": {3: {"seedcore": [], "seedcore_kept": [], "ansible": [], "ansible_fresh": []},
+                   8: {"seedcore": [], "seedcore_kept": [], "ansible": [], "ansible_fresh": []}}}
     cfg = lambda n: os.path.join(work, "seedcore-tiny-%d.toml" % n)
+    kept = lambda n: os.path.join(work, "seedcore-tiny-%d-kept.toml" % n)
     log("warm-up (not timed): seedcore plan at 1/3/8/32 hosts, ansible --check at 3/8")
     for n in (1, 3, 8, 32):
         must(run(sc(bin_, cfg(n), "plan"), env=SC_ENV), "seedcore plan (%d hosts)" % n)
+        must(run(sc(bin_, kept(n), "plan"), env=KEPT_ENV), "seedcore plan, kept (%d hosts)" % n)
     for n in (3, 8):
         d = os.path.join(work, "ansible-%d" % n)
         must(run(ansible_cmd(d, venv), env=ansible_env(d, venv)), "ansible-playbook --check (%d)" % n)
     for i in range(a.reps):
         log("plan at 1/8/32 hosts, round %d/%d" % (i + 1, a.reps))
         for n in alternate(i, [1, 8, 32]):
-            for who in alternate(i, ["plan", "floor"]):
+            for who in alternate(i, ["plan", "kept", "floor"]):
                 if who == "plan":
                     r = must(run(sc(bin_, cfg(n), "plan"), env=SC_ENV, peak=True),
                              "seedcore plan (%d hosts)" % n)
                     res["plan_scale"][n].append(r["wall"])
                     res["rss_kb"][n].append(r["rss_kb"])
+                elif who == "kept":
+                    r = must(run(sc(bin_, kept(n), "plan"), env=KEPT_ENV),
+                             "seedcore plan, kept (%d hosts)" % n)
+                    res["plan_kept"][n].append(r["wall"])
                 else:
                     res["floor_scale"][n].append(time_parallel([floor_cmd(h) for h in hosts_of(n)])["wall"])
         # What bounds the 32-host case: the same floor with the classical key exchange.
@@ -504,9 +523,11 @@ def phase_scale(a):
         log("dry run at 3/8 hosts, round %d/%d" % (i + 1, a.reps))
         for n in (3, 8):
             d = os.path.join(work, "ansible-%d" % n)
-            for who in alternate(i, ["seedcore", "ansible", "ansible_fresh"]):
+            for who in alternate(i, ["seedcore", "seedcore_kept", "ansible", "ansible_fresh"]):
                 if who == "seedcore":
                     r = must(run(sc(bin_, cfg(n), "plan"), env=SC_ENV), "seedcore plan (%d)" % n)
+                elif who == "seedcore_kept":
+                    r = must(run(sc(bin_, kept(n), "plan"), env=KEPT_ENV), "seedcore plan, kept (%d)" % n)
                 elif who == "ansible":
                     r = must(run(ansible_cmd(d, venv), env=ansible_env(d, venv)), "ansible --check (%d)" % n)
                 else:
@@ -711,6 +732,13 @@ def rows(scale, cluster, image_text):
     out.append(("plan, 1 / 8 / 32 hosts", " / ".join(fmt_s(ps[n]) for n in (1, 8, 32)),
                 "itself at 1 host" + floor_note, "32 hosts: " + fx(r), "32 hosts <= 2x 1 host",
                 verdict(r, "<=", 2.0)))
+    pk = {n: stats(key(scale, "plan_kept") and key(scale["plan_kept"], n) or []) for n in (1, 8, 32)}
+    if pk[32]:
+        r = ratio(pk[32], pk[1])
+        out.append(("plan, 1 / 8 / 32 hosts, `ssh.persist = %d`" % KEPT_SECS,
+                    " / ".join(fmt_s(pk[n]) for n in (1, 8, 32)),
+                    "itself at 1 host (connections kept open by the previous run, as Ansible's)",
+                    "32 hosts: " + fx(r), "32 hosts <= 2x 1 host", verdict(r, "<=", 2.0)))
     for n in (3, 8):
         d = key(key(scale, "dry") if scale else None, n) or {}
         s, p = stats(d.get("seedcore", [])), stats(d.get("ansible", []))
@@ -722,6 +750,12 @@ def rows(scale, cluster, image_text):
                 fmt_s(pf), ratio(pf, s))
         out.append(("dry run, %d hosts" % n, fmt_s(s), "ansible --check --diff: " + fmt_s(p) + fresh,
                     ("%.1fx faster" % r) if r else "n/a", ">= 5x faster", verdict(r, ">=", 5.0)))
+        sk = stats(d.get("seedcore_kept", []))
+        if sk:
+            r = ratio(p, sk)
+            out.append(("dry run, %d hosts, `ssh.persist = %d`" % (n, KEPT_SECS), fmt_s(sk),
+                        "ansible --check --diff, both keeping their connections open: " + fmt_s(p),
+                        ("%.1fx faster" % r) if r else "n/a", ">= 5x faster", verdict(r, ">=", 5.0)))
     up, ray_up = stats(sc_.get("up", [])), stats(ry.get("up_alive", []))
     r = ratio(up, ray_up)
     out.append(("bring-up, empty -> 3 ALIVE", fmt_s(up), "ray up until ALIVE: %s (returns: %s)"
@@ -866,8 +900,10 @@ def selftest():
     save(work, "scale", {"plan_scale": {"1": [0.30, 0.31, 0.29], "8": [0.40, 0.42, 0.41], "32": [0.55, 0.60, 0.58]},
                          "floor_scale": {"1": [0.25], "8": [0.35], "32": [0.5]},
                          "floor_classic": {"1": [0.15], "32": [0.3]},
+                         "plan_kept": {"1": [0.1], "8": [0.15], "32": [0.3]},
                          "rss_kb": {"1": [9000], "8": [11000], "32": [15000, 15500]},
-                         "dry": {"3": {"seedcore": [0.5, 0.52], "ansible": [2.8, 2.9], "ansible_fresh": [4.0]},
+                         "dry": {"3": {"seedcore": [0.5, 0.52], "seedcore_kept": [0.2], "ansible": [2.8, 2.9],
+                                       "ansible_fresh": [4.0]},
                                  "8": {"seedcore": [0.7, 0.71], "ansible": [5.6, 5.7]}}})
     save(work, "cluster", {"sc": {"up": [16.7, 16.9, 16.5], "reapply": [0.58, 0.6, 0.57], "plan": [0.5, 0.52],
                                   "floor": [0.47, 0.49], "down": [3.9, 4.0, 3.8], "restarted": [False, False, False]},
@@ -880,12 +916,14 @@ def selftest():
     text = report(work, out, {"setup": [["date", "synthetic"]], "commands": ["bench/run"],
                               "workarounds": ["w"], "method": ["m"], "files": []})
     table = rows(load(work, "scale"), load(work, "cluster"), "| seedcore push (full image) | x | y (0.96x) |")
-    assert len(table) == 9 and not any(r[5] == "not measured" for r in table), table
+    assert len(table) == 11 and not any(r[5] == "not measured" for r in table), table
     got = {r[0]: r[5] for r in table}
     assert got["plan, converged, 3 hosts"] == "met"          # 0.51 / 0.48 = 1.06
     assert got["plan, 1 / 8 / 32 hosts"] == "met"            # 0.58 / 0.30
     assert got["dry run, 3 hosts"] == "met"                  # 2.85 / 0.51 = 5.6x
     assert got["dry run, 8 hosts"] == "met"
+    assert got["plan, 1 / 8 / 32 hosts, `ssh.persist = 60`"] == "NOT met"   # 0.3 / 0.1
+    assert got["dry run, 3 hosts, `ssh.persist = 60`"] == "met"             # 2.85 / 0.2
     assert got["bring-up, empty -> 3 ALIVE"] == "NOT met"    # 16.7 / 25.6 = 0.65
     assert got["re-apply, nothing changed"] == "met"         # 0.58 / 3.285 = 0.18
     assert got["tear down"] == "NOT met"                     # 3.9 / 24.15 = 0.161
