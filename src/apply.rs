@@ -128,30 +128,6 @@ for pid in filter(str.isdigit, os.listdir('/proc')):
 sys.exit(1)
 "#;
 
-/// Unix seconds of a Docker timestamp (`2026-12-06T02:31:00.123456789Z`,
-/// UTC as Docker writes it); `None` for anything else.
-pub fn unix_seconds(text: &str) -> Option<i64> {
-    let (date, time) = text.split_once('T')?;
-    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let time = time.strip_suffix('Z')?;
-    let whole = time.split('.').next()?;
-    let mut t = whole.splitn(3, ':').map(|p| p.parse::<i64>().ok());
-    let (h, min, sec) = (t.next()??, t.next()??, t.next()??);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || h > 23 || min > 59 || sec > 60 {
-        return None;
-    }
-    // Days from 1970-01-01 to the civil date (proleptic Gregorian).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + h * 3600 + min * 60 + sec)
-}
-
 /// The last lines of the GCS's and the raylet's own logs, where Ray writes a
 /// port it could not bind long before `ray start` gives up.
 fn ray_logs_command() -> Vec<String> {
@@ -760,30 +736,26 @@ impl<'a, B: DockerBackend> Executor<'a, B> {
     async fn check_alive(&self, b: &B, node: &NodeName) -> Result<(), String> {
         let id = self.container(node)?;
         let what = match b.inspect_container(&id).await {
-            Ok(Some(d)) if d.state == "running" || d.state == "restarting" => {
-                if d.restart_count == 0 {
-                    return Ok(());
-                }
-                if d.restart_count <= TOLERATED_RESTARTS {
-                    if d.state == "running" {
-                        let since = d.started_at.as_deref().and_then(unix_seconds);
-                        if let Some(since) = since {
-                            self.restarted
-                                .lock()
-                                .unwrap()
-                                .insert(node.clone(), since + 1);
-                        }
+            Ok(Some(d)) if d.state == "running" => {
+                // Restarted once: its log is searched from this run on.
+                if (1..=TOLERATED_RESTARTS).contains(&d.restart_count) {
+                    let since = d.started_at.as_deref().and_then(crate::model::unix_seconds);
+                    if let Some(since) = since {
+                        self.restarted
+                            .lock()
+                            .unwrap()
+                            .insert(node.clone(), since + 1);
                     }
-                    return Ok(());
                 }
-                if d.state == "running" {
-                    return Ok(());
-                }
-                format!(
-                    "`{node}` keeps exiting (restarted {} times)",
-                    d.restart_count
-                )
+                return Ok(());
             }
+            Ok(Some(d)) if d.state == "restarting" && d.restart_count <= TOLERATED_RESTARTS => {
+                return Ok(())
+            }
+            Ok(Some(d)) if d.state == "restarting" => format!(
+                "`{node}` keeps exiting (restarted {} times)",
+                d.restart_count
+            ),
             Ok(Some(d)) if d.restart_count > 0 => format!(
                 "`{node}` keeps exiting (restarted {} times, now {})",
                 d.restart_count, d.state
@@ -1147,29 +1119,4 @@ pub async fn wait_whole<B: DockerBackend>(
 /// The first 12 characters of a container ID, as Docker shows it.
 pub fn short_id(id: &str) -> String {
     crate::model::excerpt(&id.chars().take(12).collect::<String>(), 12)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::unix_seconds;
-
-    #[test]
-    fn docker_timestamps_read_as_unix_seconds() {
-        assert_eq!(unix_seconds("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(
-            unix_seconds("2026-12-06T02:15:24.639015064Z"),
-            Some(1_796_523_324)
-        );
-        assert_eq!(unix_seconds("2024-02-29T23:59:59Z"), Some(1_709_251_199));
-        assert_eq!(unix_seconds("0001-01-01T00:00:00Z"), Some(-62_135_596_800));
-        for bad in [
-            "",
-            "2026-12-06",
-            "2026-13-01T00:00:00Z",
-            "2026-12-06T02:15:24+01:00",
-            "x-y-zT1:2:3Z",
-        ] {
-            assert_eq!(unix_seconds(bad), None, "{bad:?}");
-        }
-    }
 }

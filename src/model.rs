@@ -343,6 +343,30 @@ pub fn is_ray_flag(key: &str) -> bool {
     key.starts_with("--")
 }
 
+/// Unix seconds of a Docker timestamp (`2026-12-06T02:31:00.123456789Z`,
+/// UTC as Docker writes it); `None` for anything else.
+pub fn unix_seconds(text: &str) -> Option<i64> {
+    let (date, time) = text.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let time = time.strip_suffix('Z')?;
+    let whole = time.split('.').next()?;
+    let mut t = whole.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (h, min, sec) = (t.next()??, t.next()??, t.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || h > 23 || min > 59 || sec > 60 {
+        return None;
+    }
+    // Days from 1970-01-01 to the civil date (proleptic Gregorian).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + min * 60 + sec)
+}
+
 /// Milliseconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC`.
 pub fn utc(ms: u64) -> String {
     let secs = ms / 1000;
@@ -727,6 +751,26 @@ mod tests {
     fn utc_formats_epoch_milliseconds() {
         assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(utc(1_795_791_601_000), "2026-11-27 15:00:01 UTC");
+    }
+
+    #[test]
+    fn docker_timestamps_read_as_unix_seconds() {
+        assert_eq!(unix_seconds("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            unix_seconds("2026-12-06T02:15:24.639015064Z"),
+            Some(1_796_523_324)
+        );
+        assert_eq!(unix_seconds("2024-02-29T23:59:59Z"), Some(1_709_251_199));
+        assert_eq!(unix_seconds("0001-01-01T00:00:00Z"), Some(-62_135_596_800));
+        for bad in [
+            "",
+            "2026-12-06",
+            "2026-13-01T00:00:00Z",
+            "2026-12-06T02:15:24+01:00",
+            "x-y-zT1:2:3Z",
+        ] {
+            assert_eq!(unix_seconds(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -226,27 +226,14 @@ impl Connection {
     pub async fn close(self) {
         if self.kept {
             if let (Some(s), Some(dir)) = (&self.session, &self._forward_dir) {
-                let mut forwards = vec![(
-                    openssh::Socket::from(dir.path().join("docker.sock")),
-                    openssh::Socket::from(PathBuf::from(REMOTE_DOCKER_SOCKET)),
-                )];
+                cancel_forward(
+                    s,
+                    dir.path().join("docker.sock"),
+                    PathBuf::from(REMOTE_DOCKER_SOCKET).into(),
+                )
+                .await;
                 if let Some(l) = &self.backend.loopback {
-                    for (port, path) in l.forwards.lock().await.iter() {
-                        forwards.push((
-                            openssh::Socket::from(path.clone()),
-                            openssh::Socket::TcpSocket {
-                                host: "127.0.0.1".into(),
-                                port: *port,
-                            },
-                        ));
-                    }
-                }
-                for (listen, connect) in forwards {
-                    let _ = tokio::time::timeout(
-                        KEPT_PROBE,
-                        s.close_port_forward(ForwardType::Local, listen, connect),
-                    )
-                    .await;
+                    l.cancel_forwards(s).await;
                 }
             }
             return;
@@ -445,6 +432,17 @@ impl Loopback {
         result
     }
 
+    /// Cancels the forwards set up on `session` (a kept master outlives them).
+    async fn cancel_forwards(&self, session: &Session) {
+        for (port, local) in self.forwards.lock().await.iter() {
+            let remote = openssh::Socket::TcpSocket {
+                host: "127.0.0.1".into(),
+                port: *port,
+            };
+            cancel_forward(session, local.clone(), remote).await;
+        }
+    }
+
     /// The local socket forwarded to `port` on the host, set up once.
     async fn forward(
         &self,
@@ -473,6 +471,12 @@ impl Loopback {
         forwards.insert(port, local.clone());
         Ok(local)
     }
+}
+
+/// Cancels the forward of the local socket `local` to `remote` (best effort).
+async fn cancel_forward(session: &Session, local: PathBuf, remote: openssh::Socket<'static>) {
+    let cancel = session.close_port_forward(ForwardType::Local, local, remote);
+    let _ = tokio::time::timeout(KEPT_PROBE, cancel).await;
 }
 
 /// One HTTP/1.1 `GET` over `stream`.
@@ -730,7 +734,7 @@ impl Transport {
         let kept_dir = kept_dir(&control_base(), &self.ssh, host);
         if self.ssh.persist_secs == 0 {
             if kept_dir.exists() {
-                close_kept(&kept_dir).await;
+                close_masters(&kept_dir).await;
             }
             let s = crate::timings::span(
                 host.as_str(),
@@ -741,7 +745,15 @@ impl Transport {
             return Ok((s, false));
         }
         if let Err(e) = make_private_dir(&kept_dir) {
-            return Err(self.other(host, format!("cannot create `{}`: {e}", kept_dir.display())));
+            return Err(TransportError {
+                host: host.clone(),
+                kind: TransportErrorKind::Other,
+                detail: format!(
+                    "cannot create `{}` for its kept connection: {e}",
+                    kept_dir.display()
+                ),
+                hint: "make that directory yours and writable (mode 0700), or set `ssh.persist = 0` to keep no connection".to_string(),
+            });
         }
         if let Some(s) = crate::timings::span(
             host.as_str(),
@@ -790,19 +802,19 @@ impl Transport {
         if let Some(kh) = &self.ssh.known_hosts_file {
             builder.user_known_hosts_file(kh);
         }
-        let persist = keep.and_then(|dir| {
-            let secs = std::num::NonZeroUsize::new(self.ssh.persist_secs as usize)?;
+        let persist = std::num::NonZeroUsize::new(self.ssh.persist_secs as usize);
+        let kept = keep.zip(persist).is_some();
+        if let (Some(dir), Some(secs)) = (keep, persist) {
             builder
                 .control_directory(dir)
                 .control_persist(openssh::ControlPersist::IdleFor(secs));
-            Some(dir)
-        });
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;
             let permit = self.handshakes.acquire().await.expect("never closed");
             let connect = async {
-                if persist.is_some() {
+                if kept {
                     // Its directory is kept: the master outlives this process.
                     let dir = builder.launch_master(host.as_str()).await?.keep();
                     Ok(Session::resume_mux(
@@ -987,13 +999,12 @@ fn kept_dir(base: &Path, ssh: &SshConfig, host: &HostName) -> PathBuf {
         ssh.known_hosts,
     );
     let digest = Sha256::digest(login.as_bytes());
-    let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    base.join("k").join(name)
+    base.join("k").join(crate::model::hex(&digest[..8]))
 }
 
-/// The masters kept in `dir` (by ssh's `ControlPersist`), as
-/// `(its directory, its socket)`.
-fn kept_masters(dir: &Path) -> Vec<(PathBuf, PathBuf)> {
+/// The masters in `dir` (each in a directory of its own that openssh names
+/// `.ssh-connection…`), as `(its directory, its socket)`.
+fn masters_in(dir: &Path) -> Vec<(PathBuf, PathBuf)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -1013,7 +1024,7 @@ fn kept_masters(dir: &Path) -> Vec<(PathBuf, PathBuf)> {
 /// A kept master of `dir` that still runs commands on its host; the others
 /// are closed and forgotten.
 async fn reuse_kept(dir: &Path) -> Option<Session> {
-    for (conn_dir, master) in kept_masters(dir) {
+    for (conn_dir, master) in masters_in(dir) {
         if master.exists() {
             let session = Session::resume_mux(master.clone().into_boxed_path(), None);
             let answered = tokio::time::timeout(KEPT_PROBE, async {
@@ -1027,20 +1038,19 @@ async fn reuse_kept(dir: &Path) -> Option<Session> {
             exit_master(&master).await;
         }
         // Ended by ssh once idle for `ssh.persist` seconds, or dead.
-        let _ = std::fs::remove_dir_all(conn_dir);
+        let _ = tokio::fs::remove_dir_all(conn_dir).await;
     }
     None
 }
 
-/// Closes the masters kept in `dir` and removes what they leave.
-async fn close_kept(dir: &Path) {
-    for (conn_dir, master) in kept_masters(dir) {
+/// Closes the masters in `dir` and removes it, with what they leave.
+async fn close_masters(dir: &Path) {
+    for (_, master) in masters_in(dir) {
         if master.exists() {
             exit_master(&master).await;
         }
-        let _ = std::fs::remove_dir_all(conn_dir);
     }
-    let _ = std::fs::remove_dir(dir);
+    let _ = tokio::fs::remove_dir_all(dir).await;
 }
 
 /// Ends an SSH master at once (`ssh -O exit`), whatever it was doing.
@@ -1070,16 +1080,7 @@ async fn close_stale_masters(base: &Path) {
         if Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        if let Ok(inner) = std::fs::read_dir(entry.path()) {
-            for conn in inner.flatten() {
-                let master = conn.path().join("master");
-                if master.exists() {
-                    let session = Session::resume_mux(master.into_boxed_path(), None);
-                    let _ = tokio::time::timeout(Duration::from_secs(3), session.close()).await;
-                }
-            }
-        }
-        let _ = std::fs::remove_dir_all(entry.path());
+        close_masters(&entry.path()).await;
     }
 }
 

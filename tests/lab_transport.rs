@@ -463,3 +463,34 @@ fn kept_connections_serve_the_next_command_and_a_dead_one_is_replaced() {
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A kept connection that cannot have its directory is refused before any
+/// connection is tried, with the way out (no lab needed: nothing is sent).
+#[test]
+fn a_kept_connection_without_its_directory_says_how_to_go_on() {
+    let dir = scratch("kept-no-dir");
+    let base = PathBuf::from(format!("/tmp/sck-nodir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(base.join("seedcore")).unwrap();
+    std::fs::write(base.join("seedcore/k"), "not a directory").unwrap();
+    let cleanup = base.clone();
+    let _cleanup = OnDrop(move || {
+        let _ = std::fs::remove_dir_all(&cleanup);
+    });
+    let config = dir.join("seedcore.toml");
+    std::fs::write(
+        &config,
+        "[cluster]\nname = \"kx\"\nimage = \"ray:test\"\n[ssh]\nuser = \"root\"\npersist = 30\n[head]\nhost = \"127.0.0.1\"\n",
+    )
+    .unwrap();
+    let (code, out, handshakes) = plan_kept(&base, &config);
+    assert_eq!(code, 1, "{out}");
+    assert!(handshakes.is_empty(), "{out}");
+    let shown: String = out
+        .lines()
+        .filter(|l| l.starts_with("error:") || l.starts_with("hint:"))
+        .map(|l| l.replace(&base.display().to_string(), "$XDG_RUNTIME_DIR"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    insta::assert_snapshot!(shown);
+}

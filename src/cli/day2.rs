@@ -14,31 +14,11 @@ use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
 
 fn uptime(started_at: &str) -> String {
-    // RFC 3339 from Docker, e.g. 2026-11-27T08:50:01.123456789Z.
-    let parse = || -> Option<i64> {
-        let (date, time) = started_at.split_once('T')?;
-        let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
-        let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-        let mut t = time.trim_end_matches('Z').split(':');
-        let (hh, mm) = (
-            t.next()?.parse::<i64>().ok()?,
-            t.next()?.parse::<i64>().ok()?,
-        );
-        let ss = t.next()?.split('.').next()?.parse::<i64>().ok()?;
-        // Days from civil (Howard Hinnant's algorithm).
-        let y = if m <= 2 { y - 1 } else { y };
-        let era = y.div_euclid(400);
-        let yoe = y - era * 400;
-        let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        let days = era * 146097 + doe - 719468;
-        Some(days * 86400 + hh * 3600 + mm * 60 + ss)
-    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    match parse() {
+    match crate::model::unix_seconds(started_at) {
         Some(t) if now >= t => {
             let s = now - t;
             match s {
